@@ -1,0 +1,1 @@
+"""aicloud: the CLI and the local stack."""

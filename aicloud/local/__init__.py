@@ -1,0 +1,1 @@
+"""The local platform: servers from wheels and the seven services, supervised as processes."""

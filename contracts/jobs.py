@@ -1,0 +1,100 @@
+"""Jobs domain: fine-tuning, training and batch jobs."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from contracts.envelope import Command, Event, subject
+
+JobType = Literal["fine-tune", "training", "batch-inference", "evaluation"]
+ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class JobRequested(Event):
+    """A developer (or an outside system) asked for a job to run."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "requested")
+
+    job_id: str = Field(pattern=ID_PATTERN, description="Unique job id, also its workflow id.")
+    job_type: JobType = Field(default="training", description="Kind of job.")
+    product: str = Field(default="cpu-small", description="Compute product from the catalog.")
+    gpus: int = Field(default=0, ge=0, le=1024, description="Number of GPUs requested.")
+    dataset: str | None = Field(default=None, description="Dataset path, e.g. projects/x/datasets/v2.")
+    command: list[str] = Field(min_length=1, description="Command to run, argv style.")
+    params: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters.")
+    max_runtime_s: int | None = Field(default=None, gt=0, description="Requested runtime cap.")
+    requested_by: str = Field(default="unknown", description="User or key that asked.")
+
+
+class JobAdmitted(Event):
+    """Quota and policy admitted a job; the provisioner may start it."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "admitted")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    request: JobRequested = Field(description="The request that was admitted, as received.")
+    policy_ids: list[str] = Field(default_factory=list, description="Policies that permitted it.")
+    reason: str = Field(default="", description="Human-readable reason for the decision.")
+
+
+class JobRejected(Event):
+    """Quota or policy refused a job."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "rejected")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    policy_ids: list[str] = Field(default_factory=list, description="Policies that forbade it.")
+    reason: str = Field(description="Human-readable reason, naming what to change.")
+
+
+class JobStarted(Event):
+    """The job's workload is running."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "started")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    backend: str = Field(description="Compute backend that runs it (local, kubernetes).")
+
+
+class JobCompleted(Event):
+    """The job finished successfully."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "completed")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    exit_code: int = 0
+    duration_s: float = Field(ge=0)
+    artifacts: list[str] = Field(default_factory=list, description="Artifact paths it produced.")
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobFailed(Event):
+    """The job ended with an error."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "failed")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    exit_code: int | None = None
+    duration_s: float = Field(ge=0)
+    reason: str
+
+
+class JobTerminated(Event):
+    """The platform stopped the job (timeout, cancel, budget)."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "terminated")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    duration_s: float = Field(ge=0)
+    reason: Literal["max_runtime", "cancelled", "budget_exhausted", "preempted"]
+
+
+class CancelJob(Command):
+    """Stop a running job."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "cancel")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    reason: str = "cancelled"

@@ -1,0 +1,1 @@
+"""aicloud services. Each is independent: they share only ``contracts`` and ``services.kit``."""

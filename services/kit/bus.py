@@ -1,0 +1,361 @@
+"""The event bus: NATS JetStream streams per domain, durable pull consumers, explicit ack.
+
+Every message is validated against its contract before a handler sees it. What cannot be
+processed is never dropped: invalid JSON or an invalid schema goes straight to
+``aicloud.dlq.<subject>`` with the error; a handler failure is nak'd with backoff and, after
+``max_deliver`` attempts, dead-lettered too. Publishing sets ``Nats-Msg-Id = event_id`` so the
+server's de-duplication window absorbs retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import ValidationError
+
+from contracts import BY_SUBJECT, DOMAINS, DeadLetter, Envelope, dead_letter_subject
+from contracts.envelope import DLQ_PREFIX
+from services.kit.metrics import Metrics
+from services.kit.tracing import extract_context, inject_headers
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("aicloud.bus")
+
+Process = Callable[[Envelope, "Delivery"], Awaitable[None]]
+Decoder = Callable[[str, Any], Envelope]
+
+
+class UnknownSubject(ValueError):
+    """A message arrived on a subject no contract describes."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may know about the message it is processing."""
+
+    subject: str
+    headers: dict[str, str]
+    num_delivered: int
+    consumer: str
+
+
+@dataclass
+class Subscription:
+    filter_subject: str
+    durable: str
+    decode: Decoder
+    process: Process
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def typed_decoder(message_type: type[Envelope]) -> Decoder:
+    def decode(_: str, payload: Any) -> Envelope:
+        return message_type.model_validate(payload)
+
+    return decode
+
+
+def catalogue_decoder(subject: str, payload: Any) -> Envelope:
+    """Decode any message of the catalogue by its subject (for wildcard subscribers)."""
+    message_type = BY_SUBJECT.get(subject)
+    if message_type is None:
+        raise UnknownSubject(f"no contract is registered for subject {subject!r}")
+    return message_type.model_validate(payload)
+
+
+class Bus:
+    """One NATS connection per service process; publish and durable subscribe."""
+
+    def __init__(
+        self,
+        *,
+        nats_url: str,
+        service: str,
+        prefix: str = "",
+        max_deliver: int = 5,
+        backoff_s: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
+        metrics: Metrics | None = None,
+        batch: int = 128,
+    ) -> None:
+        self._url = nats_url
+        self.service = service
+        self.prefix = prefix
+        self.max_deliver = max_deliver
+        self.backoff_s = tuple(backoff_s) or (1.0,)
+        self.metrics = metrics or Metrics(service)
+        self._batch = batch
+        self._fetch_timeout_s = 1.0
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._subscriptions: list[Subscription] = []
+        self._stopping = asyncio.Event()
+
+    # -- naming -------------------------------------------------------------------------
+    def wire(self, subject: str) -> str:
+        """The subject on the wire: contract subjects get the isolation prefix, if any."""
+        return f"{self.prefix}.{subject}" if self.prefix else subject
+
+    def unwire(self, wire_subject: str) -> str:
+        if self.prefix and wire_subject.startswith(self.prefix + "."):
+            return wire_subject[len(self.prefix) + 1 :]
+        return wire_subject
+
+    def stream_name(self, domain: str) -> str:
+        base = f"AICLOUD_{domain.upper()}"
+        return f"{self.prefix.upper()}_{base}" if self.prefix else base
+
+    def stream_for(self, subject: str) -> str:
+        if subject.startswith(DLQ_PREFIX + "."):
+            return self.stream_name("dlq")
+        return self.stream_name(subject.split(".")[1])
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected: call connect() first")
+        return self._js
+
+    async def connect(self) -> None:
+        self._nc = await nats.connect(
+            self._url,
+            name=self.service,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+        )
+        self._js = self._nc.jetstream()
+        await self.ensure_streams()
+
+    async def ensure_streams(self) -> None:
+        """Create (or update) one stream per domain and the dead-letter stream."""
+        for domain in (*DOMAINS, "dlq"):
+            pattern = f"{DLQ_PREFIX}.>" if domain == "dlq" else f"aicloud.{domain}.>"
+            config = StreamConfig(
+                name=self.stream_name(domain),
+                subjects=[self.wire(pattern)],
+                duplicate_window=120.0,
+                max_age=7 * 24 * 3600.0,
+            )
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self.js.update_stream(config)
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        for sub in self._subscriptions:
+            if sub.task is None:
+                pull = await self._pull_subscription(sub)
+                sub.task = asyncio.create_task(self._consume(sub, pull), name=sub.durable)
+
+    async def stop(self) -> None:
+        # Let in-flight messages settle: each loop sees the flag within one fetch timeout.
+        self._stopping.set()
+        tasks = [sub.task for sub in self._subscriptions if sub.task is not None]
+        if tasks:
+            _, slow = await asyncio.wait(tasks, timeout=self._fetch_timeout_s + 1)
+            for task in slow:
+                task.cancel()
+            await asyncio.gather(*slow, return_exceptions=True)
+        for sub in self._subscriptions:
+            sub.task = None
+        if self._nc is not None and not self._nc.is_closed:
+            # Not drain(): a fetch cut short leaves messages in the pull subscription's queue
+            # and drain would wait for them. Unacked messages are redelivered, so close is safe.
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)
+            await self._nc.close()
+        self._nc = self._js = None
+
+    # -- publish ------------------------------------------------------------------------
+    async def publish(self, event: Envelope, *, headers: dict[str, str] | None = None) -> None:
+        """Publish an event on its subject, de-duplicated by event_id, with trace context."""
+        await self.publish_raw(
+            event.SUBJECT,
+            event.model_dump_json().encode(),
+            message_id=str(event.event_id),
+            headers=headers,
+        )
+
+    async def publish_raw(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        message_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        out = dict(headers or {})
+        if "traceparent" not in out:
+            inject_headers(out)
+        out["Nats-Msg-Id"] = message_id
+        await self.js.publish(self.wire(subject), data, headers=out)
+        self.metrics.published.labels(subject=subject).inc()
+
+    # -- subscribe ----------------------------------------------------------------------
+    def subscribe(
+        self,
+        filter_subject: str,
+        process: Process,
+        *,
+        decode: Decoder | None = None,
+        durable: str | None = None,
+    ) -> Subscription:
+        """Register a durable consumer on ``filter_subject`` (wildcards allowed here only).
+
+        ``decode`` turns the JSON payload into a contract; by default the subject's own
+        contract from the catalogue is used.
+        """
+        name = durable or f"{self.service}--{filter_subject}".replace(".", "_").replace(">", "all")
+        name = name.replace("*", "any")
+        sub = Subscription(filter_subject, name, decode or catalogue_decoder, process)
+        self._subscriptions.append(sub)
+        return sub
+
+    async def _pull_subscription(self, sub: Subscription) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=sub.durable,
+            filter_subject=self.wire(sub.filter_subject),
+            ack_wait=30.0,
+            # Unlimited at the server: the kit counts deliveries itself and dead-letters past
+            # max_deliver, so a message whose handler crashed the process is never lost.
+            max_deliver=-1,
+            max_ack_pending=4 * self._batch,
+        )
+        stream = self.stream_for(sub.filter_subject)
+        return await self.js.pull_subscribe(
+            self.wire(sub.filter_subject), durable=sub.durable, stream=stream, config=config
+        )
+
+    async def _consume(self, sub: Subscription, pull: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await pull.fetch(self._batch, timeout=self._fetch_timeout_s)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
+                log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
+                await asyncio.sleep(0.5)
+                continue
+            for msg in messages:
+                await self.dispatch(sub, msg)
+
+    async def dispatch(self, sub: Subscription, msg: Msg) -> None:
+        """Validate, process and settle one message. Never raises."""
+        subject = self.unwire(msg.subject)
+        headers = dict(msg.headers or {})
+        deliveries = msg.metadata.num_delivered or 1
+        started = time.perf_counter()
+        try:
+            payload = json.loads(msg.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            await self._dead_letter(sub, msg, "invalid_json", f"payload is not JSON: {exc}")
+            return
+        try:
+            event = sub.decode(subject, payload)
+        except (ValidationError, UnknownSubject) as exc:
+            await self._dead_letter(sub, msg, "invalid_schema", _describe(exc))
+            return
+        if deliveries > self.max_deliver:
+            await self._dead_letter(
+                sub, msg, "handler_error", f"gave up after {deliveries - 1} deliveries"
+            )
+            return
+        delivery = Delivery(subject, headers, deliveries, sub.durable)
+        with tracer.start_as_current_span(
+            f"{subject} process",
+            context=extract_context(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": subject,
+                "messaging.consumer.group.name": sub.durable,
+                "messaging.message.id": str(event.event_id),
+                "aicloud.tenant": event.tenant,
+            },
+        ) as span:
+            try:
+                await sub.process(event, delivery)
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                await self._retry_or_dead_letter(sub, msg, deliveries, exc)
+                return
+        await msg.ack()
+        self.metrics.observe_consumed(subject, "ok", time.perf_counter() - started)
+
+    async def _retry_or_dead_letter(
+        self, sub: Subscription, msg: Msg, deliveries: int, exc: Exception
+    ) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        if deliveries >= self.max_deliver:
+            await self._dead_letter(sub, msg, "handler_error", error)
+            return
+        delay = self.backoff_s[min(deliveries - 1, len(self.backoff_s) - 1)]
+        log.warning(
+            "bus.handler_failed", consumer=sub.durable, deliveries=deliveries, retry_in_s=delay,
+            error=error,
+        )
+        await msg.nak(delay=delay)
+        self.metrics.observe_consumed(self.unwire(msg.subject), "retried", 0.0)
+
+    async def _dead_letter(self, sub: Subscription, msg: Msg, reason: str, error: str) -> None:
+        subject = self.unwire(msg.subject)
+        record = DeadLetter(
+            subject=subject,
+            consumer=sub.durable,
+            reason=reason,
+            error=error,
+            deliveries=msg.metadata.num_delivered or 1,
+            payload=msg.data.decode("utf-8", errors="replace"),
+            payload_b64=base64.b64encode(msg.data).decode(),
+            headers={k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"},
+        )
+        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
+        try:
+            await self.publish_raw(
+                dead_letter_subject(subject),
+                record.model_dump_json().encode(),
+                message_id=f"dlq:{sub.durable}:{seq}",
+            )
+        except Exception as exc:
+            # Keep the message: it will be delivered again rather than lost.
+            log.error("bus.dead_letter_failed", consumer=sub.durable, error=str(exc))
+            await msg.nak(delay=self.backoff_s[-1])
+            return
+        await msg.term()
+        log.warning("bus.dead_lettered", consumer=sub.durable, subject=subject, reason=reason,
+                    error=error)
+        self.metrics.observe_consumed(subject, "dead_lettered", 0.0)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(message)"
+            parts.append(f"{where}: {err['msg']}")
+        return f"{exc.title} failed validation: " + "; ".join(parts)
+    return str(exc)

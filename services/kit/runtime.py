@@ -1,0 +1,159 @@
+"""The composition root every service process uses.
+
+``Service`` builds settings-driven infrastructure (logging, tracing, metrics, bus, database,
+outbox, inbox, HTTP) in one place; a service's ``app.py`` only says which subjects go to
+which handlers and which routes it serves. Nothing is built at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+import uvicorn
+from fastapi import APIRouter, FastAPI
+
+from contracts import Envelope
+from services.kit.bus import Bus, Delivery, typed_decoder
+from services.kit.db import Database, Migration
+from services.kit.http import ReadinessCheck, create_http_app
+from services.kit.inbox import Handler, Inbox
+from services.kit.logging import configure_logging
+from services.kit.metrics import Metrics
+from services.kit.outbox import Outbox
+from services.kit.settings import ServiceSettings
+from services.kit.tracing import configure_tracing
+
+log = structlog.get_logger(__name__)
+Hook = Callable[[], Awaitable[None]]
+
+
+class Service:
+    """One running service: its bus, database, outbox, consumers and HTTP server."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        migrations: Sequence[Migration] = (),
+        title: str = "",
+    ) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.metrics = Metrics(self.name)
+        self.bus = Bus(
+            nats_url=settings.nats_url,
+            service=self.name,
+            prefix=settings.subject_prefix,
+            max_deliver=settings.max_deliver,
+            backoff_s=settings.redelivery_backoff_s,
+            metrics=self.metrics,
+        )
+        self.db = Database(url=settings.database_url, schema=settings.schema_name)
+        self.outbox = Outbox(self.db, self.bus, poll_s=settings.outbox_poll_s)
+        self.inbox: Inbox[Any] = Inbox(self.db, self.outbox)
+        self.migrations = tuple(migrations)
+        self.checks: dict[str, ReadinessCheck] = {"nats": self._check_bus, "postgres": self.db.ping}
+        self.http: FastAPI = create_http_app(
+            service=self.name, metrics=self.metrics, checks=self.checks, title=title
+        )
+        self._on_start: list[Hook] = []
+        self._on_stop: list[Hook] = []
+        self._server: uvicorn.Server | None = None
+
+    # -- wiring (called from app.py) ----------------------------------------------------
+    def consume(
+        self, message_type: type[Envelope], handler: Handler[Any], *, durable: str | None = None
+    ) -> None:
+        """Run ``handler(event, uow)`` once per event, in a transaction with the inbox."""
+        self.bus.subscribe(
+            message_type.SUBJECT,
+            self.inbox.wrap(handler),
+            decode=typed_decoder(message_type),
+            durable=durable,
+        )
+
+    def observe(
+        self, filter_subject: str, handler: Callable[[Envelope, Delivery], Awaitable[None]]
+    ) -> None:
+        """Run ``handler(event, delivery)`` for every message on a wildcard, no transaction."""
+        self.bus.subscribe(filter_subject, handler)
+
+    def include_router(self, router: APIRouter) -> None:
+        self.http.include_router(router)
+
+    def on_start(self, hook: Hook) -> None:
+        self._on_start.append(hook)
+
+    def on_stop(self, hook: Hook) -> None:
+        self._on_stop.append(hook)
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        self.checks[name] = check
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Migrate, connect, start the outbox relay and the consumers (not the HTTP server)."""
+        await self.db.migrate(self.migrations)
+        await self.bus.connect()
+        for hook in self._on_start:
+            await hook()
+        self.outbox.start()
+        await self.bus.start()
+        log.info("service.started", consumers=[s.durable for s in self.bus._subscriptions])
+
+    async def stop(self) -> None:
+        for hook in reversed(self._on_stop):
+            with contextlib.suppress(Exception):
+                await hook()
+        await self.outbox.stop()
+        await self.bus.stop()
+        await self.db.dispose()
+        log.info("service.stopped")
+
+    async def serve(self) -> None:
+        """Start everything, serve HTTP until SIGTERM/SIGINT, then stop cleanly."""
+        await self.start()
+        config = uvicorn.Config(
+            self.http,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_exit)
+        try:
+            await self._server.serve()
+        finally:
+            await self.stop()
+
+    def _request_exit(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def _check_bus(self) -> None:
+        if not self.bus.connected:
+            raise ConnectionError("not connected to NATS")
+
+
+def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:
+    """Entry point for ``python -m services.<name>``: configure the process, build, serve."""
+    configure_logging(service=settings.service_name, level=settings.log_level)
+    provider = configure_tracing(
+        service=settings.service_name,
+        otlp_endpoint=settings.otlp_endpoint,
+        trace_file=settings.trace_file,
+    )
+    try:
+        asyncio.run(build(settings).serve())
+    finally:
+        provider.shutdown()

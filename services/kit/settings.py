@@ -1,0 +1,77 @@
+"""Service settings: environment variables with a per-service prefix, validated at start.
+
+``AICLOUD_CATALOG_DATABASE_URL`` configures the catalog's database, and so on. A missing or
+invalid value stops the service at once with a message naming the variable and what to set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(SystemExit):
+    """Raised (and exits non-zero) when a service's configuration is unusable."""
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs. Subclasses set ``env_prefix`` and add their own fields."""
+
+    model_config = SettingsConfigDict(env_prefix="AICLOUD_SERVICE_", extra="ignore", frozen=True)
+
+    service_name: str = "service"
+    nats_url: str = Field(description="NATS server URL, e.g. nats://127.0.0.1:4222")
+    database_url: str = Field(
+        description="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1:5432/aicloud"
+    )
+    db_schema: str = Field(default="", description="Schema for this service's tables.")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    subject_prefix: str = Field(
+        default="", pattern=r"^([a-z0-9_]+)?$", description="Isolates test runs on one server."
+    )
+    log_level: str = "info"
+    log_file: str = ""
+    trace_file: str = Field(default="", description="JSON-lines span file when no OTLP endpoint.")
+    otlp_endpoint: str = Field(default="", description="OTLP/HTTP traces endpoint.")
+    max_deliver: int = Field(default=5, ge=1, le=100)
+    redelivery_backoff_s: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
+    outbox_poll_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_scheme(cls, value: str) -> str:
+        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
+            raise ValueError("must start with nats:// (e.g. nats://127.0.0.1:4222)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_scheme(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgresql+asyncpg://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (e.g. postgresql://user@host:5432/db)")
+        return value
+
+    @property
+    def schema_name(self) -> str:
+        return self.db_schema or self.service_name.replace("-", "_")
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment, or exit with every problem spelled out."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = [f"invalid configuration for {cls.__name__}:"]
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            variable = f"{prefix}{field}".upper()
+            problem = "is required but not set" if err["type"] == "missing" else err["msg"]
+            lines.append(f"  {variable}: {problem}")
+        raise ConfigError("\n".join(lines)) from None

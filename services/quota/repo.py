@@ -1,0 +1,74 @@
+"""quota's tables: GPU allocations held by admitted work, and the decision log."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.kit.db import Migration
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "allocations and decision log",
+        (
+            """CREATE TABLE allocations (
+                resource_id TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                gpus INT NOT NULL,
+                admitted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                released_at TIMESTAMPTZ)""",
+            "CREATE INDEX allocations_held ON allocations (team) WHERE released_at IS NULL",
+            """CREATE TABLE decisions (
+                id BIGSERIAL PRIMARY KEY,
+                resource_id TEXT NOT NULL,
+                team TEXT NOT NULL,
+                admitted BOOLEAN NOT NULL,
+                policy_ids JSONB NOT NULL,
+                reason TEXT NOT NULL,
+                decided_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+        ),
+    ),
+)
+
+
+async def gpus_in_use(session: AsyncSession, *, team: str) -> int:
+    # Serialise decisions per team so two concurrent requests cannot both fit the last GPUs.
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": team})
+    result = await session.execute(
+        text("SELECT coalesce(sum(gpus), 0) FROM allocations WHERE team = :t AND released_at IS NULL"),
+        {"t": team},
+    )
+    return int(result.scalar_one())
+
+
+async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: int) -> None:
+    await session.execute(
+        text(
+            "INSERT INTO allocations (resource_id, team, gpus) VALUES (:r, :t, :g)"
+            " ON CONFLICT (resource_id) DO NOTHING"
+        ),
+        {"r": resource_id, "t": team, "g": gpus},
+    )
+
+
+async def release(session: AsyncSession, *, resource_id: str) -> None:
+    await session.execute(
+        text("UPDATE allocations SET released_at = now() WHERE resource_id = :r AND released_at IS NULL"),
+        {"r": resource_id},
+    )
+
+
+async def log_decision(
+    session: AsyncSession, *, resource_id: str, team: str, admitted: bool,
+    policy_ids: tuple[str, ...], reason: str,
+) -> None:
+    await session.execute(
+        text(
+            "INSERT INTO decisions (resource_id, team, admitted, policy_ids, reason)"
+            " VALUES (:r, :t, :a, CAST(:p AS JSONB), :why)"
+        ),
+        {"r": resource_id, "t": team, "a": admitted, "p": json.dumps(policy_ids), "why": reason},
+    )

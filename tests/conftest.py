@@ -1,0 +1,129 @@
+"""Session fixtures: real NATS (JetStream), PostgreSQL and Temporal from the installed wheels.
+
+Each test is isolated by its own subject prefix / stream names, database schema and task queue,
+so one set of servers serves the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from aicloud.local import servers
+from services.kit.tracing import configure_tracing
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        if servers.port_open(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} did not open port {port} within 30 s:\n{log.read_text()[-2000:]}")
+
+
+def _spawn(argv: list[str], log: Path, user: str | None = None) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, user=user,
+                            start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def nats_url(server_root: Path) -> Iterator[str]:
+    port, monitor = servers.free_port(), servers.free_port()
+    argv = servers.nats_argv(port=port, monitor_port=monitor, store_dir=server_root / "nats")
+    log = server_root / "nats.log"
+    proc = _spawn(argv, log)
+    _wait_port(port, proc, "nats-server", log)
+    yield f"nats://127.0.0.1:{port}"
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def postgres_port(server_root: Path) -> Iterator[int]:
+    layout = servers.postgres_prepare(server_root / "postgres")
+    port = servers.free_port()
+    log = server_root / "postgres.log"
+    proc = _spawn(servers.postgres_argv(layout, port=port), log, user=layout.user)
+    _wait_port(port, proc, "postgres", log)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            servers.create_database(port, "aicloud_test")
+            break
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield port
+    _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_port: int) -> str:
+    return servers.postgres_url(postgres_port, "aicloud_test")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tracer provider for the session; spans land in a JSON-lines file tests can read."""
+    path = tmp_path_factory.mktemp("traces") / "spans.jsonl"
+    configure_tracing(service="tests", trace_file=str(path))
+    return path
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A subject prefix / schema suffix unique to one test."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def service_env(nats_url: str, database_url: str, prefix: str) -> dict[str, str]:
+    return {"nats_url": nats_url, "database_url": database_url, "subject_prefix": prefix}
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[object]:
+    from temporalio.testing import WorkflowEnvironment
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=str(servers.temporal_test_server())
+    )
+    yield env
+    await env.shutdown()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test carries exactly one tier marker, taken from its folder when not explicit."""
+    tiers = {"unit", "integration", "e2e"}
+    for item in items:
+        if not tiers & {m.name for m in item.iter_markers()}:
+            folder = Path(str(item.fspath)).parent.name
+            if folder in tiers:
+                item.add_marker(getattr(pytest.mark, folder))
+
+
+os.environ.setdefault("AICLOUD_TESTING", "1")
