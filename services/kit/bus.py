@@ -28,7 +28,7 @@ from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contracts import BY_SUBJECT, DOMAINS, DeadLetter, Envelope, dead_letter_subject
 from contracts.envelope import DLQ_PREFIX
@@ -38,8 +38,8 @@ from services.kit.tracing import extract_context, inject_headers
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("aicloud.bus")
 
-Process = Callable[[Envelope, "Delivery"], Awaitable[None]]
-Decoder = Callable[[str, Any], Envelope]
+Process = Callable[[Any, "Delivery"], Awaitable[None]]
+Decoder = Callable[[str, Any], BaseModel]
 
 
 class UnknownSubject(ValueError):
@@ -72,8 +72,10 @@ def typed_decoder(message_type: type[Envelope]) -> Decoder:
     return decode
 
 
-def catalogue_decoder(subject: str, payload: Any) -> Envelope:
+def catalogue_decoder(subject: str, payload: Any) -> BaseModel:
     """Decode any message of the catalogue by its subject (for wildcard subscribers)."""
+    if subject.startswith(DLQ_PREFIX + "."):
+        return DeadLetter.model_validate(payload)
     message_type = BY_SUBJECT.get(subject)
     if message_type is None:
         raise UnknownSubject(f"no contract is registered for subject {subject!r}")
@@ -253,7 +255,7 @@ class Bus:
         while not self._stopping.is_set():
             try:
                 messages = await pull.fetch(self._batch, timeout=self._fetch_timeout_s)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
                 log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
@@ -292,8 +294,8 @@ class Bus:
                 "messaging.system": "nats",
                 "messaging.destination.name": subject,
                 "messaging.consumer.group.name": sub.durable,
-                "messaging.message.id": str(event.event_id),
-                "aicloud.tenant": event.tenant,
+                "messaging.message.id": str(getattr(event, "event_id", "")),
+                "aicloud.tenant": getattr(event, "tenant", ""),
             },
         ) as span:
             try:

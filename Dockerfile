@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+#
+# One image for every aicloud service. The entrypoint is `python -m`, so the command picks the
+# service:
+#
+#   docker build -t aicloud:local .
+#   docker run --rm -p 8000:8000 -e AICLOUD_CATALOG_HTTP_HOST=0.0.0.0 ... aicloud:local services.catalog
+#
+# docker-compose.yml and the Helm chart (deploy/helm/aicloud) pass `services.<module>` the same way.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- build: install the project and its dependencies into a self-contained virtualenv ----------
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/aicloud
+ENV PATH=/opt/aicloud/bin:$PATH
+
+WORKDIR /src
+# Metadata first, then the packages named in [tool.setuptools.packages.find].
+COPY pyproject.toml README.md ./
+COPY aicloud ./aicloud
+COPY contracts ./contracts
+COPY services ./services
+COPY workflows ./workflows
+RUN pip install --upgrade pip setuptools wheel \
+ && pip install . \
+ && python -m compileall -q /opt/aicloud/lib
+
+# --- runtime: the virtualenv and nothing else, run as an unprivileged user ---------------------
+FROM ${PYTHON_IMAGE} AS runtime
+
+ARG AICLOUD_UID=10001
+ARG AICLOUD_GID=10001
+
+LABEL org.opencontainers.image.title="aicloud" \
+      org.opencontainers.image.description="aicloud platform services (catalog, quota, provisioner, cost-ledger, inference-router, agent-runtime, observability-collector)"
+
+RUN groupadd --system --gid "${AICLOUD_GID}" aicloud \
+ && useradd --system --uid "${AICLOUD_UID}" --gid aicloud --home-dir /home/aicloud \
+      --create-home --shell /usr/sbin/nologin aicloud \
+ && mkdir -p /var/lib/aicloud \
+ && chown aicloud:aicloud /var/lib/aicloud
+
+COPY --from=build /opt/aicloud /opt/aicloud
+
+ENV PATH=/opt/aicloud/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/home/aicloud
+
+# Writable state (e.g. the provisioner's job workspaces) lives here: mount a volume over it when
+# the root filesystem is read-only (compose and the Helm chart do).
+WORKDIR /var/lib/aicloud
+
+USER ${AICLOUD_UID}:${AICLOUD_GID}
+
+# catalog 8000, quota 8001, provisioner 8002, cost-ledger 8003, inference-router 8004,
+# agent-runtime 8005, observability-collector 8006
+EXPOSE 8000 8001 8002 8003 8004 8005 8006
+
+ENTRYPOINT ["python", "-m"]
+CMD ["services.catalog"]

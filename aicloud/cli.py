@@ -1,0 +1,49 @@
+"""The ``aicloud`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aicloud import dev, jobs
+from aicloud.output import console, fail
+
+app = typer.Typer(
+    help="aicloud: run jobs, notebooks, endpoints and agents on your company's AI platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(dev.app, name="dev")
+app.add_typer(jobs.create_app, name="create")
+app.add_typer(jobs.jobs_app, name="jobs")
+contracts_app = typer.Typer(help="The event contracts (AsyncAPI + JSON Schema).", no_args_is_help=True)
+app.add_typer(contracts_app, name="contracts")
+
+
+@contracts_app.command("export")
+def contracts_export(directory: Annotated[Path, typer.Argument(help="Where to write.")]) -> None:
+    """Write the AsyncAPI document and one JSON Schema per event."""
+    from contracts.export import export
+
+    written = export(directory)
+    console.print(f"wrote {len(written)} files to {directory}")
+
+
+@contracts_app.command("check")
+def contracts_check(directory: Annotated[Path, typer.Argument()] = Path("docs/contracts")) -> None:
+    """Fail when the exported files differ from the code."""
+    from contracts.export import drift
+
+    problems = drift(directory)
+    if problems:
+        for problem in problems:
+            console.print(f"  {problem}")
+        raise fail("contracts drifted from the code",
+                   hint=f"run `aicloud contracts export {directory}` and commit the result")
+    console.print("contracts are in sync")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""The CLI's HTTP client for the platform API, with errors a person can act on."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from aicloud.local.stack import Stack, default_home
+
+
+class ApiError(RuntimeError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def api_url() -> str:
+    """$AICLOUD_API_URL, else the catalog of the local stack under $AICLOUD_HOME."""
+    if url := os.environ.get("AICLOUD_API_URL"):
+        return url.rstrip("/")
+    for entry in Stack(default_home()).read_state():
+        if entry.get("name") == "catalog":
+            return str(entry["url"])
+    raise ApiError("no platform API configured",
+                   hint="start one with `aicloud dev up --detach` or set AICLOUD_API_URL")
+
+
+class PlatformClient:
+    def __init__(self, *, team: str, base_url: str | None = None) -> None:
+        self._http = httpx.Client(base_url=base_url or api_url(), timeout=10,
+                                  headers={"X-Aicloud-Team": team})
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ApiError(f"cannot reach the platform API at {self._http.base_url}",
+                           hint="is it running? `aicloud dev status`") from None
+        if response.status_code >= 400:
+            raise ApiError(_explain(response))
+        return response.json()
+
+
+def _explain(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', [])[1:]) or 'request'}: {item.get('msg')}"
+            for item in detail
+        )
+    return f"{response.status_code}: {detail}"

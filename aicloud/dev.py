@@ -1,0 +1,116 @@
+"""``aicloud dev``: the whole platform on this machine."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aicloud.local.servers import MissingBinary
+from aicloud.local.stack import Stack, StackError, default_home
+from aicloud.output import Format, console, emit, fail
+
+app = typer.Typer(help="Run the whole platform locally: NATS, PostgreSQL, Temporal, 7 services.",
+                  no_args_is_help=True)
+Home = Annotated[Path | None, typer.Option(help="State directory (default $AICLOUD_HOME or ./.aicloud).")]
+COLUMNS = ("name", "pid", "url", "healthy")
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once all are ready.")] = False,
+    free_ports: Annotated[bool, typer.Option(help="Pick free ports (run stacks side by side).")] = False,
+    home: Home = None,
+) -> None:
+    """Start everything, wait until each component is ready, print where to find it."""
+    stack = Stack(home or default_home())
+    started = time.monotonic()
+    console.print(f"[bold]aicloud[/] starting in {stack.home}")
+    try:
+        with console.status("starting...") as status:
+            def report(line: str) -> None:
+                status.update(line)
+                console.print(f"  [green]✓[/] {line}")
+
+            stack.up(free_ports=free_ports, report=report)
+    except (StackError, MissingBinary, subprocess.CalledProcessError) as exc:
+        raise fail(f"the platform did not start: {exc}",
+                   hint="`aicloud dev logs NAME` shows a component's whole log") from None
+    console.print(f"all ready in {time.monotonic() - started:.1f}s\n")
+    emit(stack.status(), fmt=Format.table, columns=COLUMNS)
+    _print_links(stack)
+    if detach:
+        console.print("\nrunning in the background; stop with [bold]aicloud dev down[/]")
+        return
+    console.print("\n[dim]Ctrl-C stops everything[/]")
+    _wait_for_interrupt(stack)
+
+
+@app.command()
+def status(
+    output: Annotated[Format, typer.Option("--output", "-o", help="table or json")] = Format.table,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
+    home: Home = None,
+) -> None:
+    """Each component: name, pid, url, healthy. Exit code 1 when something is unhealthy."""
+    rows = Stack(home or default_home()).status()
+    emit(rows, fmt=Format.json if as_json else output, columns=COLUMNS)
+    if not rows or not all(row["healthy"] for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Component name, e.g. quota or temporal.")],
+    lines: Annotated[int, typer.Option("--lines", "-n", min=1)] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+    home: Home = None,
+) -> None:
+    """Show (or follow) one component's log."""
+    stack = Stack(home or default_home())
+    log = stack.home / "logs" / f"{name}.log"
+    if not log.exists():
+        known = sorted(p.stem for p in (stack.home / "logs").glob("*.log"))
+        raise fail(f"no log for {name!r}", hint=f"components: {', '.join(known) or 'none yet'}")
+    argv = ["tail", "-n", str(lines), *(["-F"] if follow else []), str(log)]
+    raise typer.Exit(subprocess.call(argv))
+
+
+@app.command()
+def down(home: Home = None) -> None:
+    """Stop every component of this home; no process is left behind."""
+    stack = Stack(home or default_home())
+    stopped = stack.down(report=lambda line: console.print(f"  {line}"))
+    console.print(f"stopped {len(stopped)} component(s)" if stopped else "nothing was running")
+
+
+def _print_links(stack: Stack) -> None:
+    urls = {row["name"]: row["url"] for row in stack.status()}
+    console.print(f"\n  Temporal UI     {urls.get('temporal')}")
+    console.print(f"  platform API    {urls.get('catalog')}/docs")
+    console.print(f"  router          {urls.get('inference-router')}")
+    console.print(f"  bill dashboard  {urls.get('cost-ledger')}")
+    console.print(f"  metrics         {urls.get('observability-collector')}/metrics")
+
+
+def _wait_for_interrupt(stack: Stack) -> None:
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping:
+        time.sleep(0.5)
+        dead = [row["name"] for row in stack.status() if not row["healthy"]]
+        if dead:
+            console.print(f"[yellow]unhealthy:[/] {', '.join(map(str, dead))}")
+            time.sleep(5)
+    console.print("\nstopping...")
+    stack.down(report=lambda line: console.print(f"  {line}"))

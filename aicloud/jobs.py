@@ -1,0 +1,110 @@
+"""``aicloud create job`` and ``aicloud jobs ...``."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import typer
+
+from aicloud.client import ApiError, PlatformClient
+from aicloud.output import Format, console, emit, errors, fail
+
+create_app = typer.Typer(help="Create work on the platform.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Inspect and follow jobs.", no_args_is_help=True)
+TERMINAL = {"completed", "failed", "terminated", "rejected"}
+COLUMNS = ("job_id", "status", "reason", "created_at")
+
+Team = Annotated[str, typer.Option(envvar="AICLOUD_TEAM", help="Your team (or $AICLOUD_TEAM).")]
+Output = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
+
+
+def _client(team: str) -> PlatformClient:
+    try:
+        return PlatformClient(team=team)
+    except ApiError as exc:
+        raise fail(str(exc), hint=exc.hint) from None
+
+
+def _call(client: PlatformClient, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return client.request(method, path, **kwargs)
+    except ApiError as exc:
+        raise fail(str(exc), hint=exc.hint) from None
+
+
+@create_app.command("job", context_settings={"allow_extra_args": True})
+def create_job(
+    command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
+    team: Team,
+    name: Annotated[str | None, typer.Option(help="Job id (generated when omitted).")] = None,
+    job_type: Annotated[str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")] = "training",
+    gpus: Annotated[int, typer.Option(min=0, help="GPUs to request.")] = 0,
+    product: Annotated[str, typer.Option(help="Compute product from the catalog.")] = "cpu-small",
+    dataset: Annotated[str | None, typer.Option(help="e.g. projects/legal-rag/datasets/v2")] = None,
+    max_runtime: Annotated[int | None, typer.Option(help="Seconds before the job is stopped.")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter, repeatable.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the job ends.")] = False,
+    output: Output = Format.table,
+) -> None:
+    """Submit a job: `aicloud create job --team legal --gpus 1 -- python train.py`."""
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001")
+        params[key] = value
+    body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
+            "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params}
+    client = _client(team)
+    job = _call(client, "POST", "/v1/jobs", json=body)
+    if output is Format.table:
+        console.print(f"job [bold]{job['job_id']}[/] submitted for team {team}")
+    if wait:
+        job = _wait(client, job["job_id"], timeout=None, quiet=output is Format.json)
+    emit(job, fmt=output, columns=COLUMNS)
+    if wait and job["status"] != "completed":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def list_jobs(team: Team, output: Output = Format.table,
+              limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
+    """Your team's most recent jobs."""
+    emit(_call(_client(team), "GET", "/v1/jobs", params={"limit": limit}), fmt=output,
+         columns=COLUMNS)
+
+
+@jobs_app.command("get")
+def get_job(job_id: str, team: Team, output: Output = Format.table) -> None:
+    """One job with its status and the reason for it."""
+    emit(_call(_client(team), "GET", f"/v1/jobs/{job_id}"), fmt=output, columns=COLUMNS)
+
+
+@jobs_app.command("wait")
+def wait_job(
+    job_id: str, team: Team, output: Output = Format.table,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
+) -> None:
+    """Wait until a job ends, showing its progress. Exit code 0 only when it completed."""
+    job = _wait(_client(team), job_id, timeout=timeout, quiet=output is Format.json)
+    emit(job, fmt=output, columns=COLUMNS)
+    if job["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _wait(client: PlatformClient, job_id: str, *, timeout: float | None, quiet: bool) -> dict[str, Any]:
+    """Poll until the job ends, printing each state change (to stderr, so -o json stays clean)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    started, last = time.monotonic(), None
+    while True:
+        job = _call(client, "GET", f"/v1/jobs/{job_id}")
+        if job["status"] != last:
+            last = job["status"]
+            if not quiet:
+                errors.print(f"  [{time.monotonic() - started:5.1f}s] {job_id}: {last}")
+        if job["status"] in TERMINAL:
+            return dict(job)
+        if deadline is not None and time.monotonic() > deadline:
+            raise fail(f"{job_id} is still {job['status']} after {timeout}s", code=2)
+        time.sleep(0.25)

@@ -1,0 +1,278 @@
+"""The local platform: NATS, PostgreSQL, Temporal and the seven services as supervised processes.
+
+Everything lives under ``$AICLOUD_HOME``: ``data/`` (JetStream, Postgres, Temporal), ``logs/``,
+``traces/``, ``jobs/`` and ``run/stack.json`` (pids, ports, URLs). A second ``up`` on the same
+home reuses its ports and data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from aicloud.local import servers
+
+SERVICES: tuple[tuple[str, str, str], ...] = (
+    # (component name, python module, env prefix)
+    ("catalog", "services.catalog", "AICLOUD_CATALOG_"),
+    ("quota", "services.quota", "AICLOUD_QUOTA_"),
+    ("provisioner", "services.provisioner", "AICLOUD_PROVISIONER_"),
+    ("cost-ledger", "services.cost_ledger", "AICLOUD_COST_LEDGER_"),
+    ("inference-router", "services.inference_router", "AICLOUD_INFERENCE_ROUTER_"),
+    ("agent-runtime", "services.agent_runtime", "AICLOUD_AGENT_RUNTIME_"),
+    ("observability-collector", "services.observability_collector",
+     "AICLOUD_OBSERVABILITY_COLLECTOR_"),
+)
+DEFAULT_PORTS: dict[str, int] = {
+    "nats": 4222, "nats-monitor": 8222, "postgres": 5433, "temporal": 7233, "temporal-ui": 8233,
+    "catalog": 8000, "quota": 8001, "provisioner": 8002, "cost-ledger": 8003,
+    "inference-router": 8004, "agent-runtime": 8005, "observability-collector": 8006,
+}
+DATABASE = "aicloud"
+READY_TIMEOUT_S = 60.0
+
+
+class StackError(RuntimeError):
+    """A component failed; the message names it and quotes the tail of its log."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AICLOUD_HOME", ".aicloud")).resolve()
+
+
+@dataclass
+class Component:
+    name: str
+    url: str
+    argv: list[str]
+    log: str
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    pid: int | None = None
+    started_at: float | None = None
+
+    def public(self) -> dict[str, object]:
+        return {"name": self.name, "pid": self.pid, "url": self.url, "log": self.log}
+
+
+class Stack:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.state_file = home / "run" / "stack.json"
+
+    # -- planning -----------------------------------------------------------------------
+    def ports(self, *, free: bool) -> dict[str, int]:
+        """Ports from the last run on this home, or defaults, or free ones (--free-ports)."""
+        saved = self.home / "run" / "ports.json"
+        if free:
+            ports = {name: servers.free_port() for name in DEFAULT_PORTS}
+        elif saved.exists():
+            ports = {**DEFAULT_PORTS, **json.loads(saved.read_text())}
+        else:
+            ports = dict(DEFAULT_PORTS)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(ports, indent=2))
+        return ports
+
+    def plan(self, ports: dict[str, int]) -> tuple[list[Component], list[Component]]:
+        """The infrastructure components and the services, ready to spawn."""
+        data, logs = self.home / "data", self.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        pg = servers.postgres_prepare(data / "postgres")
+        infra = [
+            Component("nats", f"nats://127.0.0.1:{ports['nats']}",
+                      servers.nats_argv(port=ports["nats"], monitor_port=ports["nats-monitor"],
+                                        store_dir=data / "nats"),
+                      str(logs / "nats.log")),
+            Component("postgres", servers.postgres_url(ports["postgres"], DATABASE),
+                      servers.postgres_argv(pg, port=ports["postgres"]),
+                      str(logs / "postgres.log"), user=pg.user),
+            Component("temporal", f"http://127.0.0.1:{ports['temporal-ui']}",
+                      servers.temporal_argv(port=ports["temporal"], ui_port=ports["temporal-ui"],
+                                            db_file=data / "temporal" / "temporal.db"),
+                      str(logs / "temporal.log")),
+        ]
+        return infra, [self._service(name, module, prefix, ports)
+                       for name, module, prefix in SERVICES]
+
+    def _service(self, name: str, module: str, prefix: str, ports: dict[str, int]) -> Component:
+        env = {
+            f"{prefix}NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
+            f"{prefix}DATABASE_URL": servers.postgres_url(ports["postgres"], DATABASE),
+            f"{prefix}HTTP_PORT": str(ports[name]),
+            f"{prefix}TRACE_FILE": str(self.home / "traces" / f"{name}.jsonl"),
+        }
+        if name == "provisioner":
+            env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
+            env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
+        return Component(name, f"http://127.0.0.1:{ports[name]}",
+                         [sys.executable, "-m", module], str(self.home / "logs" / f"{name}.log"),
+                         env=env)
+
+    # -- running ------------------------------------------------------------------------
+    def spawn(self, component: Component) -> None:
+        with open(component.log, "ab") as log:
+            proc = subprocess.Popen(
+                component.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **component.env}, user=component.user,
+                start_new_session=True, cwd=self.home,
+            )
+        component.pid, component.started_at = proc.pid, time.time()
+
+    def wait_ready(self, component: Component, probe: Callable[[], bool],
+                   timeout: float = READY_TIMEOUT_S) -> float:
+        """Seconds until ``probe`` passed; raises StackError with the log tail otherwise."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if component.pid is None or not _alive(component.pid):
+                raise StackError(f"{component.name} exited during start-up\n{tail(component.log)}")
+            if probe():
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise StackError(f"{component.name} was not ready after {timeout:.0f} s\n{tail(component.log)}")
+
+    def probe(self, component: Component, ports: dict[str, int]) -> Callable[[], bool]:
+        if component.name == "nats":
+            return lambda: _http_ok(f"http://127.0.0.1:{ports['nats-monitor']}/healthz?js-enabled-only=true")
+        if component.name == "postgres":
+            return lambda: _database_ready(ports["postgres"])
+        if component.name == "temporal":
+            return lambda: servers.port_open(ports["temporal"]) and _http_ok(component.url)
+        return lambda: _http_ok(component.url + "/readyz")
+
+    def up(self, *, free_ports: bool, report: Callable[[str], None]) -> list[Component]:
+        """Start every component (infra first, then services, each group in parallel)."""
+        running = self.read_state()
+        if running and all(_alive(c["pid"]) for c in running):
+            report("already running; use `aicloud dev down` to stop it")
+            return [Component(**{k: v for k, v in c.items() if k in Component.__annotations__})
+                    for c in running]
+        self.down(report=lambda _: None)
+        ports = self.ports(free=free_ports)
+        infra, services = self.plan(ports)
+        started: list[Component] = []
+        try:
+            for group in (infra, services):
+                for component in group:
+                    self.spawn(component)
+                    started.append(component)
+                self.write_state(started)
+                self._await_group(group, ports, report)
+        except BaseException:
+            self.write_state(started)
+            self.down(report=report)
+            raise
+        return started
+
+    def _await_group(self, group: list[Component], ports: dict[str, int],
+                     report: Callable[[str], None]) -> None:
+        with ThreadPoolExecutor(max_workers=len(group)) as pool:
+            futures = {c.name: pool.submit(self.wait_ready, c, self.probe(c, ports)) for c in group}
+            for name, future in futures.items():
+                report(f"{name} ready in {future.result():.1f}s")
+
+    def down(self, *, report: Callable[[str], None], grace_s: float = 10.0) -> list[str]:
+        """Stop services first, then infrastructure; nothing is left behind."""
+        stopped = []
+        for entry in reversed(self.read_state()):
+            pid = entry.get("pid")
+            if pid and _alive(pid):
+                _terminate_group(pid, grace_s)
+                stopped.append(entry["name"])
+                report(f"stopped {entry['name']} (pid {pid})")
+        if self.state_file.exists():
+            self.state_file.unlink()
+        return stopped
+
+    # -- state --------------------------------------------------------------------------
+    def write_state(self, components: list[Component]) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(c) for c in components], indent=2))
+        tmp.replace(self.state_file)
+
+    def read_state(self) -> list[dict[str, object]]:
+        if not self.state_file.exists():
+            return []
+        return list(json.loads(self.state_file.read_text()))
+
+    def status(self) -> list[dict[str, object]]:
+        """Each component: name, pid, url, healthy (process alive and its probe passing)."""
+        state = self.read_state()
+        ports = json.loads((self.home / "run" / "ports.json").read_text()) if state else {}
+        rows = []
+        for entry in state:
+            component = Component(**{k: v for k, v in entry.items() if k in Component.__annotations__})
+            alive = component.pid is not None and _alive(component.pid)
+            healthy = alive and self.probe(component, ports)()
+            rows.append({**component.public(), "healthy": healthy})
+        return rows
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return f"(no log at {path})"
+    return "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _terminate_group(pid: int, grace_s: float) -> None:
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    members = [p for p in psutil.process_iter() if _pgid(p) == group]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        _, alive = psutil.wait_procs(members, timeout=grace_s)
+        if not alive:
+            return
+        members = alive
+
+
+def _pgid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _database_ready(port: int) -> bool:
+    if not servers.port_open(port):
+        return False
+    try:
+        servers.create_database(port, DATABASE)
+    except subprocess.CalledProcessError:
+        return False
+    return True

@@ -1,0 +1,3 @@
+from services.agent_runtime.app import main
+
+main()

@@ -1,0 +1,11 @@
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class AgentRuntimeSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AICLOUD_AGENT_RUNTIME_", extra="ignore",
+                                      frozen=True)
+
+    service_name: str = "agent-runtime"
+    http_port: int = 8005

@@ -1,0 +1,1 @@
+"""catalog: the platform API the CLI talks to, and the record of every job's state."""

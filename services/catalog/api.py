@@ -1,0 +1,72 @@
+"""The platform HTTP API behind ``aicloud create job`` and ``aicloud jobs ...``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, status
+from pydantic import BaseModel, Field, ValidationError
+
+from contracts import JobRequested
+from services.catalog import handlers, repo
+from services.kit.db import Database
+from services.kit.inbox import UnitOfWork
+from services.kit.outbox import Outbox
+
+TEAM_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
+Team = Annotated[
+    str, Header(alias="X-Aicloud-Team", pattern=TEAM_PATTERN, description="The caller's team.")
+]
+
+
+class JobCreate(BaseModel):
+    """What a developer submits; the team comes from the X-Aicloud-Team header."""
+
+    name: str | None = Field(default=None, description="Job id; generated when omitted.")
+    job_type: str = "training"
+    product: str = "cpu-small"
+    gpus: int = 0
+    dataset: str | None = None
+    command: list[str]
+    params: dict[str, str] = Field(default_factory=dict)
+    max_runtime_s: int | None = None
+
+
+def build_router(*, db: Database, outbox: Outbox) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["jobs"])
+
+    @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=repo.JobPublic)
+    async def create_job(body: JobCreate, team: Team) -> repo.JobPublic:
+        job_id = body.name or f"job-{uuid.uuid4().hex[:12]}"
+        try:
+            request = JobRequested(
+                source="catalog", tenant=team, correlation_id=job_id, job_id=job_id,
+                **body.model_dump(exclude={"name"}),
+            )
+        except ValidationError as exc:
+            raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from None
+        try:
+            async with db.transaction() as session:
+                await handlers.submit_job(request, UnitOfWork(session, outbox))
+                job = await repo.get_job(session, job_id=job_id, team=team)
+        except handlers.JobIdTaken as exc:
+            raise HTTPException(409, detail=str(exc)) from None
+        outbox.wake()
+        assert job is not None
+        return job
+
+    @router.get("/jobs", response_model=list[repo.JobPublic])
+    async def list_jobs(team: Team, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[repo.JobPublic]:
+        async with db.transaction() as session:
+            return await repo.list_jobs(session, team=team, limit=limit)
+
+    @router.get("/jobs/{job_id}", response_model=repo.JobPublic)
+    async def get_job(job_id: str, team: Team) -> repo.JobPublic:
+        async with db.transaction() as session:
+            job = await repo.get_job(session, job_id=job_id, team=team)
+        if job is None:
+            raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+        return job
+
+    return router

@@ -1,0 +1,19 @@
+"""Job states and the transitions events cause. Pure rules, unit-tested directly."""
+
+from __future__ import annotations
+
+from typing import Final
+
+TERMINAL: Final = frozenset({"completed", "failed", "terminated", "rejected"})
+
+_ORDER: Final = {
+    "requested": 0, "admitted": 1, "rejected": 1, "started": 2,
+    "completed": 3, "failed": 3, "terminated": 3,
+}
+
+
+def next_status(current: str, incoming: str) -> str:
+    """Events can arrive out of order: a state never moves backwards, and terminal is final."""
+    if current in TERMINAL:
+        return current
+    return incoming if _ORDER[incoming] >= _ORDER[current] else current

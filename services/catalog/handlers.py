@@ -1,0 +1,61 @@
+"""catalog's handlers: submit jobs, and follow their lifecycle events."""
+
+from __future__ import annotations
+
+from contracts import (
+    JobAdmitted,
+    JobCompleted,
+    JobFailed,
+    JobRejected,
+    JobRequested,
+    JobStarted,
+    JobTerminated,
+)
+from services.catalog import repo
+from services.catalog.domain import next_status
+from services.kit.inbox import UnitOfWork
+
+LifecycleEvent = JobAdmitted | JobRejected | JobStarted | JobCompleted | JobFailed | JobTerminated
+
+STATUS_OF: dict[type[LifecycleEvent], str] = {
+    JobAdmitted: "admitted",
+    JobRejected: "rejected",
+    JobStarted: "started",
+    JobCompleted: "completed",
+    JobFailed: "failed",
+    JobTerminated: "terminated",
+}
+
+
+class JobIdTaken(ValueError):
+    pass
+
+
+async def submit_job(request: JobRequested, uow: UnitOfWork) -> None:
+    """Record the job and stage ``jobs.requested`` in the same transaction."""
+    created = await repo.insert_job(
+        uow.session, job_id=request.job_id, team=request.tenant,
+        request=request.model_dump(mode="json"),
+    )
+    if not created:
+        raise JobIdTaken(f"job id {request.job_id!r} already exists: choose another --name")
+    await uow.outbox.add(uow.session, request)
+
+
+async def on_job_lifecycle(event: LifecycleEvent, uow: UnitOfWork) -> None:
+    current = await repo.get_status(uow.session, job_id=event.job_id)
+    if current is None:
+        # Submitted straight onto NATS by an outside system: the admitted event carries it.
+        if not isinstance(event, JobAdmitted):
+            return
+        await repo.insert_job(
+            uow.session, job_id=event.job_id, team=event.tenant,
+            request=event.request.model_dump(mode="json"),
+        )
+        current = "requested"
+    status = next_status(current, STATUS_OF[type(event)])
+    result = event.model_dump(mode="json", include={"exit_code", "duration_s", "artifacts", "metrics"})
+    await repo.set_status(
+        uow.session, job_id=event.job_id, status=status,
+        reason=getattr(event, "reason", "") or "", result=result,
+    )

@@ -1,0 +1,94 @@
+"""catalog's tables: the jobs the platform knows about."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import Field, SQLModel
+
+from services.kit.db import Migration
+
+MIGRATIONS = (
+    Migration(
+        1,
+        "jobs",
+        (
+            """CREATE TABLE jobs (
+                job_id TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                status TEXT NOT NULL,
+                reason TEXT NOT NULL DEFAULT '',
+                request JSONB NOT NULL,
+                result JSONB NOT NULL DEFAULT '{}'::jsonb,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+            "CREATE INDEX jobs_team ON jobs (team, created_at DESC)",
+        ),
+    ),
+)
+
+
+class JobPublic(SQLModel):
+    job_id: str
+    team: str
+    status: str
+    reason: str = ""
+    request: dict[str, Any] = Field(default_factory=dict)
+    result: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime
+    updated_at: datetime
+
+
+async def insert_job(session: AsyncSession, *, job_id: str, team: str, request: dict[str, Any]) -> bool:
+    """Insert a new job; False when the id is already taken."""
+    inserted = await session.execute(
+        text(
+            "INSERT INTO jobs (job_id, team, status, request) VALUES (:j, :t, 'requested', CAST(:r AS JSONB))"
+            " ON CONFLICT (job_id) DO NOTHING RETURNING 1"
+        ),
+        {"j": job_id, "t": team, "r": json.dumps(request)},
+    )
+    return inserted.first() is not None
+
+
+async def get_status(session: AsyncSession, *, job_id: str) -> str | None:
+    row = await session.execute(
+        text("SELECT status FROM jobs WHERE job_id = :j FOR UPDATE"), {"j": job_id}
+    )
+    return row.scalar_one_or_none()
+
+
+async def set_status(
+    session: AsyncSession, *, job_id: str, status: str, reason: str = "",
+    result: dict[str, Any] | None = None,
+) -> None:
+    await session.execute(
+        text(
+            "UPDATE jobs SET status = :s, reason = CASE WHEN :why = '' THEN reason ELSE :why END,"
+            " result = result || CAST(:res AS JSONB), updated_at = now() WHERE job_id = :j"
+        ),
+        {"j": job_id, "s": status, "why": reason, "res": json.dumps(result or {})},
+    )
+
+
+async def get_job(session: AsyncSession, *, job_id: str, team: str) -> JobPublic | None:
+    row = (
+        await session.execute(
+            text("SELECT * FROM jobs WHERE job_id = :j AND team = :t"), {"j": job_id, "t": team}
+        )
+    ).mappings().first()
+    return JobPublic.model_validate(dict(row)) if row else None
+
+
+async def list_jobs(session: AsyncSession, *, team: str, limit: int) -> list[JobPublic]:
+    rows = (
+        await session.execute(
+            text("SELECT * FROM jobs WHERE team = :t ORDER BY created_at DESC LIMIT :n"),
+            {"t": team, "n": limit},
+        )
+    ).mappings().all()
+    return [JobPublic.model_validate(dict(row)) for row in rows]

@@ -1,0 +1,10 @@
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class CatalogSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AICLOUD_CATALOG_", extra="ignore", frozen=True)
+
+    service_name: str = "catalog"
+    http_port: int = 8000

@@ -1,0 +1,1 @@
+"""cost-ledger: append-only metering of usage and inference (prices and budgets build on it)."""

@@ -1,0 +1,3 @@
+from services.cost_ledger.app import main
+
+main()

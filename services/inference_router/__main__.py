@@ -1,0 +1,3 @@
+from services.inference_router.app import main
+
+main()

@@ -1,0 +1,11 @@
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+
+
+class RouterSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AICLOUD_INFERENCE_ROUTER_", extra="ignore",
+                                      frozen=True)
+
+    service_name: str = "inference-router"
+    http_port: int = 8004

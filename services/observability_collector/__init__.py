@@ -1,0 +1,1 @@
+"""observability-collector: platform-wide metrics from every event on the bus."""

@@ -1,0 +1,3 @@
+from services.observability_collector.app import main
+
+main()

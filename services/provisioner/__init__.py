@@ -1,0 +1,1 @@
+"""provisioner: the Temporal worker that runs jobs on a compute backend."""

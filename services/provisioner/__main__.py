@@ -1,0 +1,3 @@
+from services.provisioner.app import main
+
+main()

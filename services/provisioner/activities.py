@@ -1,0 +1,89 @@
+"""JobWorkflow's activities: all of the job's I/O (compute backend, bus) happens here."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import structlog
+from temporalio import activity
+
+from contracts import (
+    Envelope,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobStarted,
+    JobTerminated,
+    UsageRecorded,
+)
+from services.kit.bus import Bus
+from services.provisioner.backends import ComputeBackend
+from workflows.job import EmitInput, RunInput, RunResult
+
+log = structlog.get_logger(__name__)
+SOURCE = "provisioner"
+TERMINATION_REASONS = {"max_runtime", "cancelled", "budget_exhausted", "preempted"}
+
+
+class JobActivities:
+    def __init__(self, *, bus: Bus, backend: ComputeBackend) -> None:
+        self._bus = bus
+        self._backend = backend
+
+    @activity.defn(name="provision_job")
+    async def provision_job(self, request: JobRequested) -> str:
+        await self._backend.provision(request)
+        return self._backend.name
+
+    @activity.defn(name="run_job")
+    async def run_job(self, run: RunInput) -> RunResult:
+        started = time.time()
+        job = await self._backend.start(run.request)
+        try:
+            while (code := await job.wait()) is None:
+                activity.heartbeat()
+        except asyncio.CancelledError:
+            code = await job.stop(grace_period_s=run.grace_period_s)
+            log.info("job.stopped", job_id=run.request.job_id, exit_code=code)
+            raise
+        return RunResult(exit_code=code, started_at_s=started, ended_at_s=time.time())
+
+    @activity.defn(name="teardown_job")
+    async def teardown_job(self, request: JobRequested) -> None:
+        await self._backend.teardown(request)
+
+    @activity.defn(name="emit_job_event")
+    async def emit_job_event(self, fact: EmitInput) -> None:
+        await self._bus.publish(to_event(fact))
+
+
+def to_event(fact: EmitInput) -> Envelope:
+    """The contract for a lifecycle fact; its event_id comes from the workflow (retry-safe)."""
+    request = fact.request
+    common = {
+        "event_id": uuid.UUID(fact.event_id), "tenant": request.tenant, "source": SOURCE,
+        "correlation_id": request.job_id, "job_id": request.job_id,
+    }
+    duration = max(fact.ended_at_s - fact.started_at_s, 0.0)
+    if fact.kind == "started":
+        return JobStarted(backend=fact.backend, **common)
+    if fact.kind == "completed":
+        return JobCompleted(exit_code=0, duration_s=duration, **common)
+    if fact.kind == "failed":
+        return JobFailed(exit_code=fact.exit_code, duration_s=duration, reason=fact.reason, **common)
+    if fact.kind == "terminated":
+        reason = fact.reason if fact.reason in TERMINATION_REASONS else "cancelled"
+        return JobTerminated(duration_s=duration, reason=reason, **common)  # type: ignore[arg-type]
+    if fact.kind == "usage":
+        del common["job_id"]
+        return UsageRecorded(
+            kind="training", resource_id=request.job_id, user=request.requested_by,
+            gpus_requested=request.gpus, gpus_used=request.gpus, vcpus=1,
+            started_at=datetime.fromtimestamp(fact.started_at_s, UTC),
+            ended_at=datetime.fromtimestamp(max(fact.ended_at_s, fact.started_at_s), UTC),
+            **common,
+        )
+    raise ValueError(f"unknown job fact {fact.kind!r}")

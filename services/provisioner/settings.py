@@ -1,0 +1,18 @@
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.kit.settings import ServiceSettings
+from workflows.job import TASK_QUEUE
+
+
+class ProvisionerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="AICLOUD_PROVISIONER_", extra="ignore", frozen=True)
+
+    service_name: str = "provisioner"
+    http_port: int = 8002
+    temporal_address: str = Field(description="Temporal frontend, e.g. 127.0.0.1:7233")
+    temporal_namespace: str = "default"
+    task_queue: str = TASK_QUEUE
+    work_dir: str = Field(default=".aicloud/jobs", description="Where job workspaces live.")
+    backend: str = Field(default="local", pattern="^(local|kubernetes)$")
+    memory_limit_mb: int = Field(default=4096, gt=0, description="RLIMIT_AS for local jobs.")

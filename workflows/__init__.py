@@ -1,0 +1,1 @@
+"""Temporal workflows. Deterministic code only: contracts, the SDK and the standard library."""

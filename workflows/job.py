@@ -1,0 +1,149 @@
+"""JobWorkflow: provision -> run (heartbeating) raced against the max-runtime timer -> teardown
+-> usage.recorded -> terminal event.
+
+All I/O happens in activities (``services/provisioner/activities.py``); this module only
+decides. Workflow id = job id, so a redelivered ``jobs.admitted`` cannot start a job twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, Field
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from contracts import JobRequested
+
+TASK_QUEUE = "aicloud-jobs"
+DEFAULT_MAX_RUNTIME_S = 12 * 3600
+GRACE_PERIOD_S = 10
+
+
+class JobInput(BaseModel):
+    request: JobRequested
+    max_runtime_s: int = Field(default=DEFAULT_MAX_RUNTIME_S, gt=0)
+    grace_period_s: int = Field(default=GRACE_PERIOD_S, ge=0)
+
+
+class RunInput(BaseModel):
+    request: JobRequested
+    grace_period_s: int
+
+
+class RunResult(BaseModel):
+    exit_code: int
+    started_at_s: float
+    ended_at_s: float
+    terminated: bool = False
+
+
+class EmitInput(BaseModel):
+    """One lifecycle fact for the activity to turn into a contract and publish."""
+
+    kind: str  # started | completed | failed | terminated | usage
+    request: JobRequested
+    event_id: str
+    backend: str = ""
+    exit_code: int | None = None
+    started_at_s: float = 0.0
+    ended_at_s: float = 0.0
+    reason: str = ""
+
+
+class JobOutcome(BaseModel):
+    job_id: str
+    status: str
+    exit_code: int | None = None
+    reason: str = ""
+
+
+@workflow.defn(name="JobWorkflow")
+class JobWorkflow:
+    def __init__(self) -> None:
+        self._cancel_reason: str | None = None
+
+    @workflow.signal
+    def cancel(self, reason: str) -> None:
+        self._cancel_reason = reason or "cancelled"
+
+    @workflow.run
+    async def run(self, job: JobInput) -> JobOutcome:
+        request = job.request
+        backend = await workflow.execute_activity(
+            "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
+        await self._emit(EmitInput(kind="started", request=request, backend=backend,
+                                   event_id=str(workflow.uuid4())))
+        started = workflow.now().timestamp()
+        try:
+            result, stopped, failure = await self._run_until_limit(job)
+        finally:
+            await workflow.execute_activity(
+                "teardown_job", request, start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=10),
+            )
+        ended = workflow.now().timestamp()
+        if result is not None:
+            started, ended = result.started_at_s, result.ended_at_s
+        await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
+                                   started_at_s=started, ended_at_s=ended))
+        kind, exit_code, reason = _verdict(result, stopped, failure)
+        await self._emit(EmitInput(kind=kind, request=request, event_id=str(workflow.uuid4()),
+                                   exit_code=exit_code, started_at_s=started, ended_at_s=ended,
+                                   reason=reason))
+        return JobOutcome(job_id=request.job_id, status=kind, exit_code=exit_code, reason=reason)
+
+    async def _run_until_limit(
+        self, job: JobInput
+    ) -> tuple[RunResult | None, str | None, str | None]:
+        """Run the job; stop it at max runtime or on a cancel signal (SIGTERM, grace, kill)."""
+        handle = workflow.start_activity(
+            "run_job",
+            RunInput(request=job.request, grace_period_s=job.grace_period_s),
+            result_type=RunResult,
+            start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
+            heartbeat_timeout=timedelta(seconds=30),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        try:
+            await workflow.wait_condition(
+                lambda: handle.done() or self._cancel_reason is not None,
+                timeout=timedelta(seconds=job.max_runtime_s),
+            )
+        except TimeoutError:
+            self._cancel_reason = "max_runtime"
+        if handle.done():
+            try:
+                return handle.result(), None, None
+            except ActivityError as exc:
+                return None, None, str(exc.cause or exc)
+        handle.cancel()
+        try:
+            await handle
+        except (ActivityError, CancelledError):
+            pass
+        return None, self._cancel_reason, None
+
+    async def _emit(self, fact: EmitInput) -> None:
+        await workflow.execute_activity(
+            "emit_job_event", fact, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=30)),
+        )
+
+
+def _verdict(
+    result: RunResult | None, stopped: str | None, failure: str | None
+) -> tuple[str, int | None, str]:
+    """Terminal event kind, exit code and reason for how the run ended."""
+    if stopped is not None:
+        return "terminated", None, stopped
+    if failure is not None or result is None:
+        return "failed", None, f"the job could not run: {failure}"
+    if result.exit_code == 0:
+        return "completed", 0, ""
+    return "failed", result.exit_code, f"command exited with code {result.exit_code}"
