@@ -27,8 +27,7 @@ COPY aicloud ./aicloud
 COPY contracts ./contracts
 COPY services ./services
 COPY workflows ./workflows
-RUN pip install --upgrade pip setuptools wheel \
- && pip install . \
+RUN pip install . \
  && python -m compileall -q /opt/aicloud/lib
 
 # --- runtime: the virtualenv and nothing else, run as an unprivileged user ---------------------

@@ -38,7 +38,9 @@ def create_job(
     command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
     team: Team,
     name: Annotated[str | None, typer.Option(help="Job id (generated when omitted).")] = None,
-    job_type: Annotated[str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")] = "training",
+    job_type: Annotated[
+        str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")
+    ] = "training",
     gpus: Annotated[int, typer.Option(min=0, help="GPUs to request.")] = 0,
     product: Annotated[str, typer.Option(help="Compute product from the catalog.")] = "cpu-small",
     dataset: Annotated[str | None, typer.Option(help="e.g. projects/legal-rag/datasets/v2")] = None,

@@ -9,13 +9,14 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
 errors = Console(stderr=True)
 
 
-class Format(str, enum.Enum):
+class Format(enum.StrEnum):
     table = "table"
     json = "json"
 
@@ -32,9 +33,9 @@ def emit(rows: Sequence[dict[str, Any]] | dict[str, Any], *, fmt: Format,
 
 
 def fail(message: str, *, hint: str = "", code: int = 1) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}")
+    errors.print(f"[bold red]error:[/] {escape(message)}")
     if hint:
-        errors.print(f"[dim]hint:[/] {hint}")
+        errors.print(f"[dim]hint:[/] {escape(hint)}")
     return typer.Exit(code)
 
 

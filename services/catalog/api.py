@@ -45,7 +45,7 @@ def build_router(*, db: Database, outbox: Outbox) -> APIRouter:
                 **body.model_dump(exclude={"name"}),
             )
         except ValidationError as exc:
-            raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from None
+            raise HTTPException(422, detail=_body_errors(exc)) from None
         try:
             async with db.transaction() as session:
                 await handlers.submit_job(request, UnitOfWork(session, outbox))
@@ -70,3 +70,13 @@ def build_router(*, db: Database, outbox: Outbox) -> APIRouter:
         return job
 
     return router
+
+
+def _body_errors(exc: ValidationError) -> list[dict[str, object]]:
+    """Validation errors located in the request body, named as the caller named them."""
+    renamed = {"job_id": "name"}
+    return [
+        {"loc": ["body", *(renamed.get(str(p), p) for p in err["loc"])], "msg": err["msg"],
+         "type": err["type"]}
+        for err in exc.errors(include_url=False)
+    ]

@@ -56,7 +56,13 @@ def test_dockerfile_runs_services_as_non_root_with_python_m_entrypoint() -> None
     assert cmd and json.loads(cmd.group(1))[0].startswith("services.")
     users = re.findall(r"(?m)^USER\s+(\S+)", final)
     assert users, "the runtime stage must switch to an unprivileged user"
-    assert users[-1].split(":")[0] not in ("root", "0")
+    user = users[-1].split(":")[0]
+    arg = re.fullmatch(r"\$\{?(\w+)\}?", user)
+    if arg:  # USER ${AICLOUD_UID}: resolve the ARG's default
+        default = re.search(rf"(?m)^ARG\s+{arg.group(1)}=(\S+)", final)
+        assert default, f"ARG {arg.group(1)} needs a default"
+        user = default.group(1)
+    assert user not in ("root", "0")
     assert "pip install ." in text
 
 

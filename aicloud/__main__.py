@@ -1,0 +1,3 @@
+from aicloud.cli import main
+
+main()

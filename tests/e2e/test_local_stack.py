@@ -1,0 +1,183 @@
+"""The whole local platform through the CLI: up, the golden path, bad input, down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def aicloud(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AICLOUD_HOME": str(home), "AICLOUD_TEAM": "legal"}
+    return subprocess.run(
+        [sys.executable, "-m", "aicloud", *args], env=env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def processes_under(home: Path) -> list[psutil.Process]:
+    """Every process whose command line or working directory points into ``home``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["cwd"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if str(home) in text:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, dict[str, object]]]]:
+    home = tmp_path_factory.mktemp("stack")
+    result = aicloud(home, "dev", "up", "--detach", "--free-ports")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = aicloud(home, "dev", "status", "--json")
+    components = {row["name"]: row for row in json.loads(status.stdout)}
+    yield home, components
+    aicloud(home, "dev", "down")
+    for proc in processes_under(home):
+        proc.kill()
+
+
+def test_up_reports_every_component_healthy(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    _, components = stack
+    assert set(components) == {
+        "nats", "postgres", "temporal", "catalog", "quota", "provisioner", "cost-ledger",
+        "inference-router", "agent-runtime", "observability-collector",
+    }
+    for name, row in components.items():
+        assert row["healthy"] is True, name
+        assert isinstance(row["pid"], int) and psutil.pid_exists(row["pid"])
+    ui = httpx.get(str(components["temporal"]["url"]), timeout=5)
+    assert ui.status_code == 200 and "<html" in ui.text.lower()
+    for name in ("catalog", "quota", "provisioner"):
+        ready = httpx.get(f"{components[name]['url']}/readyz", timeout=5).json()
+        assert ready["status"] == "ready", ready
+    assert "temporal" in httpx.get(f"{components['provisioner']['url']}/readyz").json()["checks"]
+
+
+def test_golden_path_job_runs_and_completes(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    result = aicloud(home, "create", "job", "--gpus", "1", "--name", "e2e-train", "--param",
+                     "epochs=2", "--wait", "-o", "json", "--",
+                     "python3", "-c", "import os; print('epochs', os.environ['AICLOUD_PARAM_EPOCHS'])")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] == "completed"
+    assert job["result"]["exit_code"] == 0
+    log = home / "jobs" / "legal" / "e2e-train" / "job.log"
+    assert log.read_text().strip() == "epochs 2"
+
+
+def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    result = aicloud(home, "create", "job", "--gpus", "16", "--name", "e2e-huge", "--wait",
+                     "-o", "json", "--", "true")
+    assert result.returncode == 1
+    job = json.loads(result.stdout)
+    assert job["status"] == "rejected"
+    assert "asked for 16 GPUs" in job["reason"] and "quota of 8" in job["reason"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("create", "job", "--name", "Bad_Name", "--", "true"),
+         "name: String should match pattern '^[a-z0-9][a-z0-9-]{0,62}$'"),
+        (("create", "job", "--param", "novalue", "--", "true"), "is not KEY=VALUE"),
+        (("create", "job", "--type", "mining", "--", "true"), "job_type"),
+        (("jobs", "get", "does-not-exist"), "no job 'does-not-exist'"),
+    ],
+)
+def test_bad_cli_input_gets_a_clear_error(stack: tuple[Path, dict[str, dict[str, object]]],
+                                          args: tuple[str, ...], message: str) -> None:
+    home, _ = stack
+    result = aicloud(home, *args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_duplicate_job_name_is_refused(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    assert aicloud(home, "create", "job", "--name", "e2e-dup", "--", "true").returncode == 0
+    again = aicloud(home, "create", "job", "--name", "e2e-dup", "--", "true")
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_outside_event_flows_and_malformed_one_is_dead_lettered(
+    stack: tuple[Path, dict[str, dict[str, object]]],
+) -> None:
+    home, components = stack
+
+    async def publish() -> None:
+        nc = await nats.connect(str(components["nats"]["url"]))
+        js = nc.jetstream()
+        good = {"tenant": "legal", "job_id": "e2e-outside", "command": ["true"], "source": "erp"}
+        await js.publish("aicloud.jobs.requested.v1", json.dumps(good).encode())
+        await js.publish("aicloud.jobs.requested.v1", b'{"tenant": "legal", "gpus": "many"}')
+        await nc.close()
+
+    asyncio.run(publish())
+    deadline = time.monotonic() + 30
+    job: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        got = aicloud(home, "jobs", "get", "e2e-outside", "-o", "json")
+        if got.returncode == 0 and (job := json.loads(got.stdout))["status"] == "completed":
+            break
+        time.sleep(0.3)
+    assert job.get("status") == "completed", job
+    metrics_url = f"{components['observability-collector']['url']}/metrics"
+    while time.monotonic() < deadline:
+        metrics = httpx.get(metrics_url).text
+        if 'aicloud_dead_letters_total{reason="invalid_schema",subject="aicloud.jobs.requested.v1"}' in metrics:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the malformed event never reached the dead-letter subject")
+    ready = httpx.get(f"{components['quota']['url']}/readyz")
+    assert ready.status_code == 200  # the consumer survived the bad message
+
+
+def test_logs_command_shows_a_component_log(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    result = aicloud(home, "dev", "logs", "quota", "-n", "200")
+    assert result.returncode == 0
+    assert "service.started" in result.stdout
+    missing = aicloud(home, "dev", "logs", "nope")
+    assert missing.returncode == 1 and "no log for 'nope'" in missing.stderr
+
+
+def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
+    stack: tuple[Path, dict[str, dict[str, object]]],
+) -> None:
+    home, components = stack
+    pids = [int(str(row["pid"])) for row in components.values()]
+    down = aicloud(home, "dev", "down")
+    assert down.returncode == 0, down.stderr
+    assert not [pid for pid in pids if psutil.pid_exists(pid)
+                and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert processes_under(home) == []
+    status = aicloud(home, "dev", "status", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout) == []
+
+    again = aicloud(home, "dev", "up", "--detach")
+    assert again.returncode == 0, again.stdout + again.stderr
+    job = aicloud(home, "jobs", "get", "e2e-train", "-o", "json")
+    assert json.loads(job.stdout)["status"] == "completed"  # same data after restart
+    aicloud(home, "dev", "down")
+    assert processes_under(home) == []

@@ -1,0 +1,126 @@
+"""JobWorkflow on Temporal's time-skipping server with the real activities and local backend."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from contracts import JobCompleted, JobRequested, JobTerminated, UsageRecorded
+from services.kit.bus import Bus
+from services.provisioner.activities import JobActivities
+from services.provisioner.backends.local import LocalBackend
+from services.provisioner.temporal import JobWorker
+from workflows.job import JobInput, JobWorkflow
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def bus(nats_url: str, prefix: str) -> AsyncIterator[Bus]:
+    bus = Bus(nats_url=nats_url, service="provisioner-test", prefix=prefix)
+    await bus.connect()
+    yield bus
+    await bus.stop()
+
+
+@pytest.fixture
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+async def worker(client: Client, bus: Bus, tmp_path: Path) -> AsyncIterator[str]:
+    queue = f"jobs-{uuid.uuid4().hex[:8]}"
+    backend = LocalBackend(work_dir=tmp_path, memory_limit_mb=1024)
+    acts = JobActivities(bus=bus, backend=backend)
+    job_worker = JobWorker(client, task_queue=queue, activities=[
+        acts.provision_job, acts.run_job, acts.teardown_job, acts.emit_job_event])
+    job_worker.start()
+    yield queue
+    await job_worker.stop()
+
+
+async def collect(nats_url: str, prefix: str, subject: str) -> list[bytes]:
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().subscribe(f"{prefix}.{subject}", ordered_consumer=True)
+    out = []
+    try:
+        while True:
+            out.append((await sub.next_msg(timeout=0.5)).data)
+    except nats.errors.TimeoutError:
+        pass
+    await nc.close()
+    return out
+
+
+def request(job_id: str, *command: str) -> JobRequested:
+    return JobRequested(tenant="legal", job_id=job_id, command=list(command), gpus=2)
+
+
+async def test_job_completes_and_emits_usage_and_terminal_events(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    job = JobInput(request=request("wf-ok", "python3", "-c", "print('hello from job')"))
+    outcome = await client.execute_workflow(JobWorkflow.run, job, id=f"wf-ok-{prefix}",
+                                            task_queue=worker)
+    assert outcome.status == "completed" and outcome.exit_code == 0
+    assert (tmp_path / "legal" / "wf-ok" / "job.log").read_text().strip() == "hello from job"
+    completed = [JobCompleted.model_validate_json(d)
+                 for d in await collect(nats_url, prefix, JobCompleted.SUBJECT)]
+    assert [e.job_id for e in completed] == ["wf-ok"]
+    usage = [UsageRecorded.model_validate_json(d)
+             for d in await collect(nats_url, prefix, UsageRecorded.SUBJECT)]
+    assert len(usage) == 1 and usage[0].gpus_requested == 2 and usage[0].resource_id == "wf-ok"
+
+
+async def test_max_runtime_stops_a_job_that_never_ends(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    job = JobInput(request=request("wf-forever", "sleep", "100000"), max_runtime_s=2,
+                   grace_period_s=1)
+    outcome = await asyncio.wait_for(
+        client.execute_workflow(JobWorkflow.run, job, id=f"wf-forever-{prefix}", task_queue=worker),
+        timeout=30,
+    )
+    assert outcome.status == "terminated" and outcome.reason == "max_runtime"
+    terminated = [JobTerminated.model_validate_json(d)
+                  for d in await collect(nats_url, prefix, JobTerminated.SUBJECT)]
+    assert [(e.job_id, e.reason) for e in terminated] == [("wf-forever", "max_runtime")]
+    assert 2 <= terminated[0].duration_s < 10
+
+
+async def test_cancel_signal_stops_the_job_gracefully(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    script = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: (print('saved checkpoint', flush=True), sys.exit(0))); time.sleep(100)"
+    job = JobInput(request=request("wf-cancel", "python3", "-c", script), grace_period_s=5)
+    handle = await client.start_workflow(JobWorkflow.run, job, id=f"wf-cancel-{prefix}",
+                                         task_queue=worker)
+    log = tmp_path / "legal" / "wf-cancel" / "job.log"
+    async with asyncio.timeout(30):
+        while not log.exists():
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    await handle.signal(JobWorkflow.cancel, "cancelled")
+    outcome = await asyncio.wait_for(handle.result(), timeout=30)
+    assert outcome.status == "terminated" and outcome.reason == "cancelled"
+    assert "saved checkpoint" in log.read_text()  # SIGTERM first, the job got to clean up
+
+
+async def test_same_job_id_cannot_start_twice(client: Client, worker: str, prefix: str) -> None:
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    job = JobInput(request=request("wf-once", "true"))
+    await client.execute_workflow(JobWorkflow.run, job, id=f"wf-once-{prefix}", task_queue=worker)
+    from temporalio.common import WorkflowIDReusePolicy
+
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await client.start_workflow(JobWorkflow.run, job, id=f"wf-once-{prefix}", task_queue=worker,
+                                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
