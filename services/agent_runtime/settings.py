@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import ServiceSettings
+from services.kit.settings import Port, ServiceSettings
 
 
 class AgentRuntimeSettings(ServiceSettings):
@@ -8,4 +8,4 @@ class AgentRuntimeSettings(ServiceSettings):
                                       frozen=True)
 
     service_name: str = "agent-runtime"
-    http_port: int = 8005
+    http_port: Port = 8005

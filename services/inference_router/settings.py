@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import ServiceSettings
+from services.kit.settings import Port, ServiceSettings
 
 
 class RouterSettings(ServiceSettings):
@@ -8,4 +8,4 @@ class RouterSettings(ServiceSettings):
                                       frozen=True)
 
     service_name: str = "inference-router"
-    http_port: int = 8004
+    http_port: Port = 8004

@@ -6,10 +6,12 @@ invalid value stops the service at once with a message naming the variable and w
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=0, le=65535, description="TCP port (0 picks a free one).")]
 
 
 class ConfigError(SystemExit):
@@ -28,7 +30,7 @@ class ServiceSettings(BaseSettings):
     )
     db_schema: str = Field(default="", description="Schema for this service's tables.")
     http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8000, ge=0, le=65535)
+    http_port: Port = 8000
     subject_prefix: str = Field(
         default="", pattern=r"^([a-z0-9_]+)?$", description="Isolates test runs on one server."
     )

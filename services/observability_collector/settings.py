@@ -1,6 +1,6 @@
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import ServiceSettings
+from services.kit.settings import Port, ServiceSettings
 
 
 class CollectorSettings(ServiceSettings):
@@ -8,4 +8,4 @@ class CollectorSettings(ServiceSettings):
                                       extra="ignore", frozen=True)
 
     service_name: str = "observability-collector"
-    http_port: int = 8006
+    http_port: Port = 8006

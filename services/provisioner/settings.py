@@ -1,7 +1,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import ServiceSettings
+from services.kit.settings import Port, ServiceSettings
 from workflows.job import TASK_QUEUE
 
 
@@ -9,7 +9,7 @@ class ProvisionerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AICLOUD_PROVISIONER_", extra="ignore", frozen=True)
 
     service_name: str = "provisioner"
-    http_port: int = 8002
+    http_port: Port = 8002
     temporal_address: str = Field(description="Temporal frontend, e.g. 127.0.0.1:7233")
     temporal_namespace: str = "default"
     task_queue: str = TASK_QUEUE

@@ -1,14 +1,14 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.kit.settings import ServiceSettings
+from services.kit.settings import Port, ServiceSettings
 
 
 class QuotaSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="AICLOUD_QUOTA_", extra="ignore", frozen=True)
 
     service_name: str = "quota"
-    http_port: int = 8001
+    http_port: Port = 8001
     default_gpu_quota: int = Field(default=8, ge=0, description="GPUs a team may hold at once.")
     team_gpu_quotas: dict[str, int] = Field(
         default_factory=dict, description='Per-team overrides as JSON, e.g. {"legal": 16}.'

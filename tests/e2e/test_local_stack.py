@@ -144,7 +144,8 @@ def test_outside_event_flows_and_malformed_one_is_dead_lettered(
     metrics_url = f"{components['observability-collector']['url']}/metrics"
     while time.monotonic() < deadline:
         metrics = httpx.get(metrics_url).text
-        if 'aicloud_dead_letters_total{reason="invalid_schema",subject="aicloud.jobs.requested.v1"}' in metrics:
+        series = 'aicloud_dead_letters_total{reason="invalid_schema",subject="aicloud.jobs.requested.v1"}'
+        if series in metrics:
             break
         time.sleep(0.3)
     else:

@@ -99,7 +99,10 @@ async def test_max_runtime_stops_a_job_that_never_ends(
 async def test_cancel_signal_stops_the_job_gracefully(
     client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
 ) -> None:
-    script = "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: (print('saved checkpoint', flush=True), sys.exit(0))); time.sleep(100)"
+    script = (
+        "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: "
+        "(print('saved checkpoint', flush=True), sys.exit(0))); time.sleep(100)"
+    )
     job = JobInput(request=request("wf-cancel", "python3", "-c", script), grace_period_s=5)
     handle = await client.start_workflow(JobWorkflow.run, job, id=f"wf-cancel-{prefix}",
                                          task_queue=worker)

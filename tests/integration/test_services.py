@@ -1,0 +1,225 @@
+"""Each of the seven services, built by its own ``build()``, on real NATS, Postgres and Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import nats
+import pytest
+from sqlalchemy import text
+
+from contracts import (
+    CreateSandbox,
+    DeadLetter,
+    EndpointReady,
+    Envelope,
+    InferenceCompleted,
+    JobAdmitted,
+    JobCompleted,
+    JobRejected,
+    JobRequested,
+    UsageRecorded,
+)
+from services.agent_runtime.app import build as build_agent_runtime
+from services.agent_runtime.settings import AgentRuntimeSettings
+from services.catalog.app import build as build_catalog
+from services.catalog.settings import CatalogSettings
+from services.cost_ledger.app import build as build_cost_ledger
+from services.cost_ledger.settings import CostLedgerSettings
+from services.inference_router.app import build as build_router
+from services.inference_router.settings import RouterSettings
+from services.kit.runtime import Service
+from services.observability_collector.app import build as build_collector
+from services.observability_collector.settings import CollectorSettings
+from services.provisioner.app import build as build_provisioner
+from services.provisioner.settings import ProvisionerSettings
+from services.quota.app import build as build_quota
+from services.quota.settings import QuotaSettings
+
+pytestmark = pytest.mark.integration
+
+# (build, settings class, an input subject it consumes, its own table to check)
+SERVICES: dict[str, tuple[Callable[[Any], Service], type, str, str | None]] = {
+    "catalog": (build_catalog, CatalogSettings, JobAdmitted.SUBJECT, "jobs"),
+    "quota": (build_quota, QuotaSettings, JobRequested.SUBJECT, "allocations"),
+    "provisioner": (build_provisioner, ProvisionerSettings, JobAdmitted.SUBJECT, None),
+    "cost-ledger": (build_cost_ledger, CostLedgerSettings, UsageRecorded.SUBJECT, "usage_entries"),
+    "inference-router": (build_router, RouterSettings, EndpointReady.SUBJECT, "endpoint_targets"),
+    "agent-runtime": (build_agent_runtime, AgentRuntimeSettings, CreateSandbox.SUBJECT, "sandboxes"),
+    "observability-collector": (build_collector, CollectorSettings, InferenceCompleted.SUBJECT, None),
+}
+
+
+@pytest.fixture
+async def make_service(service_env: dict[str, str], prefix: str, temporal_env: Any,
+                       tmp_path: Any) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Service] = []
+
+    async def make(name: str, **extra: Any) -> Service:
+        build, settings_cls, _, _ = SERVICES[name]
+        overrides = {**service_env, "db_schema": f"{prefix}_{name.replace('-', '_')}", **extra}
+        if name == "provisioner":
+            overrides["temporal_address"] = temporal_env.client.service_client.config.target_host
+            overrides["task_queue"] = f"q-{prefix}"
+            overrides["work_dir"] = str(tmp_path / "jobs")
+        service = build(settings_cls(**overrides))
+        await service.start()
+        started.append(service)
+        return service
+
+    yield make
+    for service in started:
+        await service.stop()
+        cleanup = Service(type(service.settings)(**service.settings.model_dump()))
+        await cleanup.db.drop_schema()
+        await cleanup.db.dispose()
+
+
+async def http(service: Service, path: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=service.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        return await client.get(path)
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+async def test_service_is_healthy_ready_and_dead_letters_bad_input(
+    make_service: Callable[..., Any], name: str, nats_url: str, prefix: str
+) -> None:
+    service = await make_service(name)
+    assert (await http(service, "/healthz")).json() == {"status": "ok", "service": service.name}
+    ready = await http(service, "/readyz")
+    assert ready.status_code == 200, ready.text
+    assert {"nats", "postgres"} <= set(ready.json()["checks"])
+    _, _, subject, table = SERVICES[name]
+    if table:
+        async with service.db.transaction() as session:
+            await session.execute(text(f"SELECT count(*) FROM {table}"))  # migrated
+
+    nc = await nats.connect(nats_url)
+    dlq = await nc.jetstream().subscribe(f"{prefix}.aicloud.dlq.{subject}", ordered_consumer=True)
+    await nc.jetstream().publish(f"{prefix}.{subject}", b'{"tenant": "legal"}')
+    dead = DeadLetter.model_validate_json((await dlq.next_msg(timeout=10)).data)
+    await nc.close()
+    assert dead.reason == "invalid_schema" and dead.consumer.startswith(service.name)
+    assert "field required" in dead.error.lower()
+    metrics = (await http(service, "/metrics")).text
+    assert "aicloud_events_consumed_total" in metrics and 'outcome="dead_lettered"' in metrics
+    assert (await http(service, "/readyz")).status_code == 200  # still serving
+
+
+async def test_readyz_names_a_dependency_that_is_down(make_service: Callable[..., Any]) -> None:
+    from services.kit.db import Database
+
+    service = await make_service("quota")
+    unreachable = Database(url="postgresql://postgres@127.0.0.1:1/x", schema="x")
+    service.checks["postgres"] = unreachable.ping
+    ready = await http(service, "/readyz")
+    await unreachable.dispose()
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not_ready"
+    assert ready.json()["checks"]["postgres"].startswith("error:")
+    assert ready.json()["checks"]["nats"] == "ok"
+
+
+async def next_event(nc: nats.NATS, prefix: str, message: type[Envelope], timeout: float = 10) -> Any:
+    sub = await nc.jetstream().subscribe(f"{prefix}.{message.SUBJECT}", ordered_consumer=True)
+    try:
+        return message.model_validate_json((await sub.next_msg(timeout=timeout)).data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_quota_admits_rejects_and_releases_gpus(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    quota = await make_service("quota", team_gpu_quotas={"legal": 4})
+    nc = await nats.connect(nats_url)
+
+    async def request(job_id: str, gpus: int) -> None:
+        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"], gpus=gpus))
+
+    await request("q-a", 3)
+    admitted = await next_event(nc, prefix, JobAdmitted)
+    assert admitted.job_id == "q-a" and admitted.policy_ids == ["quota.gpu-per-team"]
+    assert admitted.request.gpus == 3
+
+    await request("q-b", 2)
+    rejected = await next_event(nc, prefix, JobRejected)
+    assert rejected.job_id == "q-b" and "only 1 of its quota of 4 are free" in rejected.reason
+
+    await quota.bus.publish(JobCompleted(tenant="legal", job_id="q-a", duration_s=1))
+    await asyncio.sleep(0.5)
+    await request("q-c", 4)
+    sub = await nc.jetstream().subscribe(f"{prefix}.{JobAdmitted.SUBJECT}", ordered_consumer=True)
+    ids = []
+    async with asyncio.timeout(10):
+        while "q-c" not in ids:
+            ids.append(JobAdmitted.model_validate_json((await sub.next_msg(timeout=10)).data).job_id)
+    async with quota.db.transaction() as session:
+        log = (await session.execute(text("SELECT resource_id, admitted FROM decisions ORDER BY id"))).all()
+    assert [tuple(row) for row in log] == [("q-a", True), ("q-b", False), ("q-c", True)]
+    await nc.close()
+
+
+async def test_catalog_api_submits_through_the_outbox(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    catalog = await make_service("catalog")
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().subscribe(f"{prefix}.{JobRequested.SUBJECT}", ordered_consumer=True)
+    transport = httpx.ASGITransport(app=catalog.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        created = await client.post("/v1/jobs", json={"name": "api-1", "command": ["true"]},
+                                    headers={"X-Aicloud-Team": "legal"})
+        assert created.status_code == 202, created.text
+        assert (await client.get("/v1/jobs/api-1", headers={"X-Aicloud-Team": "other"})).status_code == 404
+        missing_team = await client.post("/v1/jobs", json={"command": ["true"]})
+        assert missing_team.status_code == 422 and "X-Aicloud-Team" in missing_team.text
+        bad = await client.post("/v1/jobs", json={"command": []}, headers={"X-Aicloud-Team": "legal"})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "command"]
+        not_json = await client.post("/v1/jobs", content=b"{oops", headers={
+            "X-Aicloud-Team": "legal", "content-type": "application/json"})
+        assert not_json.status_code == 422
+    event = JobRequested.model_validate_json((await sub.next_msg(timeout=10)).data)
+    assert event.job_id == "api-1" and event.tenant == "legal" and event.source == "catalog"
+    await nc.close()
+
+
+async def test_cost_ledger_appends_usage_once(make_service: Callable[..., Any]) -> None:
+    from datetime import UTC, datetime
+
+    ledger = await make_service("cost-ledger")
+    usage = UsageRecorded(tenant="legal", kind="training", resource_id="j1", gpus_requested=2,
+                          started_at=datetime(2026, 11, 1, tzinfo=UTC),
+                          ended_at=datetime(2026, 11, 1, 1, tzinfo=UTC))
+    await ledger.bus.publish(usage)
+    await ledger.bus.publish_raw(usage.SUBJECT, usage.model_dump_json().encode(), message_id="again")
+    async with asyncio.timeout(10):
+        while True:
+            async with ledger.db.transaction() as session:
+                rows = (await session.execute(text("SELECT gpu_seconds FROM usage_entries"))).all()
+            if rows:
+                break
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    async with ledger.db.transaction() as session:
+        rows = (await session.execute(text("SELECT gpu_seconds FROM usage_entries"))).all()
+    assert [row[0] for row in rows] == [7200.0]
+
+
+async def test_collector_counts_events_by_subject_and_team(
+    make_service: Callable[..., Any]
+) -> None:
+    collector = await make_service("observability-collector")
+    await collector.bus.publish(InferenceCompleted(
+        tenant="legal", request_id="r1", key_id="k1", model="gpt", target="openai",
+        tokens_in=10, tokens_out=32, latency_ms=120, status="ok"))
+    series = 'aicloud_inference_tokens_total{direction="out",model="gpt",tenant="legal"} 32.0'
+    async with asyncio.timeout(10):
+        while series not in (await http(collector, "/metrics")).text:
+            await asyncio.sleep(0.1)
+    metrics = (await http(collector, "/metrics")).text
+    assert 'aicloud_platform_events_total{subject="aicloud.inference.completed.v1",tenant="legal"} 1.0' in metrics

@@ -1,0 +1,53 @@
+"""Domain rules of each service, tested directly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from contracts import UsageRecorded
+from services.catalog.domain import next_status
+from services.cost_ledger.domain import billable_gpu_seconds
+from services.quota.domain import decide_gpus
+from workflows.job import RunResult, _verdict
+
+pytestmark = pytest.mark.unit
+
+
+def test_gpu_quota_admits_within_and_rejects_beyond_with_a_reason() -> None:
+    ok = decide_gpus(team="legal", requested=2, in_use=4, quota=8)
+    assert ok.admitted and "2 more fit" in ok.reason
+    no = decide_gpus(team="legal", requested=16, in_use=2, quota=8)
+    assert not no.admitted
+    assert "asked for 16 GPUs but only 6 of its quota of 8 are free" in no.reason
+    assert "request at most 6" in no.reason
+    assert decide_gpus(team="legal", requested=0, in_use=8, quota=8).admitted
+
+
+@pytest.mark.parametrize(
+    ("current", "incoming", "expected"),
+    [("requested", "admitted", "admitted"), ("started", "admitted", "started"),
+     ("completed", "started", "completed"), ("rejected", "admitted", "rejected"),
+     ("admitted", "failed", "failed")],
+)
+def test_job_status_never_moves_backwards(current: str, incoming: str, expected: str) -> None:
+    assert next_status(current, incoming) == expected
+
+
+def test_gpu_seconds_charge_the_larger_of_requested_and_used() -> None:
+    usage = UsageRecorded(
+        tenant="legal", kind="training", resource_id="j", gpus_requested=2, gpus_used=1,
+        started_at=datetime(2026, 11, 1, tzinfo=UTC), ended_at=datetime(2026, 11, 1, 0, 30, tzinfo=UTC),
+    )
+    assert billable_gpu_seconds(usage) == 2 * 1800
+
+
+def test_job_verdicts() -> None:
+    ok = RunResult(exit_code=0, started_at_s=0, ended_at_s=1)
+    bad = RunResult(exit_code=3, started_at_s=0, ended_at_s=1)
+    assert _verdict(ok, None, None) == ("completed", 0, "")
+    assert _verdict(bad, None, None) == ("failed", 3, "command exited with code 3")
+    assert _verdict(None, "max_runtime", None) == ("terminated", None, "max_runtime")
+    kind, _, reason = _verdict(None, None, "executable not found")
+    assert kind == "failed" and "executable not found" in reason
