@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Any
 
 import httpx
@@ -28,9 +29,14 @@ def api_url() -> str:
 
 
 class PlatformClient:
+    """One CLI command = one trace: every request carries the same W3C ``traceparent``, so the
+    trace id printed to the user finds the whole path (API, bus, services, workflow)."""
+
     def __init__(self, *, team: str, base_url: str | None = None) -> None:
+        self.trace_id = secrets.token_hex(16)
+        traceparent = f"00-{self.trace_id}-{secrets.token_hex(8)}-01"
         self._http = httpx.Client(base_url=base_url or api_url(), timeout=10,
-                                  headers={"X-Aicloud-Team": team})
+                                  headers={"X-Aicloud-Team": team, "traceparent": traceparent})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -61,7 +61,8 @@ def create_job(
     client = _client(team)
     job = _call(client, "POST", "/v1/jobs", json=body)
     if output is Format.table:
-        console.print(f"job [bold]{job['job_id']}[/] submitted for team {team}")
+        console.print(f"job [bold]{job['job_id']}[/] submitted for team {team} "
+                      f"[dim](trace {client.trace_id})[/]")
     if wait:
         job = _wait(client, job["job_id"], timeout=None, quiet=output is Format.json)
     emit(job, fmt=output, columns=COLUMNS)

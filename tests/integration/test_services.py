@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -222,4 +223,33 @@ async def test_collector_counts_events_by_subject_and_team(
         while series not in (await http(collector, "/metrics")).text:
             await asyncio.sleep(0.1)
     metrics = (await http(collector, "/metrics")).text
-    assert 'aicloud_platform_events_total{subject="aicloud.inference.completed.v1",tenant="legal"} 1.0' in metrics
+    events = 'aicloud_platform_events_total{subject="aicloud.inference.completed.v1",tenant="legal"}'
+    assert f"{events} 1.0" in metrics
+
+
+async def test_one_trace_spans_api_quota_provisioner_and_workflow(
+    make_service: Callable[..., Any], tracing: Any
+) -> None:
+    catalog = await make_service("catalog")
+    await make_service("quota")
+    await make_service("provisioner")
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    transport = httpx.ASGITransport(app=catalog.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
+        created = await client.post(
+            "/v1/jobs", json={"name": "traced-1", "command": ["true"]},
+            headers={"X-Aicloud-Team": "legal", "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+        )
+        assert created.status_code == 202
+        async with asyncio.timeout(30):
+            while (await client.get("/v1/jobs/traced-1", headers={"X-Aicloud-Team": "legal"})
+                   ).json()["status"] != "completed":
+                await asyncio.sleep(0.1)
+    names = set()
+    for line in tracing.read_text().splitlines():
+        span = json.loads(line)
+        if span["trace_id"] == trace_id:
+            names.add(span["name"])
+    assert {"POST /v1/jobs", "aicloud.jobs.requested.v1 process", "aicloud.jobs.admitted.v1 process",
+            "RunWorkflow:JobWorkflow", "RunActivity:run_job",
+            "aicloud.jobs.completed.v1 process"} <= names, names
