@@ -7,6 +7,7 @@ home reuses its ports and data.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -183,14 +184,16 @@ class Stack:
                 report(f"{name} ready in {future.result():.1f}s")
 
     def down(self, *, report: Callable[[str], None], grace_s: float = 10.0) -> list[str]:
-        """Stop services first, then infrastructure; nothing is left behind."""
+        """Stop the services, then the infrastructure (each group at once); nothing is left."""
+        state = [e for e in self.read_state() if isinstance(e.get("pid"), int) and _alive(e["pid"])]
+        infra_names = {"nats", "postgres", "temporal"}
         stopped = []
-        for entry in reversed(self.read_state()):
-            pid = entry.get("pid")
-            if pid and _alive(pid):
-                _terminate_group(pid, grace_s)
-                stopped.append(entry["name"])
-                report(f"stopped {entry['name']} (pid {pid})")
+        for group in ([e for e in state if e["name"] not in infra_names],
+                      [e for e in state if e["name"] in infra_names]):
+            _terminate_groups([int(str(e["pid"])) for e in group], grace_s)
+            for entry in group:
+                stopped.append(str(entry["name"]))
+                report(f"stopped {entry['name']} (pid {entry['pid']})")
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped
@@ -237,21 +240,24 @@ def _alive(pid: object) -> bool:
         return False
 
 
-def _terminate_group(pid: int, grace_s: float) -> None:
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return
-    members = [p for p in psutil.process_iter() if _pgid(p) == group]
+def _terminate_groups(pids: list[int], grace_s: float) -> None:
+    """SIGTERM each process group, wait up to ``grace_s`` for all of them, then SIGKILL."""
+    groups = {g for g in (_pgid_of(pid) for pid in pids) if g is not None}
+    members = [p for p in psutil.process_iter() if _pgid(p) in groups]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
+        for group in groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, sig)
+        _, members = psutil.wait_procs(members, timeout=grace_s)
+        if not members:
             return
-        _, alive = psutil.wait_procs(members, timeout=grace_s)
-        if not alive:
-            return
-        members = alive
+
+
+def _pgid_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def _pgid(proc: psutil.Process) -> int | None:

@@ -1,0 +1,50 @@
+# aicloud: two commands on a fresh machine — `make demo` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install up demo down test test-unit test-integration test-e2e bench lint contracts clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "aicloud needs Python 3.11 (set PYTHON=/path/to/python3.11)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+up: install  ## the whole platform in the foreground (Ctrl-C stops it)
+	$(BIN)/aicloud dev up
+
+demo: install  ## bring the platform up, walk the golden path, leave it running
+	$(BIN)/aicloud dev up --detach
+	$(BIN)/aicloud demo
+
+down:
+	$(BIN)/aicloud dev down
+
+test: install  ## unit, integration and end-to-end tests against the real servers
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m unit
+test-integration: install
+	$(BIN)/python -m pytest -m integration
+test-e2e: install
+	$(BIN)/python -m pytest -m e2e
+
+bench: install  ## performance goals (plain scripts; the last line of each is JSON)
+	$(BIN)/python bench/bus_roundtrip.py
+	$(BIN)/python bench/stack_startup.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy aicloud contracts services workflows
+
+contracts: install  ## re-export docs/contracts after changing contracts/
+	$(BIN)/aicloud contracts export docs/contracts
+
+clean:
+	rm -rf $(VENV) .aicloud .pytest_cache .mypy_cache .ruff_cache *.egg-info

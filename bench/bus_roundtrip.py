@@ -1,0 +1,216 @@
+"""Bus round trip: publish -> validated consume -> ack, one consumer process.
+
+Compares, in one run on one NATS server, the kit's bus (with and without the Postgres inbox
+that makes consumption exactly-once) against FastStream 0.7 and raw nats-py.
+Latency: one event at a time, publish to handler done. Throughput: a backlog of N events
+drained by one consumer. Goal (kit, no inbox): p50 <= 1 ms and >= 5,000 events/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aicloud.local import servers  # noqa: E402
+from contracts import JobRequested  # noqa: E402
+from services.kit.bus import Bus, typed_decoder  # noqa: E402
+from services.kit.db import Database  # noqa: E402
+from services.kit.inbox import Inbox  # noqa: E402
+from services.kit.outbox import Outbox  # noqa: E402
+
+LATENCY_N = int(os.environ.get("BENCH_LATENCY_N", "1000"))
+THROUGHPUT_N = int(os.environ.get("BENCH_THROUGHPUT_N", "20000"))
+Handler = Callable[[], Awaitable[None]]
+
+
+def payload(i: int) -> bytes:
+    return JobRequested(tenant="legal", job_id=f"job-{i}", command=["python", "train.py"],
+                        gpus=1).model_dump_json().encode()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.target = 0
+        self.done = asyncio.Event()
+
+    async def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.done.set()
+
+    def expect(self, n: int) -> None:
+        self.count, self.target = 0, n
+        self.done.clear()
+
+
+async def measure(name: str, url: str, start: Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]) -> dict[str, float]:
+    """Run the latency and throughput phases against one consumer implementation."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    stream = "B" + uuid.uuid4().hex[:8].upper()
+    prefix = stream.lower()
+    subject = f"{prefix}.{JobRequested.SUBJECT}"
+    counter = Counter()
+    stop = await start(prefix, counter)
+    latencies = []
+    for i in range(LATENCY_N):
+        counter.expect(1)
+        t0 = time.perf_counter()
+        await js.publish(subject, payload(i), headers={"Nats-Msg-Id": f"l{i}"})
+        await counter.done.wait()
+        latencies.append((time.perf_counter() - t0) * 1000)
+    await stop()
+    counter.expect(THROUGHPUT_N)
+    for chunk in range(0, THROUGHPUT_N, 500):
+        await asyncio.gather(*(js.publish(subject, payload(i), headers={"Nats-Msg-Id": f"t{i}"})
+                               for i in range(chunk, min(chunk + 500, THROUGHPUT_N))))
+    t0 = time.perf_counter()
+    stop = await start(prefix, counter)
+    await asyncio.wait_for(counter.done.wait(), timeout=300)
+    elapsed = time.perf_counter() - t0
+    await stop()
+    await nc.close()
+    latencies.sort()
+    return {
+        "p50_ms": round(statistics.median(latencies), 3),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 3),
+        "events_per_s": round(THROUGHPUT_N / elapsed),
+    }
+
+
+def kit(url: str, db: Database | None = None) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
+    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+        bus = Bus(nats_url=url, service="bench", prefix=prefix)
+        await bus.connect()
+
+        async def handle(event: JobRequested, *_: object) -> None:
+            await counter.hit()
+
+        if db is None:
+            process = handle
+        else:
+            process = Inbox(db, Outbox(db, bus)).wrap(handle)  # type: ignore[arg-type]
+        bus.subscribe(JobRequested.SUBJECT, process, decode=typed_decoder(JobRequested),
+                      durable="bench")
+        await bus.start()
+        return bus.stop
+
+    return start
+
+
+def faststream(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
+    from faststream import AckPolicy
+    from faststream.nats import JStream, NatsBroker, PullSub
+
+    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+        broker = NatsBroker(url, logger=None)
+        stream = JStream(name=f"{prefix.upper()}_FS", subjects=[f"{prefix}.aicloud.jobs.>"])
+
+        @broker.subscriber(f"{prefix}.{JobRequested.SUBJECT}", stream=stream, durable="bench",
+                           pull_sub=PullSub(batch_size=128, timeout=1.0), ack_policy=AckPolicy.ACK)
+        async def handle(event: JobRequested) -> None:
+            await counter.hit()
+
+        await broker.start()
+        return broker.stop
+
+    return start
+
+
+def raw_nats(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
+    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        try:
+            await js.add_stream(name=f"{prefix.upper()}_RAW", subjects=[f"{prefix}.aicloud.jobs.>"])
+        except nats.js.errors.BadRequestError:
+            pass
+        sub = await js.pull_subscribe(f"{prefix}.{JobRequested.SUBJECT}", durable="bench")
+        running = True
+
+        async def loop() -> None:
+            while running:
+                try:
+                    messages = await sub.fetch(128, timeout=1.0)
+                except nats.errors.TimeoutError:
+                    continue
+                for msg in messages:
+                    json.loads(msg.data)
+                    await msg.ack()
+                    await counter.hit()
+
+        task = asyncio.create_task(loop())
+
+        async def stop() -> None:
+            nonlocal running
+            running = False
+            await task
+            await nc.close()
+
+        return stop
+
+    return start
+
+
+async def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-bus-"))
+    nats_port, monitor = servers.free_port(), servers.free_port()
+    nats_proc = subprocess.Popen(servers.nats_argv(port=nats_port, monitor_port=monitor,
+                                                   store_dir=root / "nats"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    layout = servers.postgres_prepare(root / "pg")
+    pg_port = servers.free_port()
+    pg_proc = subprocess.Popen(servers.postgres_argv(layout, port=pg_port), user=layout.user,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (servers.port_open(nats_port) and servers.port_open(pg_port)):
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        servers.create_database(pg_port, "bench")
+        url = f"nats://127.0.0.1:{nats_port}"
+        db = Database(url=servers.postgres_url(pg_port, "bench"), schema="bench")
+        await db.migrate()
+        peers = {
+            "kit (validate + ack)": kit(url),
+            "kit + Postgres inbox (exactly-once)": kit(url, db),
+            "faststream 0.7 (validate + ack)": faststream(url),
+            "raw nats-py (json.loads + ack)": raw_nats(url),
+        }
+        results = {name: await measure(name, url, start) for name, start in peers.items()}
+        await db.dispose()
+    finally:
+        for proc in (nats_proc, pg_proc):
+            proc.terminate()
+            proc.wait(10)
+    print(f"bus round trip — {platform.node()}, {os.cpu_count()} cores, "
+          f"latency n={LATENCY_N}, throughput n={THROUGHPUT_N}")
+    print(f"{'consumer':40} {'p50 ms':>8} {'p99 ms':>8} {'events/s':>10}")
+    for name, row in results.items():
+        print(f"{name:40} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['events_per_s']:>10}")
+    kit_row = results["kit (validate + ack)"]
+    summary = {
+        "benchmark": "bus_roundtrip",
+        "results": results,
+        "goal": {"p50_ms_max": 1.0, "events_per_s_min": 5000},
+        "goal_met": kit_row["p50_ms"] <= 1.0 and kit_row["events_per_s"] >= 5000,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
