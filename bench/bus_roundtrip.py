@@ -25,12 +25,12 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aicloud.local import servers  # noqa: E402
-from contracts import JobRequested  # noqa: E402
-from services.kit.bus import Bus, typed_decoder  # noqa: E402
-from services.kit.db import Database  # noqa: E402
-from services.kit.inbox import Inbox  # noqa: E402
-from services.kit.outbox import Outbox  # noqa: E402
+from aicloud.local import servers
+from contracts import JobRequested
+from services.kit.bus import Bus, typed_decoder
+from services.kit.db import Database
+from services.kit.inbox import Inbox
+from services.kit.outbox import Outbox
 
 LATENCY_N = int(os.environ.get("BENCH_LATENCY_N", "1000"))
 THROUGHPUT_N = int(os.environ.get("BENCH_THROUGHPUT_N", "20000"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aicloud.local.stack import Stack  # noqa: E402
+from aicloud.local.stack import Stack
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -62,6 +63,10 @@ class Component:
     user: str | None = None
     pid: int | None = None
     started_at: float | None = None
+
+    @classmethod
+    def from_state(cls, entry: dict[str, Any]) -> Component:
+        return cls(**{k: v for k, v in entry.items() if k in cls.__dataclass_fields__})
 
     def public(self) -> dict[str, object]:
         return {"name": self.name, "pid": self.pid, "url": self.url, "log": self.log}
@@ -157,8 +162,7 @@ class Stack:
         running = self.read_state()
         if running and all(_alive(c["pid"]) for c in running):
             report("already running; use `aicloud dev down` to stop it")
-            return [Component(**{k: v for k, v in c.items() if k in Component.__annotations__})
-                    for c in running]
+            return [Component.from_state(c) for c in running]
         self.down(report=lambda _: None)
         ports = self.ports(free=free_ports)
         infra, services = self.plan(ports)
@@ -205,7 +209,7 @@ class Stack:
         tmp.write_text(json.dumps([asdict(c) for c in components], indent=2))
         tmp.replace(self.state_file)
 
-    def read_state(self) -> list[dict[str, object]]:
+    def read_state(self) -> list[dict[str, Any]]:
         if not self.state_file.exists():
             return []
         return list(json.loads(self.state_file.read_text()))
@@ -216,7 +220,7 @@ class Stack:
         ports = json.loads((self.home / "run" / "ports.json").read_text()) if state else {}
         rows = []
         for entry in state:
-            component = Component(**{k: v for k, v in entry.items() if k in Component.__annotations__})
+            component = Component.from_state(entry)
             alive = component.pid is not None and _alive(component.pid)
             healthy = alive and self.probe(component, ports)()
             rows.append({**component.public(), "healthy": healthy})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -18,7 +19,7 @@ SECRET_VALUES = re.compile(
 REDACTED = "[REDACTED]"
 
 
-def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop values of secret-looking keys and mask secret-looking substrings anywhere."""
     for key, value in list(event.items()):
         if SECRET_KEYS.search(key) and key != "event":
@@ -28,7 +29,7 @@ def redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_trace_ids(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     context = trace.get_current_span().get_span_context()
     if context.is_valid:
         event["trace_id"] = format(context.trace_id, "032x")

@@ -127,7 +127,8 @@ class Service:
             lifespan="off",
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn re-raises the signal it caught once it has shut down; this handler absorbs
+        # it, so the process goes on to stop the bus, outbox and database cleanly.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_exit)

@@ -76,7 +76,7 @@ def to_event(fact: EmitInput) -> Envelope:
         return JobFailed(exit_code=fact.exit_code, duration_s=duration, reason=fact.reason, **common)
     if fact.kind == "terminated":
         reason = fact.reason if fact.reason in TERMINATION_REASONS else "cancelled"
-        return JobTerminated(duration_s=duration, reason=reason, **common)  # type: ignore[arg-type]
+        return JobTerminated(duration_s=duration, reason=reason, **common)
     if fact.kind == "usage":
         del common["job_id"]
         return UsageRecorded(

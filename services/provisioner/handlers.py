@@ -27,7 +27,7 @@ async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client
 
 async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, client: Client) -> None:
     handle: WorkflowHandle[JobWorkflow, object] = client.get_workflow_handle_for(
-        JobWorkflow.run, command.job_id  # type: ignore[arg-type]
+        JobWorkflow.run, command.job_id
     )
     try:
         await handle.signal(JobWorkflow.cancel, command.reason)
