@@ -34,7 +34,8 @@ from services.kit.outbox import Outbox
 
 LATENCY_N = int(os.environ.get("BENCH_LATENCY_N", "1000"))
 THROUGHPUT_N = int(os.environ.get("BENCH_THROUGHPUT_N", "20000"))
-Handler = Callable[[], Awaitable[None]]
+Stop = Callable[[], Awaitable[None]]
+Starter = Callable[[str, "Counter"], Awaitable[Stop]]
 
 
 def payload(i: int) -> bytes:
@@ -58,7 +59,7 @@ class Counter:
         self.done.clear()
 
 
-async def measure(name: str, url: str, start: Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]) -> dict[str, float]:
+async def measure(url: str, start: Starter) -> dict[str, float]:
     """Run the latency and throughput phases against one consumer implementation."""
     nc = await nats.connect(url)
     js = nc.jetstream()
@@ -93,8 +94,8 @@ async def measure(name: str, url: str, start: Callable[[str, Counter], Awaitable
     }
 
 
-def kit(url: str, db: Database | None = None) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
-    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+def kit(url: str, db: Database | None = None) -> Starter:
+    async def start(prefix: str, counter: Counter) -> Stop:
         bus = Bus(nats_url=url, service="bench", prefix=prefix)
         await bus.connect()
 
@@ -113,11 +114,11 @@ def kit(url: str, db: Database | None = None) -> Callable[[str, Counter], Awaita
     return start
 
 
-def faststream(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
+def faststream(url: str) -> Starter:
     from faststream import AckPolicy
     from faststream.nats import JStream, NatsBroker, PullSub
 
-    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+    async def start(prefix: str, counter: Counter) -> Stop:
         broker = NatsBroker(url, logger=None)
         stream = JStream(name=f"{prefix.upper()}_FS", subjects=[f"{prefix}.aicloud.jobs.>"])
 
@@ -132,8 +133,8 @@ def faststream(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awai
     return start
 
 
-def raw_nats(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awaitable[None]]]]:
-    async def start(prefix: str, counter: Counter) -> Callable[[], Awaitable[None]]:
+def raw_nats(url: str) -> Starter:
+    async def start(prefix: str, counter: Counter) -> Stop:
         nc = await nats.connect(url)
         js = nc.jetstream()
         try:
@@ -167,8 +168,7 @@ def raw_nats(url: str) -> Callable[[str, Counter], Awaitable[Callable[[], Awaita
     return start
 
 
-async def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="bench-bus-"))
+def start_servers(root: Path) -> tuple[str, str, list[subprocess.Popen[bytes]]]:
     nats_port, monitor = servers.free_port(), servers.free_port()
     nats_proc = subprocess.Popen(servers.nats_argv(port=nats_port, monitor_port=monitor,
                                                    store_dir=root / "nats"),
@@ -177,24 +177,40 @@ async def main() -> None:
     pg_port = servers.free_port()
     pg_proc = subprocess.Popen(servers.postgres_argv(layout, port=pg_port), user=layout.user,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            servers.create_database(pg_port, "bench")
+            break
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    while not servers.port_open(nats_port):
+        time.sleep(0.05)
+    return f"nats://127.0.0.1:{nats_port}", servers.postgres_url(pg_port, "bench"), [nats_proc, pg_proc]
+
+
+async def run_all(url: str, database_url: str) -> dict[str, dict[str, float]]:
+    db = Database(url=database_url, schema="bench")
+    await db.migrate()
+    peers = {
+        "kit (validate + ack)": kit(url),
+        "kit + Postgres inbox (exactly-once)": kit(url, db),
+        "faststream 0.7 (validate + ack)": faststream(url),
+        "raw nats-py (json.loads + ack)": raw_nats(url),
+    }
+    results = {name: await measure(url, start) for name, start in peers.items()}
+    await db.dispose()
+    return results
+
+
+def main() -> None:
+    url, database_url, procs = start_servers(Path(tempfile.mkdtemp(prefix="bench-bus-")))
     try:
-        while not (servers.port_open(nats_port) and servers.port_open(pg_port)):
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-        servers.create_database(pg_port, "bench")
-        url = f"nats://127.0.0.1:{nats_port}"
-        db = Database(url=servers.postgres_url(pg_port, "bench"), schema="bench")
-        await db.migrate()
-        peers = {
-            "kit (validate + ack)": kit(url),
-            "kit + Postgres inbox (exactly-once)": kit(url, db),
-            "faststream 0.7 (validate + ack)": faststream(url),
-            "raw nats-py (json.loads + ack)": raw_nats(url),
-        }
-        results = {name: await measure(name, url, start) for name, start in peers.items()}
-        await db.dispose()
+        results = asyncio.run(run_all(url, database_url))
     finally:
-        for proc in (nats_proc, pg_proc):
+        for proc in procs:
             proc.terminate()
             proc.wait(10)
     print(f"bus round trip — {platform.node()}, {os.cpu_count()} cores, "
@@ -213,4 +229,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
