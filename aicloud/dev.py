@@ -106,11 +106,11 @@ def _wait_for_interrupt(stack: Stack) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    reported: set[str] = set()
     while not stopping:
-        time.sleep(0.5)
-        dead = [row["name"] for row in stack.status() if not row["healthy"]]
-        if dead:
-            console.print(f"[yellow]unhealthy:[/] {', '.join(map(str, dead))}")
-            time.sleep(5)
+        time.sleep(1)
+        for name in stack.exited() - reported:
+            console.print(f"[red]{name} exited[/]; `aicloud dev logs {name}` shows why")
+            reported.add(name)
     console.print("\nstopping...")
     stack.down(report=lambda line: console.print(f"  {line}"))

@@ -214,6 +214,10 @@ class Stack:
             return []
         return list(json.loads(self.state_file.read_text()))
 
+    def exited(self) -> set[str]:
+        """Components whose process is gone (cheap: no probes)."""
+        return {str(e["name"]) for e in self.read_state() if not _alive(e.get("pid"))}
+
     def status(self) -> list[dict[str, object]]:
         """Each component: name, pid, url, healthy (process alive and its probe passing)."""
         state = self.read_state()
