@@ -177,15 +177,7 @@ def start_servers(root: Path) -> tuple[str, str, list[subprocess.Popen[bytes]]]:
     pg_port = servers.free_port()
     pg_proc = subprocess.Popen(servers.postgres_argv(layout, port=pg_port), user=layout.user,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            servers.create_database(pg_port, "bench")
-            break
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    servers.wait_for_database(pg_port, "bench")
     while not servers.port_open(nats_port):
         time.sleep(0.05)
     return f"nats://127.0.0.1:{nats_port}", servers.postgres_url(pg_port, "bench"), [nats_proc, pg_proc]

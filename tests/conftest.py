@@ -68,15 +68,7 @@ def postgres_port(server_root: Path) -> Iterator[int]:
     log = server_root / "postgres.log"
     proc = _spawn(servers.postgres_argv(layout, port=port), log, user=layout.user)
     _wait_port(port, proc, "postgres", log)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            servers.create_database(port, "aicloud_test")
-            break
-        except subprocess.CalledProcessError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    servers.wait_for_database(port, "aicloud_test")
     yield port
     _stop(proc)
 

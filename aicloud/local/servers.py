@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,19 @@ def create_database(port: int, database: str) -> None:
     )
     if exists.stdout.strip() != "1":
         subprocess.run([*psql, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True)
+
+
+def wait_for_database(port: int, database: str, *, timeout: float = 30.0) -> None:
+    """Create ``database`` as soon as the server accepts connections."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            create_database(port, database)
+            return
+        except subprocess.CalledProcessError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _unprivileged_user() -> str | None:
