@@ -46,8 +46,12 @@ RUN groupadd --system --gid "${AICLOUD_GID}" aicloud \
  && chown aicloud:aicloud /var/lib/aicloud
 
 COPY --from=build /opt/aicloud /opt/aicloud
+# Guardrails as code: the Cedar policies and the catalog data (products, org) they decide with.
+COPY policies /opt/aicloud/policies
 
 ENV PATH=/opt/aicloud/bin:$PATH \
+    AICLOUD_QUOTA_POLICY_DIR=/opt/aicloud/policies \
+    AICLOUD_CATALOG_POLICY_DIR=/opt/aicloud/policies \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/aicloud

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aicloud import demo, dev, jobs
+from aicloud import demo, dev, jobs, policy
 from aicloud.output import console, fail
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(jobs.create_app, name="create")
 app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(policy.policy_app, name="policy")
+app.add_typer(policy.catalog_app, name="catalog")
 app.command("demo")(demo.demo)
 contracts_app = typer.Typer(help="The event contracts (AsyncAPI + JSON Schema).", no_args_is_help=True)
 app.add_typer(contracts_app, name="contracts")

@@ -10,11 +10,19 @@ import httpx
 
 from aicloud.local.stack import Stack, default_home
 
+BAD_USAGE = {400, 409, 422}
+
 
 class ApiError(RuntimeError):
-    def __init__(self, message: str, hint: str = "") -> None:
+    def __init__(self, message: str, hint: str = "", status: int = 0) -> None:
         super().__init__(message)
         self.hint = hint
+        self.status = status
+
+    @property
+    def exit_code(self) -> int:
+        """2 for bad usage (the request itself is wrong), 1 for everything else."""
+        return 2 if self.status in BAD_USAGE else 1
 
 
 def api_url() -> str:
@@ -45,7 +53,7 @@ class PlatformClient:
             raise ApiError(f"cannot reach the platform API at {self._http.base_url}",
                            hint="is it running? `aicloud dev status`") from None
         if response.status_code >= 400:
-            raise ApiError(_explain(response))
+            raise ApiError(_explain(response), status=response.status_code)
         return response.json()
 
 

@@ -41,9 +41,14 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print(f"   output: {log.read_text().strip() if log.exists() else '(no log)'}")
     console.print(f"   workflow: {urls['temporal']}/namespaces/default/workflows/{name}")
 
-    console.rule("2. a job over the team's GPU quota is rejected, with the reason")
+    console.rule("2. guardrails as code: requests that break a Cedar policy are refused, with why")
     job = _submit(client, f"{name}-big", gpus=16, command=["true"])
-    console.print(f"   {job['job_id']}: [bold]{job['status']}[/]: {job['reason']}")
+    console.print(f"   16 GPUs -> [bold]{job['status']}[/]: {job['reason']}")
+    research = PlatformClient(team="research", base_url=urls["catalog"])
+    job = _submit(research, f"{name}-data", gpus=0, command=["true"],
+                  dataset="projects/legal-rag/datasets/v2")
+    console.print(f"   team research reads legal's dataset -> [bold]{job['status']}[/]: {job['reason']}")
+    console.print("   try one offline: aicloud policy test --team legal --gpus 16")
 
     console.rule("3. an outside system publishes a malformed event: it is dead-lettered, not lost")
     dead = asyncio.run(_malformed(urls["nats"]))
@@ -58,9 +63,11 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print("   stop everything  aicloud dev down")
 
 
-def _submit(client: PlatformClient, name: str, *, gpus: int, command: list[str]) -> dict[str, object]:
+def _submit(client: PlatformClient, name: str, *, gpus: int, command: list[str],
+            dataset: str | None = None) -> dict[str, object]:
+    body = {"name": name, "gpus": gpus, "command": command, "dataset": dataset}
     try:
-        client.request("POST", "/v1/jobs", json={"name": name, "gpus": gpus, "command": command})
+        client.request("POST", "/v1/jobs", json=body)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             job = client.request("GET", f"/v1/jobs/{name}")

@@ -30,7 +30,7 @@ def _call(client: PlatformClient, method: str, path: str, **kwargs: Any) -> Any:
     try:
         return client.request(method, path, **kwargs)
     except ApiError as exc:
-        raise fail(str(exc), hint=exc.hint) from None
+        raise fail(str(exc), hint=exc.hint, code=exc.exit_code) from None
 
 
 @create_app.command("job", context_settings={"allow_extra_args": True})
@@ -42,7 +42,9 @@ def create_job(
         str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")
     ] = "training",
     gpus: Annotated[int, typer.Option(min=0, help="GPUs to request.")] = 0,
-    product: Annotated[str, typer.Option(help="Compute product from the catalog.")] = "cpu-small",
+    product: Annotated[str | None, typer.Option(
+        help="Compute product (`aicloud catalog list`); default fine-tune with GPUs, else cpu-small."
+    )] = None,
     dataset: Annotated[str | None, typer.Option(help="e.g. projects/legal-rag/datasets/v2")] = None,
     max_runtime: Annotated[int | None, typer.Option(help="Seconds before the job is stopped.")] = None,
     param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter, repeatable.")] = None,
@@ -54,7 +56,7 @@ def create_job(
     for item in param or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001")
+            raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001", code=2)
         params[key] = value
     body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
             "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params}

@@ -44,4 +44,6 @@ def _cell(value: Any) -> str:
         return "[green]yes[/]"
     if value is False:
         return "[red]no[/]"
-    return "" if value is None else str(value)
+    if isinstance(value, list | tuple):
+        return escape(", ".join(str(v) for v in value))
+    return "" if value is None else escape(str(value))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, status
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts import JobRequested
+from contracts.catalog import Product, dataset_project
 from services.catalog import handlers, repo
 from services.kit.db import Database
 from services.kit.inbox import UnitOfWork
@@ -25,7 +26,7 @@ class JobCreate(BaseModel):
 
     name: str | None = Field(default=None, description="Job id; generated when omitted.")
     job_type: str = "training"
-    product: str = "cpu-small"
+    product: str | None = Field(default=None, description="Default: fine-tune with GPUs, else cpu-small.")
     gpus: int = 0
     dataset: str | None = None
     command: list[str]
@@ -33,19 +34,26 @@ class JobCreate(BaseModel):
     max_runtime_s: int | None = None
 
 
-def build_router(*, db: Database, outbox: Outbox) -> APIRouter:
+def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product]) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["jobs"])
+
+    @router.get("/products", response_model=list[Product], tags=["catalog"])
+    async def list_products() -> list[Product]:
+        """The compute products developers can choose from."""
+        return list(products.values())
 
     @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=repo.JobPublic)
     async def create_job(body: JobCreate, team: Team) -> repo.JobPublic:
         job_id = body.name or f"job-{uuid.uuid4().hex[:12]}"
+        product = body.product or ("fine-tune" if body.gpus > 0 else "cpu-small")
         try:
             request = JobRequested(
                 source="catalog", tenant=team, correlation_id=job_id, job_id=job_id,
-                **body.model_dump(exclude={"name"}),
+                product=product, **body.model_dump(exclude={"name", "product"}),
             )
         except ValidationError as exc:
             raise HTTPException(422, detail=_body_errors(exc)) from None
+        _check_against_catalog(request, products)
         try:
             async with db.transaction() as session:
                 await handlers.submit_job(request, UnitOfWork(session, outbox))
@@ -70,6 +78,21 @@ def build_router(*, db: Database, outbox: Outbox) -> APIRouter:
         return job
 
     return router
+
+
+def _check_against_catalog(request: JobRequested, products: dict[str, Product]) -> None:
+    """Refuse what can never be admitted before it becomes an event, naming the field."""
+    errors = []
+    if request.product not in products:
+        errors.append({"loc": ["body", "product"], "type": "unknown_product",
+                       "msg": f"unknown product {request.product!r}; choose one of "
+                              + ", ".join(sorted(products))})
+    if request.dataset is not None and dataset_project(request.dataset) is None:
+        errors.append({"loc": ["body", "dataset"], "type": "invalid_dataset",
+                       "msg": f"{request.dataset!r} is not a dataset path: use "
+                              "projects/<project>/datasets/<name> (no '..')"})
+    if errors:
+        raise HTTPException(422, detail=errors)
 
 
 def _body_errors(exc: ValidationError) -> list[dict[str, object]]:

@@ -1,6 +1,11 @@
+from pathlib import Path
+
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 class CatalogSettings(ServiceSettings):
@@ -8,3 +13,4 @@ class CatalogSettings(ServiceSettings):
 
     service_name: str = "catalog"
     http_port: Port = 8000
+    policy_dir: Path = Field(default=POLICY_DIR, description="Folder with products.yaml and org.yaml.")

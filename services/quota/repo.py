@@ -31,6 +31,11 @@ MIGRATIONS = (
                 decided_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
         ),
     ),
+    Migration(
+        2,
+        "audit findings in the decision log",
+        ("ALTER TABLE decisions ADD COLUMN audit_findings JSONB NOT NULL DEFAULT '[]'::jsonb",),
+    ),
 )
 
 
@@ -63,12 +68,13 @@ async def release(session: AsyncSession, *, resource_id: str) -> None:
 
 async def log_decision(
     session: AsyncSession, *, resource_id: str, team: str, admitted: bool,
-    policy_ids: tuple[str, ...], reason: str,
+    policy_ids: tuple[str, ...], reason: str, audit_findings: tuple[str, ...] = (),
 ) -> None:
     await session.execute(
         text(
-            "INSERT INTO decisions (resource_id, team, admitted, policy_ids, reason)"
-            " VALUES (:r, :t, :a, CAST(:p AS JSONB), :why)"
+            "INSERT INTO decisions (resource_id, team, admitted, policy_ids, reason, audit_findings)"
+            " VALUES (:r, :t, :a, CAST(:p AS JSONB), :why, CAST(:f AS JSONB))"
         ),
-        {"r": resource_id, "t": team, "a": admitted, "p": json.dumps(policy_ids), "why": reason},
+        {"r": resource_id, "t": team, "a": admitted, "p": json.dumps(policy_ids), "why": reason,
+         "f": json.dumps(audit_findings)},
     )

@@ -1,7 +1,11 @@
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 class QuotaSettings(ServiceSettings):
@@ -13,3 +17,5 @@ class QuotaSettings(ServiceSettings):
     team_gpu_quotas: dict[str, int] = Field(
         default_factory=dict, description='Per-team overrides as JSON, e.g. {"legal": 16}.'
     )
+    policy_dir: Path = Field(default=POLICY_DIR, description="Folder of *.cedar, products.yaml, org.yaml.")
+    backend: str = Field(default="local", pattern="^(local|kubernetes)$")

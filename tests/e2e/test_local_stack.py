@@ -90,7 +90,7 @@ def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, d
     assert result.returncode == 1
     job = json.loads(result.stdout)
     assert job["status"] == "rejected"
-    assert "asked for 16 GPUs" in job["reason"] and "quota of 8" in job["reason"]
+    assert "more than 4 GPUs needs manager approval" in job["reason"]
 
 
 @pytest.mark.parametrize(
@@ -100,6 +100,9 @@ def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, d
          "name: String should match pattern '^[a-z0-9][a-z0-9-]{0,62}$'"),
         (("create", "job", "--param", "novalue", "--", "true"), "is not KEY=VALUE"),
         (("create", "job", "--type", "mining", "--", "true"), "job_type"),
+        (("create", "job", "--product", "gpu-farm", "--", "true"), "unknown product 'gpu-farm'"),
+        (("create", "job", "--dataset", "projects/../secrets/datasets/x", "--", "true"),
+         "is not a dataset path"),
         (("jobs", "get", "does-not-exist"), "no job 'does-not-exist'"),
     ],
 )
@@ -107,7 +110,7 @@ def test_bad_cli_input_gets_a_clear_error(stack: tuple[Path, dict[str, dict[str,
                                           args: tuple[str, ...], message: str) -> None:
     home, _ = stack
     result = aicloud(home, *args)
-    assert result.returncode != 0
+    assert result.returncode == (1 if args[0] == "jobs" else 2)  # 2 = bad usage
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -116,7 +119,7 @@ def test_duplicate_job_name_is_refused(stack: tuple[Path, dict[str, dict[str, ob
     home, _ = stack
     assert aicloud(home, "create", "job", "--name", "e2e-dup", "--", "true").returncode == 0
     again = aicloud(home, "create", "job", "--name", "e2e-dup", "--", "true")
-    assert again.returncode == 1 and "already exists" in again.stderr
+    assert again.returncode == 2 and "already exists" in again.stderr
 
 
 def test_outside_event_flows_and_malformed_one_is_dead_lettered(

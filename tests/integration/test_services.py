@@ -140,11 +140,13 @@ async def test_quota_admits_rejects_and_releases_gpus(
     nc = await nats.connect(nats_url)
 
     async def request(job_id: str, gpus: int) -> None:
-        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"], gpus=gpus))
+        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"], gpus=gpus,
+                                             product="fine-tune"))
 
     await request("q-a", 3)
     admitted = await next_event(nc, prefix, JobAdmitted)
-    assert admitted.job_id == "q-a" and admitted.policy_ids == ["quota.gpu-per-team"]
+    assert admitted.job_id == "q-a" and admitted.policy_ids == ["jobs.allow-submit", "quota.gpu-per-team"]
+    assert admitted.reason == "team legal uses 0 of 4 GPUs; 3 more fit"
     assert admitted.request.gpus == 3
 
     await request("q-b", 2)
@@ -253,3 +255,29 @@ async def test_one_trace_spans_api_quota_provisioner_and_workflow(
     assert {"POST /v1/jobs", "aicloud.jobs.requested.v1 process", "aicloud.jobs.admitted.v1 process",
             "RunWorkflow:JobWorkflow", "RunActivity:run_job",
             "aicloud.jobs.completed.v1 process"} <= names, names
+
+
+async def test_policies_reject_through_the_bus_and_the_decision_is_logged(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    quota = await make_service("quota")
+    nc = await nats.connect(nats_url)
+    # An outside system asks for 16 GPUs on another team's dataset: two policies say no.
+    raw = {"tenant": "research", "job_id": "p-1", "command": ["x"], "gpus": 16,
+           "product": "fine-tune", "dataset": "projects/legal-rag/datasets/v2"}
+    sub = await nc.jetstream().subscribe(f"{prefix}.{JobRejected.SUBJECT}", ordered_consumer=True)
+    await nc.jetstream().publish(f"{prefix}.{JobRequested.SUBJECT}", json.dumps(raw).encode())
+    rejected = JobRejected.model_validate_json((await sub.next_msg(timeout=10)).data)
+    await nc.close()
+    assert rejected.job_id == "p-1" and rejected.tenant == "research"
+    assert set(rejected.policy_ids) == {
+        "jobs.gpus-need-manager-approval", "jobs.product-gpu-range",
+        "jobs.dataset-from-authorised-project",
+    }
+    assert "more than 4 GPUs needs manager approval" in rejected.reason
+    async with quota.db.transaction() as session:
+        row = (await session.execute(text(
+            "SELECT admitted, policy_ids, reason FROM decisions WHERE resource_id = 'p-1'"))).one()
+        held = (await session.execute(text("SELECT count(*) FROM allocations"))).scalar_one()
+    assert row.admitted is False and "jobs.dataset-from-authorised-project" in row.policy_ids
+    assert held == 0  # a refused request reserves nothing

@@ -1,0 +1,66 @@
+"""``aicloud policy test`` (offline dry run) and ``aicloud catalog list``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aicloud.output import Format, console, emit, fail
+from contracts import JobRequested
+from contracts.catalog import CatalogDataError, load_org, load_products
+from services.quota.policy import PolicyEngine, PolicyError
+from services.quota.settings import POLICY_DIR
+
+policy_app = typer.Typer(help="Guardrails as code (Cedar policies under policies/).",
+                         no_args_is_help=True)
+catalog_app = typer.Typer(help="What the platform offers.", no_args_is_help=True)
+PolicyDir = Annotated[Path, typer.Option(help="Folder with *.cedar, products.yaml, org.yaml.")]
+Output = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
+
+
+@policy_app.command("test")
+def test(
+    team: Annotated[str, typer.Option(envvar="AICLOUD_TEAM", help="Team asking.")],
+    gpus: Annotated[int, typer.Option(min=0)] = 0,
+    product: Annotated[str | None, typer.Option(help="Default: fine-tune with GPUs, else cpu-small.")] = None,
+    dataset: Annotated[str | None, typer.Option()] = None,
+    max_runtime: Annotated[int | None, typer.Option(min=1, help="Seconds.")] = None,
+    backend: Annotated[str, typer.Option(help="local or kubernetes")] = "local",
+    policy_dir: PolicyDir = POLICY_DIR,
+    output: Output = Format.table,
+) -> None:
+    """Evaluate a job request against the policies offline. Exit code 1 when it would be refused."""
+    try:
+        engine = PolicyEngine.from_dir(policy_dir)
+        org = load_org(policy_dir / "org.yaml")
+        products = load_products(policy_dir / "products.yaml")
+        request = JobRequested(
+            tenant=team, job_id="dry-run", command=["true"], gpus=gpus, dataset=dataset,
+            product=product or ("fine-tune" if gpus else "cpu-small"), max_runtime_s=max_runtime,
+        )
+    except (PolicyError, CatalogDataError, ValueError) as exc:
+        raise fail(str(exc), code=2) from None
+    decision = engine.evaluate_job(request, org=org, product=products.get(request.product),
+                                   backend=backend)
+    row = {"decision": "allow" if decision.admitted else "deny",
+           "policy_ids": list(decision.policy_ids), "reason": decision.reason,
+           "audit_findings": list(decision.audit_findings)}
+    emit(row, fmt=output, columns=("decision", "policy_ids", "reason", "audit_findings"))
+    if not decision.admitted:
+        raise typer.Exit(1)
+
+
+@catalog_app.command("list")
+def list_products(policy_dir: PolicyDir = POLICY_DIR, output: Output = Format.table) -> None:
+    """Compute products: GPUs, max runtime, network, price class."""
+    try:
+        products = load_products(policy_dir / "products.yaml")
+    except CatalogDataError as exc:
+        raise fail(str(exc), code=2) from None
+    rows = [p.model_dump(mode="json") for p in products.values()]
+    if output is Format.table:
+        console.print("[dim]GPU types and capacity of the local stack are simulated[/]")
+    emit(rows, fmt=output, columns=("name", "workload", "gpu_types", "min_gpus", "max_gpus",
+                                    "max_runtime_s", "network", "price_class"))

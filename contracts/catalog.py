@@ -1,0 +1,107 @@
+"""Platform data every service may read: compute products and the organisation.
+
+Kept as YAML beside the policies (``policies/products.yaml``, ``policies/org.yaml``): the
+catalog lists and validates against them, quota evaluates policies with them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DATASET_PATH = re.compile(
+    r"^projects/(?P<project>[a-z0-9][a-z0-9-]*)/datasets/(?P<name>[a-z0-9][a-z0-9._-]*)$"
+)
+
+
+class CatalogDataError(ValueError):
+    """A products or org file is unusable; the message names the file and the field."""
+
+
+class Product(BaseModel):
+    """A compute product developers choose from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str
+    workload: Literal["job", "notebook", "endpoint"]
+    gpu_types: tuple[str, ...] = ()
+    min_gpus: int = Field(default=0, ge=0)
+    max_gpus: int = Field(default=0, ge=0)
+    max_runtime_s: int = Field(gt=0)
+    idle_shutdown_s: int | None = Field(default=None, gt=0)
+    network: Literal["none", "egress"] = "none"
+    price_class: Literal["on-demand", "spot"] = "on-demand"
+
+    @model_validator(mode="after")
+    def _gpu_range(self) -> Product:
+        if self.max_gpus < self.min_gpus:
+            raise ValueError(f"max_gpus ({self.max_gpus}) is below min_gpus ({self.min_gpus})")
+        if self.max_gpus > 0 and not self.gpu_types:
+            raise ValueError("a product with GPUs must list its gpu_types")
+        return self
+
+
+class Team(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    projects: tuple[str, ...] = ()
+
+
+class Project(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    datasets: tuple[str, ...] = ()
+
+
+class Org(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    teams: tuple[Team, ...]
+    projects: tuple[Project, ...] = ()
+
+    def team(self, name: str) -> Team | None:
+        return next((t for t in self.teams if t.name == name), None)
+
+
+def dataset_project(path: str) -> str | None:
+    """The project a dataset path belongs to, or None when the path is not a dataset path."""
+    match = DATASET_PATH.match(path)
+    return match["project"] if match and ".." not in path else None
+
+
+def load_products(path: Path) -> dict[str, Product]:
+    raw = _read(path)
+    try:
+        products = [Product(name=name, **spec) for name, spec in (raw.get("products") or {}).items()]
+    except (ValidationError, TypeError) as exc:
+        raise CatalogDataError(f"{path}: {exc}") from None
+    return {p.name: p for p in products}
+
+
+def load_org(path: Path) -> Org:
+    raw = _read(path)
+    try:
+        return Org(
+            teams=tuple(Team(name=n, **(s or {})) for n, s in (raw.get("teams") or {}).items()),
+            projects=tuple(Project(name=n, **(s or {})) for n, s in (raw.get("projects") or {}).items()),
+        )
+    except (ValidationError, TypeError) as exc:
+        raise CatalogDataError(f"{path}: {exc}") from None
+
+
+def _read(path: Path) -> dict[str, dict[str, dict[str, object]]]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CatalogDataError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(data, dict):
+        raise CatalogDataError(f"{path}: expected a mapping at the top level")
+    return data

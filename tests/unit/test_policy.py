@@ -1,0 +1,129 @@
+"""The Cedar guardrails: each policy, audit mode, and bad policy or catalog files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from contracts import JobRequested
+from contracts.catalog import CatalogDataError, dataset_project, load_org, load_products
+from services.quota.policy import PolicyEngine, PolicyError
+from services.quota.settings import POLICY_DIR
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def engine() -> PolicyEngine:
+    return PolicyEngine.from_dir(POLICY_DIR)
+
+
+Verdict = tuple[bool, tuple[str, ...], str]
+
+
+def evaluate(engine: PolicyEngine, backend: str = "local", **fields: object) -> Verdict:
+    team = str(fields.pop("tenant", "legal"))
+    request = JobRequested(tenant=team, job_id="j1", command=["python", "train.py"], **fields)  # type: ignore[arg-type]
+    org = load_org(POLICY_DIR / "org.yaml")
+    product = load_products(POLICY_DIR / "products.yaml").get(request.product)
+    decision = engine.evaluate_job(request, org=org, product=product, backend=backend)
+    return decision.admitted, decision.policy_ids, decision.reason
+
+
+def test_a_normal_fine_tune_passes(engine: PolicyEngine) -> None:
+    admitted, ids, _ = evaluate(engine, product="fine-tune", gpus=2,
+                                dataset="projects/legal-rag/datasets/v2")
+    assert admitted and ids == ("jobs.allow-submit",)
+
+
+def test_sixteen_gpus_need_manager_approval(engine: PolicyEngine) -> None:
+    admitted, ids, reason = evaluate(engine, product="fine-tune", gpus=16)
+    assert not admitted
+    assert "jobs.gpus-need-manager-approval" in ids
+    assert reason.startswith("more than 4 GPUs needs manager approval")
+
+
+def test_five_gpus_within_the_product_still_need_approval(engine: PolicyEngine) -> None:
+    admitted, ids, _ = evaluate(engine, product="fine-tune", gpus=5)
+    assert not admitted and ids == ("jobs.gpus-need-manager-approval",)
+
+
+@pytest.mark.parametrize(
+    ("team", "dataset"),
+    [("research", "projects/legal-rag/datasets/v2"),  # a project the team is not authorised for
+     ("legal", "projects/../legal-rag/datasets/v2"),  # path traversal
+     ("legal", "/etc/passwd"),
+     ("ghost-team", "projects/legal-rag/datasets/v2")],  # a team the org does not know
+)
+def test_datasets_only_from_authorised_projects(engine: PolicyEngine, team: str, dataset: str) -> None:
+    admitted, ids, reason = evaluate(engine, tenant=team, product="cpu-small", dataset=dataset)
+    assert not admitted and ids == ("jobs.dataset-from-authorised-project",)
+    assert "not authorised" in reason
+
+
+def test_no_job_longer_than_its_products_max_runtime(engine: PolicyEngine) -> None:
+    admitted, ids, reason = evaluate(engine, product="fine-tune", gpus=1, max_runtime_s=8 * 3600 + 1)
+    assert not admitted and ids == ("jobs.max-runtime-of-product",)
+    assert "lower --max-runtime" in reason
+    assert evaluate(engine, product="fine-tune", gpus=1, max_runtime_s=8 * 3600)[0]
+
+
+def test_unknown_product_and_gpu_range(engine: PolicyEngine) -> None:
+    admitted, ids, _ = evaluate(engine, product="gpu-farm")
+    assert not admitted and "jobs.known-product" in ids
+    admitted, ids, _ = evaluate(engine, product="cpu-small", gpus=1)
+    assert not admitted and ids == ("jobs.product-gpu-range",)
+
+
+def test_kubernetes_images_must_be_pinned_and_scanned(engine: PolicyEngine) -> None:
+    admitted, ids, _ = evaluate(engine, backend="kubernetes", product="cpu-small")
+    assert not admitted and ids == ("jobs.image-pinned-and-scanned",)
+    assert evaluate(engine, backend="local", product="cpu-small")[0]
+
+
+def test_audit_mode_logs_without_enforcing(tmp_path: Path) -> None:
+    shutil.copytree(POLICY_DIR, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "trial.cedar").write_text(
+        '@id("trial.no-evaluation-jobs")\n@mode("audit")\n'
+        '@reason("evaluation jobs are being phased out")\n'
+        'forbid (principal, action == Action::"SubmitJob", resource)\n'
+        'when { context.product == "cpu-small" };\n'
+    )
+    engine = PolicyEngine.from_dir(tmp_path)
+    request = JobRequested(tenant="legal", job_id="j1", command=["x"], product="cpu-small")
+    decision = engine.evaluate_job(request, org=load_org(tmp_path / "org.yaml"),
+                                   product=load_products(tmp_path / "products.yaml")["cpu-small"])
+    assert decision.admitted
+    assert decision.audit_findings == ("trial.no-evaluation-jobs",)
+
+
+def test_a_broken_policy_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.cedar").write_text("permit (principal, action, resource) when { oops };")
+    with pytest.raises(PolicyError, match=r"broken\.cedar"):
+        PolicyEngine.from_dir(tmp_path)
+    with pytest.raises(PolicyError, match=r"no \*\.cedar files"):
+        PolicyEngine.from_dir(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [("products: {x: {description: d, workload: job, max_runtime_s: -1}}", "max_runtime_s"),
+     ("products: {x: {description: d, workload: job, max_runtime_s: 1, max_gpus: 2}}", "gpu_types"),
+     ("products: {x: {description: d, workload: laser, max_runtime_s: 1}}", "workload"),
+     ("- just a list", "expected a mapping"),
+     ("products: {x: [unclosed", "cannot read")],
+)
+def test_bad_products_file_names_the_file_and_field(tmp_path: Path, content: str, fragment: str) -> None:
+    path = tmp_path / "products.yaml"
+    path.write_text(content)
+    with pytest.raises(CatalogDataError) as info:
+        load_products(path)
+    assert str(path) in str(info.value) and fragment in str(info.value)
+
+
+def test_dataset_paths() -> None:
+    assert dataset_project("projects/legal-rag/datasets/v2") == "legal-rag"
+    assert dataset_project("projects/legal-rag/datasets/../v2") is None
+    assert dataset_project("s3://bucket/x") is None
