@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from typing import Any
@@ -36,15 +37,33 @@ def api_url() -> str:
                    hint="start one with `aicloud dev up --detach` or set AICLOUD_API_URL")
 
 
+def api_key(team: str | None) -> str:
+    """$AICLOUD_API_KEY, else the local stack's demo key for ``team`` under $AICLOUD_HOME."""
+    if key := os.environ.get("AICLOUD_API_KEY"):
+        return key
+    keys_file = default_home() / "keys.json"
+    if team is None:
+        raise ApiError("no API key: pass --team (local stack) or set AICLOUD_API_KEY", status=400)
+    try:
+        keys = json.loads(keys_file.read_text())
+    except (OSError, ValueError):
+        keys = {}
+    if team not in keys:
+        known = ", ".join(sorted(keys)) or "none"
+        raise ApiError(f"no API key for team {team!r} in {keys_file} (teams there: {known})",
+                       hint="set AICLOUD_API_KEY to your team's key", status=400)
+    return str(keys[team])
+
+
 class PlatformClient:
     """One CLI command = one trace: every request carries the same W3C ``traceparent``, so the
     trace id printed to the user finds the whole path (API, bus, services, workflow)."""
 
-    def __init__(self, *, team: str, base_url: str | None = None) -> None:
+    def __init__(self, *, team: str | None, base_url: str | None = None) -> None:
         self.trace_id = secrets.token_hex(16)
         traceparent = f"00-{self.trace_id}-{secrets.token_hex(8)}-01"
-        self._http = httpx.Client(base_url=base_url or api_url(), timeout=10,
-                                  headers={"X-Aicloud-Team": team, "traceparent": traceparent})
+        headers = {"Authorization": f"Bearer {api_key(team)}", "traceparent": traceparent}
+        self._http = httpx.Client(base_url=base_url or api_url(), timeout=10, headers=headers)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

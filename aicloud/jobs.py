@@ -15,15 +15,17 @@ jobs_app = typer.Typer(help="Inspect and follow jobs.", no_args_is_help=True)
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
 COLUMNS = ("job_id", "status", "reason", "created_at")
 
-Team = Annotated[str, typer.Option(envvar="AICLOUD_TEAM", help="Your team (or $AICLOUD_TEAM).")]
+Team = Annotated[str | None, typer.Option(
+    envvar="AICLOUD_TEAM", help="Your team, to pick its key on the local stack ($AICLOUD_TEAM)."
+)]
 Output = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 
 
-def _client(team: str) -> PlatformClient:
+def _client(team: str | None) -> PlatformClient:
     try:
         return PlatformClient(team=team)
     except ApiError as exc:
-        raise fail(str(exc), hint=exc.hint) from None
+        raise fail(str(exc), hint=exc.hint, code=exc.exit_code) from None
 
 
 def _call(client: PlatformClient, method: str, path: str, **kwargs: Any) -> Any:
@@ -36,7 +38,7 @@ def _call(client: PlatformClient, method: str, path: str, **kwargs: Any) -> Any:
 @create_app.command("job", context_settings={"allow_extra_args": True})
 def create_job(
     command: Annotated[list[str], typer.Argument(help="The command, after `--`.")],
-    team: Team,
+    team: Team = None,
     name: Annotated[str | None, typer.Option(help="Job id (generated when omitted).")] = None,
     job_type: Annotated[
         str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")
@@ -63,7 +65,7 @@ def create_job(
     client = _client(team)
     job = _call(client, "POST", "/v1/jobs", json=body)
     if output is Format.table:
-        console.print(f"job [bold]{job['job_id']}[/] submitted for team {team} "
+        console.print(f"job [bold]{job['job_id']}[/] submitted for team {job['team']} "
                       f"[dim](trace {client.trace_id})[/]")
     if wait:
         job = _wait(client, job["job_id"], timeout=None, quiet=output is Format.json)
@@ -73,7 +75,7 @@ def create_job(
 
 
 @jobs_app.command("list")
-def list_jobs(team: Team, output: Output = Format.table,
+def list_jobs(team: Team = None, output: Output = Format.table,
               limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
     """Your team's most recent jobs."""
     emit(_call(_client(team), "GET", "/v1/jobs", params={"limit": limit}), fmt=output,
@@ -81,14 +83,14 @@ def list_jobs(team: Team, output: Output = Format.table,
 
 
 @jobs_app.command("get")
-def get_job(job_id: str, team: Team, output: Output = Format.table) -> None:
+def get_job(job_id: str, team: Team = None, output: Output = Format.table) -> None:
     """One job with its status and the reason for it."""
     emit(_call(_client(team), "GET", f"/v1/jobs/{job_id}"), fmt=output, columns=COLUMNS)
 
 
 @jobs_app.command("wait")
 def wait_job(
-    job_id: str, team: Team, output: Output = Format.table,
+    job_id: str, team: Team = None, output: Output = Format.table,
     timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds.")] = None,
 ) -> None:
     """Wait until a job ends, showing its progress. Exit code 0 only when it completed."""

@@ -119,6 +119,8 @@ class Stack:
             f"{prefix}HTTP_PORT": str(ports[name]),
             f"{prefix}TRACE_FILE": str(self.home / "traces" / f"{name}.jsonl"),
         }
+        if name == "catalog":
+            env[f"{prefix}DEMO_KEYS_FILE"] = str(self.home / "keys.json")
         if name == "provisioner":
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")

@@ -1,28 +1,44 @@
 """The platform HTTP API behind ``aicloud create job`` and ``aicloud jobs ...``."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the route-local `Team` dependency.
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts import JobRequested
 from contracts.catalog import Product, dataset_project
-from services.catalog import handlers, repo
+from services.catalog import handlers, keys, repo
 from services.kit.db import Database
 from services.kit.inbox import UnitOfWork
 from services.kit.outbox import Outbox
 
-TEAM_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
-Team = Annotated[
-    str, Header(alias="X-Aicloud-Team", pattern=TEAM_PATTERN, description="The caller's team.")
-]
+BEARER = HTTPBearer(auto_error=False, description="A team API key: `Authorization: Bearer ak_...`")
+
+
+def build_auth(db: Database) -> Callable[..., Awaitable[str]]:
+    async def authenticate(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> str:
+        """The caller's team, from its API key. A key only ever sees its own team's data."""
+        if credentials is None:
+            raise HTTPException(401, detail="missing API key: send `Authorization: Bearer <key>`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        async with db.transaction() as session:
+            team = await keys.team_for(session, credentials.credentials)
+        if team is None:
+            raise HTTPException(401, detail="invalid or revoked API key",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return team
+
+    return authenticate
 
 
 class JobCreate(BaseModel):
-    """What a developer submits; the team comes from the X-Aicloud-Team header."""
+    """What a developer submits; the team comes from the API key."""
 
     name: str | None = Field(default=None, description="Job id; generated when omitted.")
     job_type: str = "training"
@@ -36,6 +52,12 @@ class JobCreate(BaseModel):
 
 def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product]) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["jobs"])
+    Team = Annotated[str, Depends(build_auth(db))]
+
+    @router.get("/whoami", tags=["auth"])
+    async def whoami(team: Team) -> dict[str, str]:
+        """The team the presented key belongs to."""
+        return {"team": team}
 
     @router.get("/products", response_model=list[Product], tags=["catalog"])
     async def list_products() -> list[Product]:

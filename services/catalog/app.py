@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from contracts.catalog import CatalogDataError, load_products
-from services.catalog import handlers
+from functools import partial
+from pathlib import Path
+
+from contracts.catalog import CatalogDataError, load_org, load_products
+from services.catalog import handlers, keys
 from services.catalog.api import build_router
 from services.catalog.repo import MIGRATIONS
 from services.catalog.settings import CatalogSettings
@@ -20,7 +23,17 @@ def build(settings: CatalogSettings) -> Service:
     except CatalogDataError as exc:
         raise ConfigError(f"catalog cannot load its products: {exc}") from None
     service.include_router(build_router(db=service.db, outbox=service.outbox, products=products))
+    if settings.demo_keys_file is not None:
+        service.on_start(partial(seed_keys, service, settings.demo_keys_file, settings.policy_dir))
     return service
+
+
+async def seed_keys(service: Service, keys_file: Path, policy_dir: Path) -> None:
+    org = load_org(policy_dir / "org.yaml")
+    async with service.db.transaction() as session:
+        seeded = await keys.seed_demo_keys(session, teams=[t.name for t in org.teams],
+                                           known=keys.read_keys_file(keys_file))
+    keys.write_keys_file(keys_file, seeded)
 
 
 def main() -> None:

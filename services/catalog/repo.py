@@ -29,6 +29,18 @@ MIGRATIONS = (
             "CREATE INDEX jobs_team ON jobs (team, created_at DESC)",
         ),
     ),
+    Migration(
+        2,
+        "team api keys (hashed)",
+        (
+            """CREATE TABLE api_keys (
+                key_id TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                revoked_at TIMESTAMPTZ)""",
+        ),
+    ),
 )
 
 

@@ -14,3 +14,6 @@ class CatalogSettings(ServiceSettings):
     service_name: str = "catalog"
     http_port: Port = 8000
     policy_dir: Path = Field(default=POLICY_DIR, description="Folder with products.yaml and org.yaml.")
+    demo_keys_file: Path | None = Field(
+        default=None, description="Local stack only: seed a key per org team and write them here."
+    )

@@ -104,13 +104,14 @@ def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, d
         (("create", "job", "--dataset", "projects/../secrets/datasets/x", "--", "true"),
          "is not a dataset path"),
         (("jobs", "get", "does-not-exist"), "no job 'does-not-exist'"),
+        (("jobs", "list", "--team", "ghost"), "no API key for team 'ghost'"),
     ],
 )
 def test_bad_cli_input_gets_a_clear_error(stack: tuple[Path, dict[str, dict[str, object]]],
                                           args: tuple[str, ...], message: str) -> None:
     home, _ = stack
     result = aicloud(home, *args)
-    assert result.returncode == (1 if args[0] == "jobs" else 2)  # 2 = bad usage
+    assert result.returncode == (1 if args[:2] == ("jobs", "get") else 2)  # 2 = bad usage
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -185,3 +186,12 @@ def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     assert json.loads(job.stdout)["status"] == "completed"  # same data after restart
     aicloud(home, "dev", "down")
     assert processes_under(home) == []
+
+
+def test_a_wrong_api_key_is_refused(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    env = {**os.environ, "AICLOUD_HOME": str(home), "AICLOUD_API_KEY": "ak_dead_beef"}
+    result = subprocess.run([sys.executable, "-m", "aicloud", "jobs", "list"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "401: invalid or revoked API key" in result.stderr
