@@ -158,6 +158,15 @@ def test_outside_event_flows_and_malformed_one_is_dead_lettered(
     assert ready.status_code == 200  # the consumer survived the bad message
 
 
+def test_a_wrong_api_key_is_refused(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    env = {**os.environ, "AICLOUD_HOME": str(home), "AICLOUD_API_KEY": "ak_dead_beef"}
+    result = subprocess.run([sys.executable, "-m", "aicloud", "jobs", "list"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "401: invalid or revoked API key" in result.stderr
+
+
 def test_logs_command_shows_a_component_log(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, _ = stack
     result = aicloud(home, "dev", "logs", "quota", "-n", "200")
@@ -186,12 +195,3 @@ def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     assert json.loads(job.stdout)["status"] == "completed"  # same data after restart
     aicloud(home, "dev", "down")
     assert processes_under(home) == []
-
-
-def test_a_wrong_api_key_is_refused(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
-    home, _ = stack
-    env = {**os.environ, "AICLOUD_HOME": str(home), "AICLOUD_API_KEY": "ak_dead_beef"}
-    result = subprocess.run([sys.executable, "-m", "aicloud", "jobs", "list"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 1
-    assert "401: invalid or revoked API key" in result.stderr
