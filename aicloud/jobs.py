@@ -115,3 +115,35 @@ def _wait(client: PlatformClient, job_id: str, *, timeout: float | None, quiet: 
         if deadline is not None and time.monotonic() > deadline:
             raise fail(f"{job_id} is still {job['status']} after {timeout}s", code=2)
         time.sleep(0.25)
+
+
+@jobs_app.command("cancel")
+def cancel_job(job_id: str, team: Team = None, output: Output = Format.table,
+               wait: Annotated[bool, typer.Option(help="Wait until it has stopped.")] = True) -> None:
+    """Stop a job: SIGTERM, a grace period, then kill. It ends `terminated` (cancelled)."""
+    client = _client(team)
+    _call(client, "POST", f"/v1/jobs/{job_id}/cancel")
+    job = _wait(client, job_id, timeout=120, quiet=output is Format.json) if wait else \
+        _call(client, "GET", f"/v1/jobs/{job_id}")
+    emit(job, fmt=output, columns=COLUMNS)
+
+
+@jobs_app.command("logs")
+def job_logs(
+    job_id: str, team: Team = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Until the job ends.")] = False,
+) -> None:
+    """The job's output (stdout and stderr)."""
+    client = _client(team)
+    offset = 0
+    while True:
+        chunk = _call(client, "GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset})
+        if chunk["data"]:
+            typer.echo(chunk["data"], nl=False)
+        offset = chunk["next_offset"]
+        if not follow:
+            return
+        if not chunk["data"]:
+            if _call(client, "GET", f"/v1/jobs/{job_id}")["status"] in TERMINAL:
+                return
+            time.sleep(0.5)

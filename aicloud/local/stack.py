@@ -121,6 +121,7 @@ class Stack:
         }
         if name == "catalog":
             env[f"{prefix}DEMO_KEYS_FILE"] = str(self.home / "keys.json")
+            env[f"{prefix}PROVISIONER_URL"] = f"http://127.0.0.1:{ports['provisioner']}"
         if name == "provisioner":
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")

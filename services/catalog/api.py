@@ -5,13 +5,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
-from contracts import JobRequested
+from contracts import CancelJob, JobRequested
 from contracts.catalog import Product, dataset_project
 from services.catalog import handlers, keys, repo
+from services.catalog.domain import TERMINAL
 from services.kit.db import Database
 from services.kit.inbox import UnitOfWork
 from services.kit.outbox import Outbox
@@ -50,7 +52,8 @@ class JobCreate(BaseModel):
     max_runtime_s: int | None = None
 
 
-def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product]) -> APIRouter:
+def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
+                 provisioner_url: str = "") -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["jobs"])
     Team = Annotated[str, Depends(build_auth(db))]
 
@@ -99,7 +102,45 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product]) 
             raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
         return job
 
+    @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
+                 response_model=repo.JobPublic)
+    async def cancel_job(job_id: str, team: Team) -> repo.JobPublic:
+        """Ask the job to stop: SIGTERM, grace period, kill; it ends `terminated` (cancelled)."""
+        async with db.transaction() as session:
+            job = await repo.get_job(session, job_id=job_id, team=team)
+            if job is None:
+                raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+            if job.status in TERMINAL:
+                raise HTTPException(409, detail=f"job {job_id!r} already ended ({job.status})")
+            await outbox.add(session, CancelJob(tenant=team, job_id=job_id, source="catalog",
+                                                correlation_id=job_id))
+        outbox.wake()
+        return job
+
+    @router.get("/jobs/{job_id}/logs", response_model=LogChunk)
+    async def job_logs(job_id: str, team: Team,
+                       offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
+        """The job's output from ``offset`` (poll with ``next_offset`` to follow)."""
+        async with db.transaction() as session:
+            job = await repo.get_job(session, job_id=job_id, team=team)
+        if job is None:
+            raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+        if not provisioner_url:
+            raise HTTPException(503, detail="logs are not available: no provisioner configured")
+        url = f"{provisioner_url}/internal/jobs/{team}/{job_id}/logs"
+        async with httpx.AsyncClient(timeout=5) as client:
+            response = await client.get(url, params={"offset": offset})
+        if response.status_code == 404:
+            return LogChunk(data="", next_offset=offset)  # not started yet
+        response.raise_for_status()
+        return LogChunk.model_validate(response.json())
+
     return router
+
+
+class LogChunk(BaseModel):
+    data: str
+    next_offset: int
 
 
 def _check_against_catalog(request: JobRequested, products: dict[str, Product]) -> None:

@@ -22,7 +22,8 @@ def build(settings: CatalogSettings) -> Service:
         products = load_products(settings.policy_dir / "products.yaml")
     except CatalogDataError as exc:
         raise ConfigError(f"catalog cannot load its products: {exc}") from None
-    service.include_router(build_router(db=service.db, outbox=service.outbox, products=products))
+    service.include_router(build_router(db=service.db, outbox=service.outbox, products=products,
+                                        provisioner_url=settings.provisioner_url))
     if settings.demo_keys_file is not None:
         service.on_start(partial(seed_keys, service, settings.demo_keys_file, settings.policy_dir))
     return service

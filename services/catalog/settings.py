@@ -17,3 +17,4 @@ class CatalogSettings(ServiceSettings):
     demo_keys_file: Path | None = Field(
         default=None, description="Local stack only: seed a key per org team and write them here."
     )
+    provisioner_url: str = Field(default="", description="Where job logs are read from.")

@@ -10,6 +10,7 @@ from services.kit.runtime import Service, run
 from services.kit.settings import load_settings
 from services.provisioner import handlers
 from services.provisioner.activities import JobActivities
+from services.provisioner.api import build_router
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.settings import ProvisionerSettings
 from services.provisioner.temporal import JobWorker, connect
@@ -51,6 +52,7 @@ def build(settings: ProvisionerSettings) -> Service:
     service.add_check("temporal", temporal_ready)
     service.consume(JobAdmitted, admitted)
     service.consume(CancelJob, cancel)
+    service.include_router(build_router(backend))
     return service
 
 

@@ -167,6 +167,26 @@ def test_a_wrong_api_key_is_refused(stack: tuple[Path, dict[str, dict[str, objec
     assert "401: invalid or revoked API key" in result.stderr
 
 
+def test_job_logs_follow_and_cancel(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    script = "import time\nfor i in range(3):\n    print('step', i, flush=True); time.sleep(0.3)"
+    assert aicloud(home, "create", "job", "--name", "e2e-logs", "--", "python3", "-c", script).returncode == 0
+    logs = aicloud(home, "jobs", "logs", "e2e-logs", "-f")
+    assert logs.returncode == 0 and logs.stdout.splitlines() == ["step 0", "step 1", "step 2"]
+
+    assert aicloud(home, "create", "job", "--name", "e2e-cancel", "--", "sleep", "300").returncode == 0
+    deadline = time.monotonic() + 30
+    while json.loads(aicloud(home, "jobs", "get", "e2e-cancel", "-o", "json").stdout)["status"] != "started":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    cancelled = aicloud(home, "jobs", "cancel", "e2e-cancel", "-o", "json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    job = json.loads(cancelled.stdout)
+    assert job["status"] == "terminated" and job["reason"] == "cancelled"
+    again = aicloud(home, "jobs", "cancel", "e2e-cancel")
+    assert again.returncode == 2 and "already ended" in again.stderr
+
+
 def test_logs_command_shows_a_component_log(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, _ = stack
     result = aicloud(home, "dev", "logs", "quota", "-n", "200")

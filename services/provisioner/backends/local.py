@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import resource
 import signal
 from pathlib import Path
@@ -17,6 +18,7 @@ import structlog
 from contracts import JobRequested
 
 log = structlog.get_logger(__name__)
+SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class LocalProcess:
@@ -49,7 +51,12 @@ class LocalBackend:
         self._memory_bytes = memory_limit_mb * 1024 * 1024
 
     def workspace(self, request: JobRequested) -> Path:
-        return self._work_dir / request.tenant / request.job_id
+        return self.workspace_for(team=request.tenant, job_id=request.job_id)
+
+    def workspace_for(self, *, team: str, job_id: str) -> Path:
+        if not (SAFE_NAME.match(team) and SAFE_NAME.match(job_id)):
+            raise ValueError(f"not a valid team/job name: {team!r}/{job_id!r}")
+        return self._work_dir / team / job_id
 
     async def provision(self, request: JobRequested) -> Path:
         workspace = self.workspace(request)
