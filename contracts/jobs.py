@@ -49,6 +49,16 @@ class JobRejected(Event):
     reason: str = Field(description="Human-readable reason, naming what to change.")
 
 
+class JobQueued(Event):
+    """Policies allow the job but the team's quota is in use: it waits, first in first out."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "queued")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    position: int = Field(ge=1, description="Place in the team's queue (1 = next).")
+    reason: str = Field(description="Why it waits, and for what.")
+
+
 class JobStarted(Event):
     """The job's workload is running."""
 

@@ -7,8 +7,8 @@ from typing import Final
 TERMINAL: Final = frozenset({"completed", "failed", "terminated", "rejected"})
 
 _ORDER: Final = {
-    "requested": 0, "admitted": 1, "rejected": 1, "started": 2,
-    "completed": 3, "failed": 3, "terminated": 3,
+    "requested": 0, "queued": 1, "admitted": 2, "rejected": 2, "started": 3,
+    "completed": 4, "failed": 4, "terminated": 4,
 }
 
 

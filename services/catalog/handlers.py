@@ -6,6 +6,7 @@ from contracts import (
     JobAdmitted,
     JobCompleted,
     JobFailed,
+    JobQueued,
     JobRejected,
     JobRequested,
     JobStarted,
@@ -15,9 +16,12 @@ from services.catalog import repo
 from services.catalog.domain import next_status
 from services.kit.inbox import UnitOfWork
 
-LifecycleEvent = JobAdmitted | JobRejected | JobStarted | JobCompleted | JobFailed | JobTerminated
+LifecycleEvent = (
+    JobQueued | JobAdmitted | JobRejected | JobStarted | JobCompleted | JobFailed | JobTerminated
+)
 
 STATUS_OF: dict[type[LifecycleEvent], str] = {
+    JobQueued: "queued",
     JobAdmitted: "admitted",
     JobRejected: "rejected",
     JobStarted: "started",

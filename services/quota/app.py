@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from contracts import JobCompleted, JobFailed, JobRequested, JobTerminated
+from contracts import CancelJob, JobCompleted, JobFailed, JobRequested, JobTerminated
 from contracts.catalog import CatalogDataError, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
@@ -31,9 +31,11 @@ def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
 
 def build(settings: QuotaSettings) -> Service:
     service = Service(settings, migrations=MIGRATIONS, title="aicloud quota")
-    service.consume(JobRequested, partial(handlers.on_job_requested, rails=load_guardrails(settings)))
+    rails = load_guardrails(settings)
+    service.consume(JobRequested, partial(handlers.on_job_requested, rails=rails))
     for ended in (JobCompleted, JobFailed, JobTerminated):
-        service.consume(ended, handlers.on_job_ended)
+        service.consume(ended, partial(handlers.on_job_ended, rails=rails))
+    service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))
     return service
 
 

@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 GPU_QUOTA_POLICY = "quota.gpu-per-team"
 
 
+class Outcome(StrEnum):
+    ADMIT = "admit"
+    QUEUE = "queue"
+    REJECT = "reject"
+
+
 @dataclass(frozen=True)
-class Decision:
-    admitted: bool
+class QuotaDecision:
+    outcome: Outcome
     policy_ids: tuple[str, ...]
     reason: str
 
 
-def decide_gpus(*, team: str, requested: int, in_use: int, quota: int) -> Decision:
-    """Admit when the team's GPUs in use plus this request stay within its quota."""
-    if requested + in_use <= quota:
-        return Decision(
-            True,
-            (GPU_QUOTA_POLICY,),
-            f"team {team} uses {in_use} of {quota} GPUs; {requested} more fit",
+def decide_gpus(*, team: str, requested: int, in_use: int, quota: int,
+                queued_ahead: int = 0) -> QuotaDecision:
+    """Admit when it fits and nobody of the team waits ahead; queue when it will fit later;
+    reject only what can never fit."""
+    ids = (GPU_QUOTA_POLICY,)
+    if requested > quota:
+        return QuotaDecision(
+            Outcome.REJECT, ids,
+            f"team {team} asked for {requested} GPUs but its whole quota is {quota}: request at "
+            f"most {quota}, or ask the platform team to raise the quota",
         )
+    if requested + in_use <= quota and queued_ahead == 0:
+        return QuotaDecision(Outcome.ADMIT, ids,
+                             f"team {team} uses {in_use} of {quota} GPUs; {requested} more fit")
     free = max(quota - in_use, 0)
-    return Decision(
-        False,
-        (GPU_QUOTA_POLICY,),
-        f"team {team} asked for {requested} GPUs but only {free} of its quota of {quota} are "
-        f"free ({in_use} in use): wait for running work to finish, request at most {free}, "
-        "or ask the platform team to raise the quota",
+    return QuotaDecision(
+        Outcome.QUEUE, ids,
+        f"queued: team {team} uses {in_use} of {quota} GPUs ({free} free, {requested} needed, "
+        f"{queued_ahead} job(s) ahead); it starts when running work ends",
     )

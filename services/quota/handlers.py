@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts import (
+    CancelJob,
     JobAdmitted,
     JobCompleted,
     JobFailed,
+    JobQueued,
     JobRejected,
     JobRequested,
     JobTerminated,
@@ -15,7 +17,7 @@ from contracts import (
 from contracts.catalog import Org, Product
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
-from services.quota.domain import Decision, decide_gpus
+from services.quota.domain import Outcome, QuotaDecision, decide_gpus
 from services.quota.policy import PolicyEngine
 
 SOURCE = "quota"
@@ -32,37 +34,84 @@ class Guardrails:
     default_quota: int
     backend: str = "local"
 
+    def quota(self, team: str) -> int:
+        return self.quota_for.get(team, self.default_quota)
+
 
 async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guardrails) -> None:
     verdict = rails.policies.evaluate_job(
         event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend
     )
-    decision = Decision(verdict.admitted, verdict.policy_ids, verdict.reason)
-    if verdict.admitted:
+    if not verdict.admitted:
+        decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
+    else:
         in_use = await repo.gpus_in_use(uow.session, team=event.tenant)
         quota = decide_gpus(
-            team=event.tenant, requested=event.gpus, in_use=in_use,
-            quota=rails.quota_for.get(event.tenant, rails.default_quota),
+            team=event.tenant, requested=event.gpus, in_use=in_use, quota=rails.quota(event.tenant),
+            queued_ahead=await repo.queued_count(uow.session, team=event.tenant),
         )
-        decision = Decision(quota.admitted, verdict.policy_ids + quota.policy_ids, quota.reason)
+        decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids, quota.reason)
     await repo.log_decision(
-        uow.session, resource_id=event.job_id, team=event.tenant, admitted=decision.admitted,
+        uow.session, resource_id=event.job_id, team=event.tenant, outcome=decision.outcome,
         policy_ids=decision.policy_ids, reason=decision.reason,
         audit_findings=verdict.audit_findings,
     )
-    common = {"tenant": event.tenant, "correlation_id": event.job_id, "source": SOURCE}
-    if decision.admitted:
-        await repo.allocate(uow.session, resource_id=event.job_id, team=event.tenant, gpus=event.gpus)
-        await uow.outbox.add(uow.session, JobAdmitted(
-            job_id=event.job_id, request=event, policy_ids=list(decision.policy_ids),
-            reason=decision.reason, **common,
-        ))
+    if decision.outcome is Outcome.ADMIT:
+        await _admit(uow, event, decision)
+    elif decision.outcome is Outcome.QUEUE:
+        position = await repo.enqueue(uow.session, job_id=event.job_id, team=event.tenant,
+                                      gpus=event.gpus, request=event.model_dump(mode="json"))
+        await uow.outbox.add(uow.session, JobQueued(
+            job_id=event.job_id, position=position, reason=decision.reason, **_common(event)))
     else:
         await uow.outbox.add(uow.session, JobRejected(
             job_id=event.job_id, policy_ids=list(decision.policy_ids), reason=decision.reason,
-            **common,
+            **_common(event),
         ))
 
 
-async def on_job_ended(event: JobCompleted | JobFailed | JobTerminated, uow: UnitOfWork) -> None:
+async def on_job_ended(event: JobCompleted | JobFailed | JobTerminated, uow: UnitOfWork, *,
+                       rails: Guardrails) -> None:
+    """Every terminal event releases what the job held, then the team's queue moves."""
     await repo.release(uow.session, resource_id=event.job_id)
+    await repo.dequeue(uow.session, job_id=event.job_id)
+    await admit_from_queue(uow, team=event.tenant, rails=rails)
+
+
+async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, rails: Guardrails) -> None:
+    """A queued job is cancelled here (a running one by the provisioner)."""
+    if await repo.dequeue(uow.session, job_id=command.job_id) is None:
+        return
+    await uow.outbox.add(uow.session, JobTerminated(
+        job_id=command.job_id, duration_s=0, reason="cancelled", **_common(command)))
+    await admit_from_queue(uow, team=command.tenant, rails=rails)
+
+
+async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> None:
+    """Admit queued jobs in order while the head fits; the head is never overtaken."""
+    in_use = await repo.gpus_in_use(uow.session, team=team)
+    while (head := await repo.queue_head(uow.session, team=team)) is not None:
+        job_id, gpus, stored = head
+        decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team))
+        if decision.outcome is not Outcome.ADMIT:
+            return
+        await repo.dequeue(uow.session, job_id=job_id)
+        request = JobRequested.model_validate(stored)
+        await repo.log_decision(uow.session, resource_id=job_id, team=team, outcome="admit",
+                                policy_ids=decision.policy_ids,
+                                reason=f"admitted from the queue: {decision.reason}")
+        await _admit(uow, request, decision)
+        in_use += gpus
+
+
+async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision) -> None:
+    await repo.allocate(uow.session, resource_id=request.job_id, team=request.tenant,
+                        gpus=request.gpus)
+    await uow.outbox.add(uow.session, JobAdmitted(
+        job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
+        reason=decision.reason, **_common(request),
+    ))
+
+
+def _common(event: JobRequested | CancelJob) -> dict[str, str]:
+    return {"tenant": event.tenant, "correlation_id": event.job_id, "source": SOURCE}

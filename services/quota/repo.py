@@ -36,6 +36,21 @@ MIGRATIONS = (
         "audit findings in the decision log",
         ("ALTER TABLE decisions ADD COLUMN audit_findings JSONB NOT NULL DEFAULT '[]'::jsonb",),
     ),
+    Migration(
+        3,
+        "FIFO queue per team; decision outcomes",
+        (
+            """CREATE TABLE queue (
+                seq BIGSERIAL UNIQUE,
+                job_id TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                gpus INT NOT NULL,
+                request JSONB NOT NULL,
+                enqueued_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+            "CREATE INDEX queue_team ON queue (team, seq)",
+            "ALTER TABLE decisions ADD COLUMN outcome TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 
@@ -67,14 +82,57 @@ async def release(session: AsyncSession, *, resource_id: str) -> None:
 
 
 async def log_decision(
-    session: AsyncSession, *, resource_id: str, team: str, admitted: bool,
+    session: AsyncSession, *, resource_id: str, team: str, outcome: str,
     policy_ids: tuple[str, ...], reason: str, audit_findings: tuple[str, ...] = (),
 ) -> None:
     await session.execute(
         text(
-            "INSERT INTO decisions (resource_id, team, admitted, policy_ids, reason, audit_findings)"
-            " VALUES (:r, :t, :a, CAST(:p AS JSONB), :why, CAST(:f AS JSONB))"
+            "INSERT INTO decisions (resource_id, team, admitted, outcome, policy_ids, reason,"
+            " audit_findings) VALUES (:r, :t, :a, :o, CAST(:p AS JSONB), :why, CAST(:f AS JSONB))"
         ),
-        {"r": resource_id, "t": team, "a": admitted, "p": json.dumps(policy_ids), "why": reason,
-         "f": json.dumps(audit_findings)},
+        {"r": resource_id, "t": team, "a": outcome == "admit", "o": outcome,
+         "p": json.dumps(policy_ids), "why": reason, "f": json.dumps(audit_findings)},
     )
+
+
+async def enqueue(session: AsyncSession, *, job_id: str, team: str, gpus: int,
+                  request: dict[str, object]) -> int:
+    """Add to the team's queue (idempotent); returns the job's position (1 = next)."""
+    await session.execute(
+        text(
+            "INSERT INTO queue (job_id, team, gpus, request) VALUES (:j, :t, :g, CAST(:r AS JSONB))"
+            " ON CONFLICT (job_id) DO NOTHING"
+        ),
+        {"j": job_id, "t": team, "g": gpus, "r": json.dumps(request)},
+    )
+    position = await session.execute(
+        text(
+            "SELECT count(*) FROM queue"
+            " WHERE team = :t AND seq <= (SELECT seq FROM queue WHERE job_id = :j)"
+        ),
+        {"t": team, "j": job_id},
+    )
+    return int(position.scalar_one())
+
+
+async def queued_count(session: AsyncSession, *, team: str) -> int:
+    result = await session.execute(text("SELECT count(*) FROM queue WHERE team = :t"), {"t": team})
+    return int(result.scalar_one())
+
+
+async def queue_head(session: AsyncSession, *, team: str) -> tuple[str, int, dict[str, object]] | None:
+    row = (
+        await session.execute(
+            text("SELECT job_id, gpus, request FROM queue WHERE team = :t ORDER BY seq LIMIT 1"),
+            {"t": team},
+        )
+    ).first()
+    return (row.job_id, row.gpus, dict(row.request)) if row else None
+
+
+async def dequeue(session: AsyncSession, *, job_id: str) -> str | None:
+    """Remove a job from its queue; its team when it was queued, else None."""
+    row = await session.execute(
+        text("DELETE FROM queue WHERE job_id = :j RETURNING team"), {"j": job_id}
+    )
+    return row.scalar_one_or_none()

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from contracts import (
+    CancelJob,
     CreateSandbox,
     DeadLetter,
     EndpointReady,
@@ -21,8 +22,10 @@ from contracts import (
     InferenceCompleted,
     JobAdmitted,
     JobCompleted,
+    JobQueued,
     JobRejected,
     JobRequested,
+    JobTerminated,
     UsageRecorded,
 )
 from services.agent_runtime.app import build as build_agent_runtime
@@ -134,37 +137,78 @@ async def next_event(nc: nats.NATS, prefix: str, message: type[Envelope], timeou
         await sub.unsubscribe()
 
 
-async def test_quota_admits_rejects_and_releases_gpus(
+async def test_quota_queues_fifo_admits_when_capacity_frees_and_never_drifts(
     make_service: Callable[..., Any], nats_url: str, prefix: str
 ) -> None:
-    quota = await make_service("quota", team_gpu_quotas={"legal": 4})
+    quota = await make_service("quota", team_gpu_quotas={"legal": 4, "research": 2})
     nc = await nats.connect(nats_url)
+    admitted_sub = await nc.jetstream().subscribe(f"{prefix}.{JobAdmitted.SUBJECT}", ordered_consumer=True)
+    queued_sub = await nc.jetstream().subscribe(f"{prefix}.{JobQueued.SUBJECT}", ordered_consumer=True)
 
-    async def request(job_id: str, gpus: int) -> None:
-        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"], gpus=gpus,
-                                             product="fine-tune"))
+    async def request(job_id: str, gpus: int, team: str = "legal") -> JobRequested:
+        event = JobRequested(tenant=team, job_id=job_id, command=["x"], gpus=gpus, product="fine-tune")
+        await quota.bus.publish(event)
+        return event
 
-    await request("q-a", 3)
-    admitted = await next_event(nc, prefix, JobAdmitted)
-    assert admitted.job_id == "q-a" and admitted.policy_ids == ["jobs.allow-submit", "quota.gpu-per-team"]
-    assert admitted.reason == "team legal uses 0 of 4 GPUs; 3 more fit"
-    assert admitted.request.gpus == 3
+    async def admitted() -> JobAdmitted:
+        return JobAdmitted.model_validate_json((await admitted_sub.next_msg(timeout=10)).data)
 
+    async def queued() -> JobQueued:
+        return JobQueued.model_validate_json((await queued_sub.next_msg(timeout=10)).data)
+
+    first = await request("q-a", 3)
+    a = await admitted()
+    assert a.job_id == "q-a" and a.policy_ids == ["jobs.allow-submit", "quota.gpu-per-team"]
+    assert a.reason == "team legal uses 0 of 4 GPUs; 3 more fit"
     await request("q-b", 2)
-    rejected = await next_event(nc, prefix, JobRejected)
-    assert rejected.job_id == "q-b" and "only 1 of its quota of 4 are free" in rejected.reason
+    b = await queued()
+    assert (b.job_id, b.position) == ("q-b", 1) and "1 free, 2 needed" in b.reason
+    await request("q-c", 1)  # would fit, but q-b waits ahead of it
+    c = await queued()
+    assert (c.job_id, c.position) == ("q-c", 2)
 
+    # Duplicates must not move the accounting: the same request again, a redelivery.
+    await quota.bus.publish(first)
+    await quota.bus.publish_raw(first.SUBJECT, first.model_dump_json().encode(), message_id="dup")
+
+    done = JobCompleted(tenant="legal", job_id="q-a", duration_s=1)
+    await quota.bus.publish(done)
+    assert [(await admitted()).job_id, (await admitted()).job_id] == ["q-b", "q-c"]
+    await quota.bus.publish_raw(done.SUBJECT, done.model_dump_json().encode(), message_id="dup2")
     await quota.bus.publish(JobCompleted(tenant="legal", job_id="q-a", duration_s=1))
+
+    rejected_sub = await nc.jetstream().subscribe(f"{prefix}.{JobRejected.SUBJECT}", ordered_consumer=True)
+    await request("q-r", 3, team="research")
+    rejected = JobRejected.model_validate_json((await rejected_sub.next_msg(timeout=10)).data)
+    assert rejected.job_id == "q-r" and "whole quota is 2" in rejected.reason
     await asyncio.sleep(0.5)
-    await request("q-c", 4)
-    sub = await nc.jetstream().subscribe(f"{prefix}.{JobAdmitted.SUBJECT}", ordered_consumer=True)
-    ids = []
-    async with asyncio.timeout(10):
-        while "q-c" not in ids:
-            ids.append(JobAdmitted.model_validate_json((await sub.next_msg(timeout=10)).data).job_id)
     async with quota.db.transaction() as session:
-        log = (await session.execute(text("SELECT resource_id, admitted FROM decisions ORDER BY id"))).all()
-    assert [tuple(row) for row in log] == [("q-a", True), ("q-b", False), ("q-c", True)]
+        held = (await session.execute(text(
+            "SELECT resource_id, gpus FROM allocations WHERE released_at IS NULL ORDER BY resource_id"
+        ))).all()
+        waiting = (await session.execute(text("SELECT count(*) FROM queue"))).scalar_one()
+    assert [tuple(row) for row in held] == [("q-b", 2), ("q-c", 1)]  # reserved == running
+    assert waiting == 0
+    with pytest.raises(nats.errors.TimeoutError):
+        await admitted_sub.next_msg(timeout=0.5)  # nothing was admitted twice
+    await nc.close()
+
+
+async def test_a_queued_job_can_be_cancelled(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    quota = await make_service("quota", team_gpu_quotas={"legal": 1})
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().subscribe(f"{prefix}.{JobTerminated.SUBJECT}", ordered_consumer=True)
+    for job_id in ("c-run", "c-wait"):
+        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"], gpus=1,
+                                             product="fine-tune"))
+    await asyncio.sleep(0.5)
+    await quota.bus.publish(CancelJob(tenant="legal", job_id="c-wait"))
+    terminated = JobTerminated.model_validate_json((await sub.next_msg(timeout=10)).data)
+    assert (terminated.job_id, terminated.reason) == ("c-wait", "cancelled")
+    async with quota.db.transaction() as session:
+        assert (await session.execute(text("SELECT count(*) FROM queue"))).scalar_one() == 0
     await nc.close()
 
 

@@ -9,20 +9,22 @@ import pytest
 from contracts import UsageRecorded
 from services.catalog.domain import next_status
 from services.cost_ledger.domain import billable_gpu_seconds
-from services.quota.domain import decide_gpus
+from services.quota.domain import Outcome, decide_gpus
 from workflows.job import RunResult, _verdict
 
 pytestmark = pytest.mark.unit
 
 
-def test_gpu_quota_admits_within_and_rejects_beyond_with_a_reason() -> None:
+def test_gpu_quota_admits_queues_or_rejects_with_a_reason() -> None:
     ok = decide_gpus(team="legal", requested=2, in_use=4, quota=8)
-    assert ok.admitted and "2 more fit" in ok.reason
-    no = decide_gpus(team="legal", requested=16, in_use=2, quota=8)
-    assert not no.admitted
-    assert "asked for 16 GPUs but only 6 of its quota of 8 are free" in no.reason
-    assert "request at most 6" in no.reason
-    assert decide_gpus(team="legal", requested=0, in_use=8, quota=8).admitted
+    assert ok.outcome is Outcome.ADMIT and "2 more fit" in ok.reason
+    wait = decide_gpus(team="legal", requested=4, in_use=6, quota=8)
+    assert wait.outcome is Outcome.QUEUE and "2 free, 4 needed" in wait.reason
+    fifo = decide_gpus(team="legal", requested=1, in_use=6, quota=8, queued_ahead=1)
+    assert fifo.outcome is Outcome.QUEUE  # it would fit, but someone of the team waits ahead
+    never = decide_gpus(team="legal", requested=16, in_use=0, quota=8)
+    assert never.outcome is Outcome.REJECT and "whole quota is 8" in never.reason
+    assert decide_gpus(team="legal", requested=0, in_use=8, quota=8).outcome is Outcome.ADMIT
 
 
 @pytest.mark.parametrize(
