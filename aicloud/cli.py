@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(dev.app, name="dev")
 app.add_typer(jobs.create_app, name="create")
 app.add_typer(jobs.jobs_app, name="jobs")
+app.add_typer(jobs.models_app, name="models")
 app.add_typer(policy.policy_app, name="policy")
 app.add_typer(policy.catalog_app, name="catalog")
 app.command("demo")(demo.demo)

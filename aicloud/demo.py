@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import nats
 import typer
@@ -14,13 +16,7 @@ from aicloud.client import ApiError, PlatformClient
 from aicloud.local.stack import Stack, default_home
 from aicloud.output import console, fail
 
-TRAIN = (
-    "import json, os, random\n"
-    "random.seed(int(os.environ.get('AICLOUD_PARAM_SEED', '0')))\n"
-    "xs = [random.random() for _ in range(1000)]\n"
-    "w = sum(x * 2.0 for x in xs) / sum(x * x for x in xs)\n"
-    "print(json.dumps({'weight': round(w, 4), 'epochs': 1}))\n"
-)
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> None:
@@ -32,16 +28,26 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     client = PlatformClient(team=team, base_url=urls["catalog"])
     name = f"demo-{int(time.time())}"
 
-    console.rule("1. a training job, through catalog -> quota -> provisioner -> Temporal")
-    job = _submit(client, name, gpus=1, command=[sys.executable, "-c", TRAIN])
-    exit_code = job["result"].get("exit_code")  # type: ignore[attr-defined]
-    console.print(f"   {job['job_id']}: [bold]{job['status']}[/] (exit code {exit_code})")
+    console.rule("1. fine-tune on the team's dataset; the result is registered with its lineage")
+    console.print("   aicloud create job --type fine-tune --gpus 1 \\")
+    console.print("       --dataset projects/legal-rag/datasets/v2 --model-name clause-risk \\")
+    console.print("       -- python3 examples/train.py")
+    job = _submit(client, name, gpus=1, command=[sys.executable, str(EXAMPLES / "train.py")],
+                  dataset="projects/legal-rag/datasets/v2", model_name="clause-risk",
+                  params={"epochs": "15"})
+    result = job["result"]
+    console.print(f"   {name}: [bold]{job['status']}[/] -> model clause-risk v{result['model']['version']}")
+    console.print(f"   metrics: {result.get('metrics')}")
     console.print(f"   trace: {client.trace_id} (grep it in the traces folder)")
-    log = stack.home / "jobs" / team / name / "job.log"
-    console.print(f"   output: {log.read_text().strip() if log.exists() else '(no log)'}")
     console.print(f"   workflow: {urls['temporal']}/namespaces/default/workflows/{name}")
+    console.print("   lineage: aicloud models get clause-risk -o json")
 
-    console.rule("2. guardrails as code: requests that break a Cedar policy are refused, with why")
+    console.rule("2. a job that runs past its limit is stopped: SIGTERM, grace period, kill")
+    job = _submit(client, f"{name}-slow", gpus=0, command=["sleep", "600"], max_runtime_s=3)
+    console.print(f"   {job['job_id']}: [bold]{job['status']}[/] ({job['reason']}) after "
+                  f"{job['result'].get('duration_s', 0):.1f}s")
+
+    console.rule("3. guardrails as code: requests that break a Cedar policy are refused, with why")
     job = _submit(client, f"{name}-big", gpus=16, command=["true"])
     console.print(f"   16 GPUs -> [bold]{job['status']}[/]: {job['reason']}")
     research = PlatformClient(team="research", base_url=urls["catalog"])
@@ -50,7 +56,7 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print(f"   team research reads legal's dataset -> [bold]{job['status']}[/]: {job['reason']}")
     console.print("   try one offline: aicloud policy test --team legal --gpus 16")
 
-    console.rule("3. an outside system publishes a malformed event: it is dead-lettered, not lost")
+    console.rule("4. an outside system publishes a malformed event: it is dead-lettered, not lost")
     dead = asyncio.run(_malformed(urls["nats"]))
     console.print(f"   aicloud.dlq.aicloud.jobs.requested.v1 <- reason={dead['reason']}")
     console.print(f"   error: {dead['error']}")
@@ -64,8 +70,8 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
 
 
 def _submit(client: PlatformClient, name: str, *, gpus: int, command: list[str],
-            dataset: str | None = None) -> dict[str, object]:
-    body = {"name": name, "gpus": gpus, "command": command, "dataset": dataset}
+            **extra: object) -> dict[str, Any]:
+    body = {"name": name, "gpus": gpus, "command": command, **extra}
     try:
         client.request("POST", "/v1/jobs", json=body)
         deadline = time.monotonic() + 60

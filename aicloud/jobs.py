@@ -11,6 +11,8 @@ from aicloud.client import ApiError, PlatformClient
 from aicloud.output import Format, console, emit, errors, fail
 
 create_app = typer.Typer(help="Create work on the platform.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry: versions, metrics, lineage, aliases.",
+                         no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect and follow jobs.", no_args_is_help=True)
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
 COLUMNS = ("job_id", "status", "reason", "created_at")
@@ -50,6 +52,8 @@ def create_job(
     dataset: Annotated[str | None, typer.Option(help="e.g. projects/legal-rag/datasets/v2")] = None,
     max_runtime: Annotated[int | None, typer.Option(help="Seconds before the job is stopped.")] = None,
     param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter, repeatable.")] = None,
+    model_name: Annotated[str | None, typer.Option(
+        help="Register the job's output directory as a new version of this model.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the job ends.")] = False,
     output: Output = Format.table,
 ) -> None:
@@ -61,7 +65,8 @@ def create_job(
             raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001", code=2)
         params[key] = value
     body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
-            "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params}
+            "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params,
+            "model_name": model_name}
     client = _client(team)
     job = _call(client, "POST", "/v1/jobs", json=body)
     if output is Format.table:
@@ -147,3 +152,34 @@ def job_logs(
             if _call(client, "GET", f"/v1/jobs/{job_id}")["status"] in TERMINAL:
                 return
             time.sleep(0.5)
+
+
+@models_app.command("list")
+def list_models(team: Team = None, output: Output = Format.table) -> None:
+    """Your team's models."""
+    emit(_call(_client(team), "GET", "/v1/models"), fmt=output,
+         columns=("name", "latest_version", "versions", "updated_at"))
+
+
+@models_app.command("get")
+def get_model(name: str, team: Team = None, output: Output = Format.table) -> None:
+    """A model's versions with metrics and lineage (dataset -> job -> version)."""
+    model = _call(_client(team), "GET", f"/v1/models/{name}")
+    if output is Format.json:
+        emit(model, fmt=output, columns=())
+        return
+    rows = [{"version": v["version"], "aliases": v["aliases"], "job": v["job_id"],
+             "dataset": f"{v['lineage']['dataset']['path']} "
+                        f"({(v['lineage']['dataset']['sha256'] or '')[:12]})",
+             "metrics": ", ".join(f"{k}={val:g}" for k, val in sorted(v["metrics"].items())),
+             "artifacts": len(v["artifacts"])} for v in model["versions"]]
+    emit(rows, fmt=output, columns=("version", "aliases", "job", "dataset", "metrics", "artifacts"))
+
+
+@models_app.command("alias")
+def alias_model(name: str, alias: str, version: int, team: Team = None,
+                output: Output = Format.table) -> None:
+    """Point an alias at a version: `aicloud models alias clause-risk production 3`."""
+    model = _call(_client(team), "PUT", f"/v1/models/{name}/aliases/{alias}", json={"version": version})
+    emit({"name": name, "alias": alias, "version": model["aliases"][alias]}, fmt=output,
+         columns=("name", "alias", "version"))

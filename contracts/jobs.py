@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.envelope import Command, Event, subject
 
@@ -26,6 +26,10 @@ class JobRequested(Event):
     params: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters.")
     max_runtime_s: int | None = Field(default=None, gt=0, description="Requested runtime cap.")
     requested_by: str = Field(default="unknown", description="User or key that asked.")
+    model_name: str | None = Field(
+        default=None, pattern=ID_PATTERN,
+        description="Register the job's output directory as a new version of this model.",
+    )
 
 
 class JobAdmitted(Event):
@@ -68,6 +72,17 @@ class JobStarted(Event):
     backend: str = Field(description="Compute backend that runs it (local, kubernetes).")
 
 
+class Artifact(BaseModel):
+    """One file a job produced, as stored in the artifact store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="Path relative to the job's output directory.")
+    uri: str = Field(description="Where it is stored (file:// locally, s3:// in production).")
+    sha256: str
+    bytes: int = Field(ge=0)
+
+
 class JobCompleted(Event):
     """The job finished successfully."""
 
@@ -78,6 +93,9 @@ class JobCompleted(Event):
     duration_s: float = Field(ge=0)
     artifacts: list[str] = Field(default_factory=list, description="Artifact paths it produced.")
     metrics: dict[str, float] = Field(default_factory=dict)
+    stored_artifacts: list[Artifact] = Field(default_factory=list)
+    dataset_digest: str | None = Field(default=None, description="sha256 over the dataset's files.")
+    code_digest: str | None = Field(default=None, description="sha256 over the command and its files.")
 
 
 class JobFailed(Event):

@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from contracts import JobRequested
+    from contracts.jobs import Artifact
 
 TASK_QUEUE = "aicloud-jobs"
 DEFAULT_MAX_RUNTIME_S = 12 * 3600
@@ -40,6 +41,13 @@ class RunResult(BaseModel):
     terminated: bool = False
 
 
+class JobOutputs(BaseModel):
+    artifacts: list[Artifact] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    dataset_digest: str | None = None
+    code_digest: str | None = None
+
+
 class EmitInput(BaseModel):
     """One lifecycle fact for the activity to turn into a contract and publish."""
 
@@ -51,6 +59,7 @@ class EmitInput(BaseModel):
     started_at_s: float = 0.0
     ended_at_s: float = 0.0
     reason: str = ""
+    outputs: JobOutputs | None = None
 
 
 class JobOutcome(BaseModel):
@@ -72,15 +81,31 @@ class JobWorkflow:
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
         request = job.request
-        backend = await workflow.execute_activity(
-            "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
-            retry_policy=RetryPolicy(maximum_attempts=5),
-        )
+        try:
+            backend = await workflow.execute_activity(
+                "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+            )
+        except ActivityError as exc:
+            # Always end with a terminal event: quota releases what it reserved on it.
+            reason = f"the job could not be provisioned: {exc.cause or exc}"
+            now = workflow.now().timestamp()
+            await self._emit(EmitInput(kind="failed", request=request, event_id=str(workflow.uuid4()),
+                                       started_at_s=now, ended_at_s=now, reason=reason))
+            return JobOutcome(job_id=request.job_id, status="failed", reason=reason)
         await self._emit(EmitInput(kind="started", request=request, backend=backend,
                                    event_id=str(workflow.uuid4())))
         started = workflow.now().timestamp()
+        outputs = None
         try:
             result, stopped, failure = await self._run_until_limit(job)
+            kind, exit_code, reason = _verdict(result, stopped, failure)
+            if kind == "completed":  # collected before teardown releases the workspace
+                outputs = await workflow.execute_activity(
+                    "collect_outputs", request, result_type=JobOutputs,
+                    start_to_close_timeout=timedelta(minutes=10),
+                    retry_policy=RetryPolicy(maximum_attempts=5),
+                )
         finally:
             await workflow.execute_activity(
                 "teardown_job", request, start_to_close_timeout=timedelta(minutes=5),
@@ -91,10 +116,9 @@ class JobWorkflow:
             started, ended = result.started_at_s, result.ended_at_s
         await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
                                    started_at_s=started, ended_at_s=ended))
-        kind, exit_code, reason = _verdict(result, stopped, failure)
         await self._emit(EmitInput(kind=kind, request=request, event_id=str(workflow.uuid4()),
                                    exit_code=exit_code, started_at_s=started, ended_at_s=ended,
-                                   reason=reason))
+                                   reason=reason, outputs=outputs))
         return JobOutcome(job_id=request.job_id, status=kind, exit_code=exit_code, reason=reason)
 
     async def _run_until_limit(

@@ -125,6 +125,7 @@ class Stack:
         if name == "provisioner":
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
+            env[f"{prefix}ARTIFACT_ROOT"] = str(self.home / "artifacts")
         return Component(name, f"http://127.0.0.1:{ports[name]}",
                          [sys.executable, "-m", module], str(self.home / "logs" / f"{name}.log"),
                          env=env)

@@ -3,16 +3,17 @@
 # No `from __future__ import annotations`: FastAPI must see the route-local `Team` dependency.
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 
 from contracts import CancelJob, JobRequested
 from contracts.catalog import Product, dataset_project
-from services.catalog import handlers, keys, repo
+from services.catalog import handlers, keys, registry, repo
 from services.catalog.domain import TERMINAL
 from services.kit.db import Database
 from services.kit.inbox import UnitOfWork
@@ -50,6 +51,7 @@ class JobCreate(BaseModel):
     command: list[str]
     params: dict[str, str] = Field(default_factory=dict)
     max_runtime_s: int | None = None
+    model_name: str | None = Field(default=None, description="Register the output as this model.")
 
 
 def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
@@ -135,7 +137,41 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
         response.raise_for_status()
         return LogChunk.model_validate(response.json())
 
+    @router.get("/models", tags=["models"])
+    async def list_models(team: Team) -> list[dict[str, Any]]:
+        """Your team's models with their latest version."""
+        async with db.transaction() as session:
+            return await registry.list_models(session, team=team)
+
+    @router.get("/models/{name}", response_model=registry.ModelPublic, tags=["models"])
+    async def get_model(name: str, team: Team) -> registry.ModelPublic:
+        """A model: every version with its metrics, artifacts, lineage and aliases."""
+        async with db.transaction() as session:
+            model = await registry.get_model(session, team=team, name=name)
+        if model is None:
+            raise HTTPException(404, detail=f"no model {name!r} in team {team!r}")
+        return model
+
+    @router.put("/models/{name}/aliases/{alias}", response_model=registry.ModelPublic, tags=["models"])
+    async def set_alias(name: str, alias: Annotated[str, PathParam(pattern=ALIAS_PATTERN)],
+                        body: AliasTarget, team: Team) -> registry.ModelPublic:
+        """Point an alias (e.g. production) at a version."""
+        async with db.transaction() as session:
+            if not await registry.set_alias(session, team=team, name=name, alias=alias,
+                                            version=body.version):
+                raise HTTPException(404, detail=f"model {name!r} has no version {body.version}")
+            model = await registry.get_model(session, team=team, name=name)
+        assert model is not None
+        return model
+
     return router
+
+
+ALIAS_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
+
+
+class AliasTarget(BaseModel):
+    version: int = Field(ge=1)
 
 
 class LogChunk(BaseModel):

@@ -12,7 +12,7 @@ from contracts import (
     JobStarted,
     JobTerminated,
 )
-from services.catalog import repo
+from services.catalog import registry, repo
 from services.catalog.domain import next_status
 from services.kit.inbox import UnitOfWork
 
@@ -63,3 +63,17 @@ async def on_job_lifecycle(event: LifecycleEvent, uow: UnitOfWork) -> None:
         uow.session, job_id=event.job_id, status=status,
         reason=getattr(event, "reason", "") or "", result=result,
     )
+    if isinstance(event, JobCompleted):
+        await register_model(event, uow)
+
+
+async def register_model(event: JobCompleted, uow: UnitOfWork) -> None:
+    """A completed job that declared a model name becomes that model's next version."""
+    request = await repo.get_request(uow.session, job_id=event.job_id)
+    if request.get("model_name"):
+        version = await registry.register_version(
+            uow.session, team=event.tenant, name=request["model_name"], request=request,
+            completed=event,
+        )
+        await repo.set_status(uow.session, job_id=event.job_id, status="completed",
+                              result={"model": {"name": request["model_name"], "version": version}})

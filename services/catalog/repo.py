@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
+from services.catalog import registry
 from services.kit.db import Migration
 
 MIGRATIONS = (
@@ -41,6 +42,7 @@ MIGRATIONS = (
                 revoked_at TIMESTAMPTZ)""",
         ),
     ),
+    Migration(3, "model registry with lineage and aliases", registry.MIGRATION_STATEMENTS),
 )
 
 
@@ -65,6 +67,11 @@ async def insert_job(session: AsyncSession, *, job_id: str, team: str, request: 
         {"j": job_id, "t": team, "r": json.dumps(request)},
     )
     return inserted.first() is not None
+
+
+async def get_request(session: AsyncSession, *, job_id: str) -> dict[str, Any]:
+    row = await session.execute(text("SELECT request FROM jobs WHERE job_id = :j"), {"j": job_id})
+    return dict(row.scalar_one())
 
 
 async def get_status(session: AsyncSession, *, job_id: str) -> str | None:

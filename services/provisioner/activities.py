@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from contracts import (
     Envelope,
@@ -20,8 +23,9 @@ from contracts import (
     UsageRecorded,
 )
 from services.kit.bus import Bus
-from services.provisioner.backends import ComputeBackend
-from workflows.job import EmitInput, RunInput, RunResult
+from services.provisioner.backends import ComputeBackend, DatasetUnavailable
+from services.provisioner.outputs import collect
+from workflows.job import EmitInput, JobOutputs, RunInput, RunResult
 
 log = structlog.get_logger(__name__)
 SOURCE = "provisioner"
@@ -33,10 +37,25 @@ class JobActivities:
         self._bus = bus
         self._backend = backend
 
+    def all(self) -> list[Callable[..., Awaitable[Any]]]:
+        """Every activity JobWorkflow calls, for the worker."""
+        return [self.provision_job, self.run_job, self.collect_outputs, self.teardown_job,
+                self.emit_job_event]
+
     @activity.defn(name="provision_job")
     async def provision_job(self, request: JobRequested) -> str:
-        await self._backend.provision(request)
+        try:
+            await self._backend.provision(request)
+        except DatasetUnavailable as exc:
+            raise ApplicationError(str(exc), type="DatasetUnavailable", non_retryable=True) from None
         return self._backend.name
+
+    @activity.defn(name="collect_outputs")
+    async def collect_outputs(self, request: JobRequested) -> JobOutputs:
+        return await asyncio.to_thread(
+            collect, request=request, workspace=self._backend.workspace(request),
+            dataset_dir=self._backend.dataset_dir(request), artifact_root=self._backend.artifact_root,
+        )
 
     @activity.defn(name="run_job")
     async def run_job(self, run: RunInput) -> RunResult:
@@ -71,7 +90,12 @@ def to_event(fact: EmitInput) -> Envelope:
     if fact.kind == "started":
         return JobStarted(backend=fact.backend, **common)
     if fact.kind == "completed":
-        return JobCompleted(exit_code=0, duration_s=duration, **common)
+        outputs = fact.outputs or JobOutputs()
+        return JobCompleted(
+            exit_code=0, duration_s=duration, artifacts=[a.uri for a in outputs.artifacts],
+            stored_artifacts=outputs.artifacts, metrics=outputs.metrics,
+            dataset_digest=outputs.dataset_digest, code_digest=outputs.code_digest, **common,
+        )
     if fact.kind == "failed":
         return JobFailed(exit_code=fact.exit_code, duration_s=duration, reason=fact.reason, **common)
     if fact.kind == "terminated":

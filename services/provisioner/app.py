@@ -18,8 +18,10 @@ from services.provisioner.temporal import JobWorker, connect
 
 def build(settings: ProvisionerSettings) -> Service:
     service = Service(settings, title="aicloud provisioner")
-    backend = LocalBackend(work_dir=Path(settings.work_dir).resolve(),
-                           memory_limit_mb=settings.memory_limit_mb)
+    backend = LocalBackend(
+        work_dir=Path(settings.work_dir).resolve(), memory_limit_mb=settings.memory_limit_mb,
+        dataset_root=settings.dataset_root, artifact_root=settings.artifact_root,
+    )
     activities = JobActivities(bus=service.bus, backend=backend)
     state: dict[str, Any] = {}
 
@@ -27,8 +29,7 @@ def build(settings: ProvisionerSettings) -> Service:
         client = await connect(settings.temporal_address, settings.temporal_namespace)
         state["worker"] = worker = JobWorker(
             client, task_queue=settings.task_queue,
-            activities=[activities.provision_job, activities.run_job, activities.teardown_job,
-                        activities.emit_job_event],
+            activities=activities.all(),
         )
         worker.start()
         state["client"] = client

@@ -1,8 +1,12 @@
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
 from workflows.job import TASK_QUEUE
+
+DATASET_ROOT = Path(__file__).resolve().parents[2] / "examples" / "datasets"
 
 
 class ProvisionerSettings(ServiceSettings):
@@ -16,3 +20,6 @@ class ProvisionerSettings(ServiceSettings):
     work_dir: str = Field(default=".aicloud/jobs", description="Where job workspaces live.")
     backend: str = Field(default="local", pattern="^(local|kubernetes)$")
     memory_limit_mb: int = Field(default=4096, gt=0, description="RLIMIT_AS for local jobs.")
+    dataset_root: Path = Field(default=DATASET_ROOT,
+                               description="Holds projects/<project>/datasets/<name>/ folders.")
+    artifact_root: Path | None = Field(default=None, description="Artifact store (local backend).")

@@ -70,17 +70,38 @@ def test_up_reports_every_component_healthy(stack: tuple[Path, dict[str, dict[st
     assert "temporal" in httpx.get(f"{components['provisioner']['url']}/readyz").json()["checks"]
 
 
-def test_golden_path_job_runs_and_completes(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_golden_path_trains_and_registers_a_model_with_lineage(
+    stack: tuple[Path, dict[str, dict[str, object]]],
+) -> None:
     home, _ = stack
-    result = aicloud(home, "create", "job", "--gpus", "1", "--name", "e2e-train", "--param",
-                     "epochs=2", "--wait", "-o", "json", "--",
-                     "python3", "-c", "import os; print('epochs', os.environ['AICLOUD_PARAM_EPOCHS'])")
+    result = aicloud(home, "create", "job", "--type", "fine-tune", "--gpus", "1", "--name", "e2e-train",
+                     "--dataset", "projects/legal-rag/datasets/v2", "--model-name", "clause-risk",
+                     "--param", "epochs=3", "--wait", "-o", "json", "--",
+                     "python3", str(ROOT / "examples" / "train.py"))
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
-    assert job["status"] == "completed"
-    assert job["result"]["exit_code"] == 0
-    log = home / "jobs" / "legal" / "e2e-train" / "job.log"
-    assert log.read_text().strip() == "epochs 2"
+    assert job["status"] == "completed" and job["result"]["exit_code"] == 0
+    assert job["result"]["model"] == {"name": "clause-risk", "version": 1}
+    assert "epoch 3/3" in (home / "jobs" / "legal" / "e2e-train" / "job.log").read_text()
+
+    model = json.loads(aicloud(home, "models", "get", "clause-risk", "-o", "json").stdout)
+    [version] = model["versions"]
+    assert version["lineage"]["dataset"]["path"] == "projects/legal-rag/datasets/v2"
+    assert len(version["lineage"]["dataset"]["sha256"]) == 64
+    assert version["lineage"]["job"]["id"] == "e2e-train"
+    assert version["lineage"]["job"]["params"] == {"epochs": "3"}
+    assert [a["name"] for a in version["artifacts"]] == ["model.json"]
+    assert version["metrics"]["accuracy"] > 0.6
+
+    aliased = aicloud(home, "models", "alias", "clause-risk", "production", "1", "-o", "json")
+    assert aliased.returncode == 0 and json.loads(aliased.stdout)["version"] == 1
+    missing = aicloud(home, "models", "alias", "clause-risk", "production", "7")
+    assert missing.returncode == 1 and "has no version 7" in missing.stderr
+    other_team = aicloud(home, "models", "get", "clause-risk", "--team", "research")
+    assert other_team.returncode == 1 and "no model 'clause-risk' in team 'research'" in other_team.stderr
 
 
 def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
@@ -213,5 +234,6 @@ def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     assert again.returncode == 0, again.stdout + again.stderr
     job = aicloud(home, "jobs", "get", "e2e-train", "-o", "json")
     assert json.loads(job.stdout)["status"] == "completed"  # same data after restart
+    assert aicloud(home, "models", "get", "clause-risk").returncode == 0
     aicloud(home, "dev", "down")
     assert processes_under(home) == []

@@ -20,6 +20,8 @@ from services.provisioner.temporal import JobWorker
 from workflows.job import JobInput, JobWorkflow
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DATASETS = ROOT / "examples" / "datasets"
 
 
 @pytest.fixture
@@ -38,10 +40,10 @@ def client(temporal_env: WorkflowEnvironment) -> Client:
 @pytest.fixture
 async def worker(client: Client, bus: Bus, tmp_path: Path) -> AsyncIterator[str]:
     queue = f"jobs-{uuid.uuid4().hex[:8]}"
-    backend = LocalBackend(work_dir=tmp_path, memory_limit_mb=1024)
+    backend = LocalBackend(work_dir=tmp_path, memory_limit_mb=1024, dataset_root=DATASETS,
+                           artifact_root=tmp_path / "artifacts")
     acts = JobActivities(bus=bus, backend=backend)
-    job_worker = JobWorker(client, task_queue=queue, activities=[
-        acts.provision_job, acts.run_job, acts.teardown_job, acts.emit_job_event])
+    job_worker = JobWorker(client, task_queue=queue, activities=acts.all())
     job_worker.start()
     yield queue
     await job_worker.stop()
@@ -127,3 +129,33 @@ async def test_same_job_id_cannot_start_twice(client: Client, worker: str, prefi
     with pytest.raises(WorkflowAlreadyStartedError):
         await client.start_workflow(JobWorkflow.run, job, id=f"wf-once-{prefix}", task_queue=worker,
                                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+
+
+async def test_training_job_reports_artifacts_metrics_and_lineage_digests(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    job = JobInput(request=JobRequested(
+        tenant="legal", job_id="wf-train", gpus=1, product="fine-tune",
+        dataset="projects/legal-rag/datasets/v2", params={"epochs": "3"},
+        command=["python3", str(ROOT / "examples" / "train.py")]))
+    outcome = await client.execute_workflow(JobWorkflow.run, job, id=f"wf-train-{prefix}",
+                                            task_queue=worker)
+    assert outcome.status == "completed", outcome.reason
+    [completed] = [JobCompleted.model_validate_json(d)
+                   for d in await collect(nats_url, prefix, JobCompleted.SUBJECT)]
+    assert [a.name for a in completed.stored_artifacts] == ["model.json"]
+    assert (tmp_path / "artifacts" / "legal" / "wf-train" / "model.json").exists()
+    assert set(completed.metrics) == {"loss", "accuracy"} and completed.metrics["accuracy"] > 0.6
+    assert completed.dataset_digest and completed.code_digest
+    assert "epoch 3/3" in (tmp_path / "legal" / "wf-train" / "job.log").read_text()
+
+
+async def test_missing_dataset_fails_fast_with_the_reason(client: Client, worker: str, prefix: str) -> None:
+    job = JobInput(request=JobRequested(tenant="legal", job_id="wf-nodata", command=["true"],
+                                        dataset="projects/legal-rag/datasets/v9"))
+    outcome = await asyncio.wait_for(
+        client.execute_workflow(JobWorkflow.run, job, id=f"wf-nodata-{prefix}", task_queue=worker),
+        timeout=30,
+    )
+    assert outcome.status == "failed"
+    assert "dataset 'projects/legal-rag/datasets/v9' does not exist" in outcome.reason

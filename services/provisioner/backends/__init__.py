@@ -18,8 +18,21 @@ class RunningJob(Protocol):
         ...
 
 
+class DatasetUnavailable(RuntimeError):
+    """The job names a dataset this backend cannot give it; retrying will not help."""
+
+
 class ComputeBackend(Protocol):
     name: str
+    artifact_root: Path
+
+    def workspace(self, request: JobRequested) -> Path:
+        """The job's working directory (output/, checkpoints/, metrics.jsonl, job.log)."""
+        ...
+
+    def dataset_dir(self, request: JobRequested) -> Path | None:
+        """The job's dataset, read-only; raises DatasetUnavailable when it cannot be had."""
+        ...
 
     async def provision(self, request: JobRequested) -> Path:
         """Prepare the job's workspace; idempotent."""

@@ -1,0 +1,56 @@
+"""What the provisioner collects from a finished job: metrics, artifacts, digests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts import JobRequested
+from services.provisioner.outputs import code_digest, collect, read_metrics, tree_digest
+
+pytestmark = pytest.mark.unit
+
+
+def test_metrics_keep_the_last_value_and_skip_bad_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "loss": 0.9, "accuracy": 0.5}\n'
+        "not json at all\n"
+        '{"name": "f1", "value": 0.7}\n'
+        '["a", "list"]\n'
+        '{"step": 2, "loss": 0.4, "note": "text is ignored", "ok": true}\n'
+    )
+    assert read_metrics(path, job_id="j") == {"loss": 0.4, "accuracy": 0.5, "f1": 0.7}
+    assert read_metrics(tmp_path / "missing.jsonl", job_id="j") == {}
+
+
+def test_digests_follow_content(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.csv").write_text("x\n1\n")
+    first = tree_digest(data)
+    assert tree_digest(data) == first
+    (data / "a.csv").write_text("x\n2\n")
+    assert tree_digest(data) != first
+
+    (tmp_path / "train.py").write_text("print(1)")
+    before = code_digest(["python3", "train.py"], tmp_path)
+    (tmp_path / "train.py").write_text("print(2)")
+    assert code_digest(["python3", "train.py"], tmp_path) != before
+
+
+def test_collect_stores_artifacts_with_digests(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    (workspace / "output" / "sub").mkdir(parents=True)
+    (workspace / "output" / "model.json").write_text('{"w": [1]}')
+    (workspace / "output" / "sub" / "vocab.txt").write_text("a\nb\n")
+    request = JobRequested(tenant="legal", job_id="j1", command=["true"])
+    outputs = collect(request=request, workspace=workspace, dataset_dir=None,
+                      artifact_root=tmp_path / "store")
+    assert [a.name for a in outputs.artifacts] == ["model.json", "sub/vocab.txt"]
+    stored = tmp_path / "store" / "legal" / "j1" / "sub" / "vocab.txt"
+    assert stored.read_text() == "a\nb\n"
+    assert outputs.artifacts[1].uri == stored.resolve().as_uri()
+    assert outputs.artifacts[1].bytes == 4 and len(outputs.artifacts[1].sha256) == 64
+    assert outputs.dataset_digest is None and outputs.code_digest
