@@ -23,3 +23,5 @@ class ProvisionerSettings(ServiceSettings):
     dataset_root: Path = Field(default=DATASET_ROOT,
                                description="Holds projects/<project>/datasets/<name>/ folders.")
     artifact_root: Path | None = Field(default=None, description="Artifact store (local backend).")
+    isolation: str = Field(default="auto", pattern="^(auto|gvisor|bubblewrap|rlimits)$",
+                           description="Sandbox for local jobs; auto picks the strongest available.")

@@ -1,15 +1,12 @@
-"""The local backend: the job's command as a process in its own workspace and session, with
-resource limits. Sandboxing (gVisor, bubblewrap) plugs in here; until then the backend
-reports its isolation honestly as ``rlimits``.
+"""The local backend: each job a sandboxed process (gVisor, else bubblewrap, else rlimits) in
+its own workspace and session; the isolation actually used is reported as ``local/<kind>``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
-import resource
 import signal
 from pathlib import Path
 
@@ -18,14 +15,17 @@ import structlog
 from contracts import JobRequested
 from contracts.catalog import dataset_project
 from services.provisioner.backends import DatasetUnavailable
+from services.provisioner.backends.sandbox import Limits, Sandbox, choose
 
 log = structlog.get_logger(__name__)
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 
 
 class LocalProcess:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, *, sandbox: Sandbox, container_id: str) -> None:
         self._proc = proc
+        self._sandbox = sandbox
+        self._container_id = container_id
 
     async def wait(self) -> int | None:
         try:
@@ -36,24 +36,25 @@ class LocalProcess:
     async def stop(self, *, grace_period_s: float) -> int:
         if self._proc.returncode is not None:
             return self._proc.returncode
-        _signal_group(self._proc.pid, signal.SIGTERM)
+        await self._sandbox.signal(self._container_id, self._proc.pid, signal.SIGTERM)
         try:
             return await asyncio.wait_for(self._proc.wait(), timeout=grace_period_s)
         except TimeoutError:
-            _signal_group(self._proc.pid, signal.SIGKILL)
+            await self._sandbox.signal(self._container_id, self._proc.pid, signal.SIGKILL)
             return await self._proc.wait()
 
 
 class LocalBackend:
-    name = "local"
-    isolation = "rlimits"
+    """Jobs as sandboxed processes on this machine, each in its own workspace and session."""
 
     def __init__(self, *, work_dir: Path, memory_limit_mb: int, dataset_root: Path | None = None,
-                 artifact_root: Path | None = None) -> None:
+                 artifact_root: Path | None = None, isolation: str = "auto") -> None:
         self._work_dir = work_dir
-        self._memory_bytes = memory_limit_mb * 1024 * 1024
+        self._limits = Limits(memory_bytes=memory_limit_mb * 1024 * 1024)
         self.dataset_root = dataset_root
         self.artifact_root = artifact_root or work_dir.parent / "artifacts"
+        self.sandbox = Sandbox(choose(isolation), state_dir=work_dir.parent / "sandbox")
+        self.name = f"local/{self.sandbox.isolation}"
 
     def dataset_dir(self, request: JobRequested) -> Path | None:
         """Where the job's dataset lives locally; None when it has none."""
@@ -83,38 +84,40 @@ class LocalBackend:
 
     async def start(self, request: JobRequested) -> LocalProcess:
         workspace = await self.provision(request)
-        log_file = (workspace / "job.log").open("ab")
-        memory = self._memory_bytes
-
-        def limits() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
+        container_id = self.sandbox.container_id(request.tenant, request.job_id)
+        await self.sandbox.prepare(container_id)
         dataset = self.dataset_dir(request)
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(workspace),
-            "AICLOUD_JOB_ID": request.job_id,
-            "AICLOUD_TEAM": request.tenant,
-            "AICLOUD_OUTPUT_DIR": str(workspace / "output"),
-            "AICLOUD_CHECKPOINT_DIR": str(workspace / "checkpoints"),
-            "AICLOUD_METRICS_FILE": str(workspace / "metrics.jsonl"),
-            **({"AICLOUD_DATASET_DIR": str(dataset)} if dataset else {}),
-            **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
-        }
-        proc = await asyncio.create_subprocess_exec(
-            *request.command, cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file, stderr=log_file, start_new_session=True, preexec_fn=limits,
+        inside_workspace, inside_data = self.sandbox.paths(workspace, dataset)
+        launch = self.sandbox.launch(
+            container_id=container_id, command=request.command,
+            env=job_env(request, workspace=inside_workspace, data=inside_data),
+            workspace=workspace, dataset=dataset, limits=self._limits,
         )
-        log_file.close()
-        log.info("job.process_started", job_id=request.job_id, pid=proc.pid, isolation=self.isolation)
-        return LocalProcess(proc)
+        with (workspace / "job.log").open("ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *launch.argv, cwd=workspace, env=job_env(request, workspace=str(workspace), data=None),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                start_new_session=True, preexec_fn=launch.preexec,
+            )
+        log.info("job.process_started", job_id=request.job_id, pid=proc.pid,
+                 isolation=self.sandbox.isolation)
+        return LocalProcess(proc, sandbox=self.sandbox, container_id=container_id)
 
     async def teardown(self, request: JobRequested) -> None:
-        # Workspaces are kept: they hold the job's log and artifacts.
-        return None
+        # The workspace is kept: it holds the job's log, checkpoints and outputs.
+        await self.sandbox.cleanup(self.sandbox.container_id(request.tenant, request.job_id))
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[str, str]:
+    """The job's whole environment (nothing of the platform's leaks in), as the job sees paths."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": workspace,
+        "AICLOUD_JOB_ID": request.job_id,
+        "AICLOUD_TEAM": request.tenant,
+        "AICLOUD_OUTPUT_DIR": f"{workspace}/output",
+        "AICLOUD_CHECKPOINT_DIR": f"{workspace}/checkpoints",
+        "AICLOUD_METRICS_FILE": f"{workspace}/metrics.jsonl",
+        **({"AICLOUD_DATASET_DIR": data} if data else {}),
+        **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
+    }
