@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.catalog import Product
 from contracts.envelope import Command, Event, subject
 
 JobType = Literal["fine-tune", "training", "batch-inference", "evaluation"]
@@ -41,6 +42,7 @@ class JobAdmitted(Event):
     request: JobRequested = Field(description="The request that was admitted, as received.")
     policy_ids: list[str] = Field(default_factory=list, description="Policies that permitted it.")
     reason: str = Field(default="", description="Human-readable reason for the decision.")
+    product: Product | None = Field(default=None, description="The product it was admitted on.")
 
 
 class JobRejected(Event):

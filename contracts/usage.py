@@ -22,6 +22,7 @@ class UsageRecorded(Event):
     project: str | None = None
     user: str | None = None
     gpu_type: str | None = Field(default=None, description="Catalog GPU type, e.g. h100-80gb.")
+    price_class: Literal["on-demand", "spot"] = "on-demand"
     gpus_requested: float = Field(default=0, ge=0)
     gpus_used: float = Field(default=0, ge=0)
     vcpus: float = Field(default=0, ge=0)

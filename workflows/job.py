@@ -27,6 +27,8 @@ class JobInput(BaseModel):
     request: JobRequested
     max_runtime_s: int = Field(default=DEFAULT_MAX_RUNTIME_S, gt=0)
     grace_period_s: int = Field(default=GRACE_PERIOD_S, ge=0)
+    gpu_type: str | None = None
+    price_class: str = "on-demand"
 
 
 class RunInput(BaseModel):
@@ -60,6 +62,8 @@ class EmitInput(BaseModel):
     ended_at_s: float = 0.0
     reason: str = ""
     outputs: JobOutputs | None = None
+    gpu_type: str | None = None
+    price_class: str = "on-demand"
 
 
 class JobOutcome(BaseModel):
@@ -115,7 +119,8 @@ class JobWorkflow:
         if result is not None:
             started, ended = result.started_at_s, result.ended_at_s
         await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
-                                   started_at_s=started, ended_at_s=ended))
+                                   started_at_s=started, ended_at_s=ended, gpu_type=job.gpu_type,
+                                   price_class=job.price_class))
         await self._emit(EmitInput(kind=kind, request=request, event_id=str(workflow.uuid4()),
                                    exit_code=exit_code, started_at_s=started, ended_at_s=ended,
                                    reason=reason, outputs=outputs))

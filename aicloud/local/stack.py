@@ -126,6 +126,7 @@ class Stack:
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
             env[f"{prefix}ARTIFACT_ROOT"] = str(self.home / "artifacts")
+            env[f"{prefix}SANDBOX_HIDDEN_PATHS"] = json.dumps([str(self.home)])
         return Component(name, f"http://127.0.0.1:{ports[name]}",
                          [sys.executable, "-m", module], str(self.home / "logs" / f"{name}.log"),
                          env=env)

@@ -37,19 +37,23 @@ MIGRATIONS = (
                 occurred_at TIMESTAMPTZ NOT NULL)""",
         ),
     ),
+    Migration(2, "price class of metered usage",
+              ("ALTER TABLE usage_entries ADD COLUMN price_class TEXT NOT NULL DEFAULT 'on-demand'",)),
 )
 
 
 async def append_usage(session: AsyncSession, usage: UsageRecorded) -> None:
     await session.execute(
         text(
-            "INSERT INTO usage_entries (event_id, team, kind, resource_id, gpu_type, gpu_seconds,"
-            " duration_s, started_at, ended_at) VALUES (:e, :t, :k, :r, :g, :gs, :d, :s, :end)"
+            "INSERT INTO usage_entries (event_id, team, kind, resource_id, gpu_type, price_class,"
+            " gpu_seconds, duration_s, started_at, ended_at)"
+            " VALUES (:e, :t, :k, :r, :g, :pc, :gs, :d, :s, :end)"
             " ON CONFLICT (event_id) DO NOTHING"
         ),
         {
             "e": usage.event_id, "t": usage.tenant, "k": usage.kind, "r": usage.resource_id,
-            "g": usage.gpu_type, "gs": billable_gpu_seconds(usage), "d": duration_seconds(usage),
+            "g": usage.gpu_type, "pc": usage.price_class, "gs": billable_gpu_seconds(usage),
+            "d": duration_seconds(usage),
             "s": usage.started_at, "end": usage.ended_at,
         },
     )

@@ -106,6 +106,8 @@ def to_event(fact: EmitInput) -> Envelope:
         return UsageRecorded(
             kind="training", resource_id=request.job_id, user=request.requested_by,
             gpus_requested=request.gpus, gpus_used=request.gpus, vcpus=1,
+            gpu_type=fact.gpu_type if request.gpus else None,
+            price_class="spot" if fact.price_class == "spot" else "on-demand",
             started_at=datetime.fromtimestamp(fact.started_at_s, UTC),
             ended_at=datetime.fromtimestamp(max(fact.ended_at_s, fact.started_at_s), UTC),
             **common,

@@ -21,7 +21,7 @@ def build(settings: ProvisionerSettings) -> Service:
     backend = LocalBackend(
         work_dir=Path(settings.work_dir).resolve(), memory_limit_mb=settings.memory_limit_mb,
         dataset_root=settings.dataset_root, artifact_root=settings.artifact_root,
-        isolation=settings.isolation,
+        isolation=settings.isolation, hidden=settings.sandbox_hidden_paths,
     )
     activities = JobActivities(bus=service.bus, backend=backend)
     state: dict[str, Any] = {}

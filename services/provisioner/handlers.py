@@ -14,15 +14,26 @@ from workflows.job import DEFAULT_MAX_RUNTIME_S, JobInput, JobWorkflow
 
 async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client,
                           task_queue: str) -> None:
-    request = event.request
-    job = JobInput(request=request, max_runtime_s=request.max_runtime_s or DEFAULT_MAX_RUNTIME_S)
+    job = job_input(event)
     try:
         await client.start_workflow(
-            JobWorkflow.run, job, id=request.job_id, task_queue=task_queue,
+            JobWorkflow.run, job, id=event.request.job_id, task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError:
         return  # a redelivered admission: the job already runs (or ran) once
+
+
+def job_input(event: JobAdmitted) -> JobInput:
+    """The product's max runtime, or the user's if shorter; usage labelled by GPU type and price."""
+    request, product = event.request, event.product
+    limit = product.max_runtime_s if product else DEFAULT_MAX_RUNTIME_S
+    return JobInput(
+        request=request,
+        max_runtime_s=min(request.max_runtime_s or limit, limit),
+        gpu_type=product.gpu_types[0] if product and product.gpu_types and request.gpus else None,
+        price_class=product.price_class if product else "on-demand",
+    )
 
 
 async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, client: Client) -> None:

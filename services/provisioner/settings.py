@@ -23,5 +23,7 @@ class ProvisionerSettings(ServiceSettings):
     dataset_root: Path = Field(default=DATASET_ROOT,
                                description="Holds projects/<project>/datasets/<name>/ folders.")
     artifact_root: Path | None = Field(default=None, description="Artifact store (local backend).")
+    sandbox_hidden_paths: list[Path] = Field(
+        default_factory=list, description="More host paths jobs must not see (e.g. $AICLOUD_HOME).")
     isolation: str = Field(default="auto", pattern="^(auto|gvisor|bubblewrap|rlimits)$",
                            description="Sandbox for local jobs; auto picks the strongest available.")

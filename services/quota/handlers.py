@@ -57,7 +57,7 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
         audit_findings=verdict.audit_findings,
     )
     if decision.outcome is Outcome.ADMIT:
-        await _admit(uow, event, decision)
+        await _admit(uow, event, decision, rails)
     elif decision.outcome is Outcome.QUEUE:
         position = await repo.enqueue(uow.session, job_id=event.job_id, team=event.tenant,
                                       gpus=event.gpus, request=event.model_dump(mode="json"))
@@ -100,16 +100,17 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
         await repo.log_decision(uow.session, resource_id=job_id, team=team, outcome="admit",
                                 policy_ids=decision.policy_ids,
                                 reason=f"admitted from the queue: {decision.reason}")
-        await _admit(uow, request, decision)
+        await _admit(uow, request, decision, rails)
         in_use += gpus
 
 
-async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision) -> None:
+async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision,
+                 rails: Guardrails) -> None:
     await repo.allocate(uow.session, resource_id=request.job_id, team=request.tenant,
                         gpus=request.gpus)
     await uow.outbox.add(uow.session, JobAdmitted(
         job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
-        reason=decision.reason, **_common(request),
+        reason=decision.reason, product=rails.products.get(request.product), **_common(request),
     ))
 
 

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SANDBOXED = [Isolation.GVISOR, Isolation.BUBBLEWRAP]
 
 
-def backend_for(isolation: Isolation, tmp_path: Path) -> LocalBackend:
+def backend_for(isolation: Isolation, tmp_path: Path, hidden: list[Path] | None = None) -> LocalBackend:
     if isolation not in available():
         pytest.skip(f"{isolation} is not installed here (apt-get install runsc bubblewrap)")
-    return LocalBackend(work_dir=tmp_path / "jobs", memory_limit_mb=512,
+    return LocalBackend(work_dir=tmp_path / "jobs", memory_limit_mb=512, hidden=hidden,
                         dataset_root=ROOT / "examples" / "datasets", isolation=isolation.value)
 
 
@@ -107,3 +107,43 @@ async def test_stop_gives_the_job_its_sigterm_and_leaves_nothing(isolation: Isol
         listed = subprocess.run(["runsc", "--root", str(tmp_path / "sandbox"), "list"],
                                 capture_output=True, text=True, check=True).stdout
         assert "aicloud-legal-stopme" not in listed
+
+
+@pytest.mark.parametrize("isolation", SANDBOXED)
+async def test_platform_state_is_invisible_and_code_anywhere_runs(isolation: Isolation,
+                                                                  tmp_path: Path) -> None:
+    # A home outside /tmp (which is private anyway), holding keys and another team's work.
+    home = ROOT / ".aicloud-sandbox-test"
+    (home / "jobs" / "research" / "secret-job").mkdir(parents=True, exist_ok=True)
+    (home / "keys.json").write_text('{"research": "ak_secret"}')
+    (home / "jobs" / "research" / "secret-job" / "data.txt").write_text("private")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "probe.py").write_text(f"""
+import os
+for path in [{str(home / 'keys.json')!r}, {str(home / 'jobs/research/secret-job/data.txt')!r}]:
+    try:
+        print('READ', open(path).read())
+    except OSError as exc:
+        print('hidden', type(exc).__name__)
+print('own workspace', os.listdir(os.environ['HOME']))
+""")
+    try:
+        backend = LocalBackend(work_dir=home / "jobs", memory_limit_mb=512, hidden=[home],
+                               isolation=isolation.value) if isolation in available() else \
+            backend_for(isolation, tmp_path)
+        request = JobRequested(tenant="legal", job_id="snoop",
+                               command=["python3", str(code / "probe.py")])
+        job = await backend.start(request)
+        async with asyncio.timeout(60):
+            while (exit_code := await job.wait()) is None:
+                pass
+        await backend.teardown(request)
+        log = (backend.workspace(request) / "job.log").read_text()
+    finally:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    assert exit_code == 0, log
+    assert "READ" not in log and log.count("hidden FileNotFoundError") == 2, log
+    assert "own workspace" in log

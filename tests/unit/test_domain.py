@@ -53,3 +53,24 @@ def test_job_verdicts() -> None:
     assert _verdict(None, "max_runtime", None) == ("terminated", None, "max_runtime")
     kind, _, reason = _verdict(None, None, "executable not found")
     assert kind == "failed" and "executable not found" in reason
+
+
+def test_job_runs_under_the_products_limit_or_the_users_if_shorter() -> None:
+    from pathlib import Path
+
+    from contracts import JobAdmitted, JobRequested
+    from contracts.catalog import load_products
+    from services.provisioner.handlers import job_input
+
+    products = load_products(Path(__file__).resolve().parents[2] / "policies" / "products.yaml")
+
+    def admitted(product: str, **fields: object) -> JobAdmitted:
+        request = JobRequested(tenant="legal", job_id="j", command=["x"], product=product,
+                               **fields)  # type: ignore[arg-type]
+        return JobAdmitted(tenant="legal", job_id="j", request=request, product=products[product])
+
+    assert job_input(admitted("fine-tune", gpus=2)).max_runtime_s == 8 * 3600
+    job = job_input(admitted("fine-tune-spot", gpus=2, max_runtime_s=600))
+    assert (job.max_runtime_s, job.gpu_type, job.price_class) == (600, "a100-80gb", "spot")
+    cpu = job_input(admitted("cpu-small"))
+    assert (cpu.max_runtime_s, cpu.gpu_type, cpu.price_class) == (12 * 3600, None, "on-demand")

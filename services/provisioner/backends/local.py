@@ -48,12 +48,14 @@ class LocalBackend:
     """Jobs as sandboxed processes on this machine, each in its own workspace and session."""
 
     def __init__(self, *, work_dir: Path, memory_limit_mb: int, dataset_root: Path | None = None,
-                 artifact_root: Path | None = None, isolation: str = "auto") -> None:
+                 artifact_root: Path | None = None, isolation: str = "auto",
+                 hidden: list[Path] | None = None) -> None:
         self._work_dir = work_dir
         self._limits = Limits(memory_bytes=memory_limit_mb * 1024 * 1024)
         self.dataset_root = dataset_root
         self.artifact_root = artifact_root or work_dir.parent / "artifacts"
-        self.sandbox = Sandbox(choose(isolation), state_dir=work_dir.parent / "sandbox")
+        self.sandbox = Sandbox(choose(isolation), state_dir=work_dir.parent / "sandbox",
+                               hidden=[work_dir, self.artifact_root, *(hidden or [])])
         self.name = f"local/{self.sandbox.isolation}"
 
     def dataset_dir(self, request: JobRequested) -> Path | None:

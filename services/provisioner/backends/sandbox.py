@@ -2,7 +2,11 @@
 plain rlimited process, which is logged as a warning because it isolates nothing.
 
 Inside gVisor or bubblewrap a job sees the host's root read-only, its workspace read-write at
-``/workspace``, its dataset read-only at ``/data``, a private ``/tmp``, and no network.
+``/workspace``, its dataset read-only at ``/data``, a private ``/tmp``, and no network. The
+platform's own state (every job's workspace, the artifact store, ``$AICLOUD_HOME`` with its
+keys and databases) is masked by empty tmpfs mounts; the folders of script files named in the
+command are mounted read-only where they are, so ``python3 /path/train.py`` works wherever
+the code lives.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import resource
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -68,9 +72,13 @@ class Limits:
 
 
 class Sandbox:
-    def __init__(self, isolation: Isolation, *, state_dir: Path) -> None:
+    def __init__(self, isolation: Isolation, *, state_dir: Path,
+                 hidden: Sequence[Path] = ()) -> None:
         self.isolation = isolation
         self._state = state_dir
+        # Paths under /tmp are hidden already: /tmp is private.
+        self._hidden = sorted({p.resolve() for p in [state_dir, *hidden]
+                               if not p.resolve().is_relative_to("/tmp")})
 
     def container_id(self, team: str, job_id: str) -> str:
         return f"aicloud-{team}-{job_id}"
@@ -90,7 +98,9 @@ class Sandbox:
             return Launch(argv, None)
         if self.isolation is Isolation.BUBBLEWRAP:
             argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                    "--tmpfs", "/tmp", "--bind", str(workspace), WORKSPACE,
+                    "--tmpfs", "/tmp", *[a for p in self._hidden for a in ("--tmpfs", str(p))],
+                    *[a for d in code_dirs(command) for a in ("--ro-bind", str(d), str(d))],
+                    "--bind", str(workspace), WORKSPACE,
                     *(["--ro-bind", str(dataset), DATA] if dataset else []),
                     "--unshare-all", "--die-with-parent", "--chdir", WORKSPACE, "--clearenv",
                     *[arg for k, v in env.items() for arg in ("--setenv", k, v)], "--", *command]
@@ -104,6 +114,9 @@ class Sandbox:
         mounts = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            *({"destination": str(p), "type": "tmpfs", "source": "tmpfs"} for p in self._hidden),
+            *({"destination": str(d), "type": "bind", "source": str(d), "options": ["rbind", "ro"]}
+              for d in code_dirs(command)),
             {"destination": WORKSPACE, "type": "bind", "source": str(workspace), "options": ["rbind", "rw"]},
         ]
         if dataset is not None:
@@ -158,6 +171,12 @@ class Sandbox:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         await proc.wait()
+
+
+def code_dirs(command: list[str]) -> list[Path]:
+    """Folders of the script files the command names by absolute path."""
+    return sorted({Path(arg).resolve().parent for arg in command
+                   if arg.startswith("/") and Path(arg).is_file()})
 
 
 def _rlimits(limits: Limits) -> Callable[[], None]:
