@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aicloud.local import servers
+from bench.common import start_servers, stop_servers
 from contracts import JobRequested
 from services.kit.bus import Bus, typed_decoder
 from services.kit.db import Database
@@ -168,21 +167,6 @@ def raw_nats(url: str) -> Starter:
     return start
 
 
-def start_servers(root: Path) -> tuple[str, str, list[subprocess.Popen[bytes]]]:
-    nats_port, monitor = servers.free_port(), servers.free_port()
-    nats_proc = subprocess.Popen(servers.nats_argv(port=nats_port, monitor_port=monitor,
-                                                   store_dir=root / "nats"),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    layout = servers.postgres_prepare(root / "pg")
-    pg_port = servers.free_port()
-    pg_proc = subprocess.Popen(servers.postgres_argv(layout, port=pg_port), user=layout.user,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    servers.wait_for_database(pg_port, "bench")
-    while not servers.port_open(nats_port):
-        time.sleep(0.05)
-    return f"nats://127.0.0.1:{nats_port}", servers.postgres_url(pg_port, "bench"), [nats_proc, pg_proc]
-
-
 async def run_all(url: str, database_url: str) -> dict[str, dict[str, float]]:
     db = Database(url=database_url, schema="bench")
     await db.migrate()
@@ -198,13 +182,11 @@ async def run_all(url: str, database_url: str) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    url, database_url, procs = start_servers(Path(tempfile.mkdtemp(prefix="bench-bus-")))
+    url, database_url, procs = start_servers(Path(tempfile.mkdtemp(prefix="bench-bus-")), "bench")
     try:
         results = asyncio.run(run_all(url, database_url))
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+        stop_servers(procs)
     print(f"bus round trip — {platform.node()}, {os.cpu_count()} cores, "
           f"latency n={LATENCY_N}, throughput n={THROUGHPUT_N}")
     print(f"{'consumer':40} {'p50 ms':>8} {'p99 ms':>8} {'events/s':>10}")
