@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import nats
@@ -95,6 +96,7 @@ class Bus:
         backoff_s: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
         metrics: Metrics | None = None,
         batch: int = 128,
+        max_in_flight: int = 32,
     ) -> None:
         self._url = nats_url
         self.service = service
@@ -103,6 +105,7 @@ class Bus:
         self.backoff_s = tuple(backoff_s) or (1.0,)
         self.metrics = metrics or Metrics(service)
         self._batch = batch
+        self._max_in_flight = max_in_flight
         self._fetch_timeout_s = 1.0
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -252,17 +255,42 @@ class Bus:
         )
 
     async def _consume(self, sub: Subscription, pull: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            try:
-                messages = await pull.fetch(self._batch, timeout=self._fetch_timeout_s)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
-                log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
-                await asyncio.sleep(0.5)
-                continue
-            for msg in messages:
+        """Fetch continuously; tenants are processed concurrently (up to ``max_in_flight`` lanes
+        at once), each tenant's messages strictly in arrival order."""
+        in_flight = asyncio.Semaphore(self._max_in_flight)
+        tails: dict[str, asyncio.Task[None]] = {}
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await pull.fetch(self._batch, timeout=self._fetch_timeout_s)
+                except (TimeoutError, NatsTimeout):
+                    continue
+                except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
+                    log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                lanes: dict[str, list[Msg]] = {}
+                for msg in messages:
+                    lanes.setdefault(_tenant_of(msg.data), []).append(msg)
+                for key, queue in lanes.items():
+                    await in_flight.acquire()
+                    task = asyncio.create_task(self._in_lane(tails.get(key), sub, queue, in_flight))
+                    tails[key] = task
+                    task.add_done_callback(partial(_forget_tail, tails, key))
+        finally:
+            if tails:
+                await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    async def _in_lane(self, before: asyncio.Task[None] | None, sub: Subscription,
+                       queue: list[Msg], in_flight: asyncio.Semaphore) -> None:
+        """One tenant's share of a batch, after that tenant's previous share."""
+        try:
+            if before is not None:
+                await asyncio.wait([before])  # order within the tenant; its outcome is its own
+            for msg in queue:
                 await self.dispatch(sub, msg)
+        finally:
+            in_flight.release()
 
     async def dispatch(self, sub: Subscription, msg: Msg) -> None:
         """Validate, process and settle one message. Never raises."""
@@ -351,6 +379,20 @@ class Bus:
         log.warning("bus.dead_lettered", consumer=sub.durable, subject=subject, reason=reason,
                     error=error)
         self.metrics.observe_consumed(subject, "dead_lettered", 0.0)
+
+
+def _forget_tail(tails: dict[str, asyncio.Task[None]], key: str, done: asyncio.Task[None]) -> None:
+    if tails.get(key) is done:
+        del tails[key]
+
+
+def _tenant_of(data: bytes) -> str:
+    """The ordering key of a message: its tenant (unparseable ones share one lane)."""
+    try:
+        payload = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return ""
+    return str(payload.get("tenant", "")) if isinstance(payload, dict) else ""
 
 
 def _describe(exc: Exception) -> str:

@@ -67,7 +67,7 @@ def async_url(url: str) -> str:
 class Database:
     """An engine bound to one schema, with a session factory and a migrator."""
 
-    def __init__(self, *, url: str, schema: str, pool_size: int = 5) -> None:
+    def __init__(self, *, url: str, schema: str, pool_size: int = 10) -> None:
         if not SCHEMA_NAME.match(schema):
             raise ValueError(f"invalid schema name {schema!r}: use lower_snake_case")
         self.schema = schema

@@ -45,10 +45,10 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
     if not verdict.admitted:
         decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
     else:
-        in_use = await repo.gpus_in_use(uow.session, team=event.tenant)
+        in_use, queued = await repo.team_load(uow.session, team=event.tenant)
         quota = decide_gpus(
             team=event.tenant, requested=event.gpus, in_use=in_use, quota=rails.quota(event.tenant),
-            queued_ahead=await repo.queued_count(uow.session, team=event.tenant),
+            queued_ahead=queued,
         )
         decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids, quota.reason)
     await repo.log_decision(
@@ -89,7 +89,7 @@ async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, rails: Guardrail
 
 async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> None:
     """Admit queued jobs in order while the head fits; the head is never overtaken."""
-    in_use = await repo.gpus_in_use(uow.session, team=team)
+    in_use, _ = await repo.team_load(uow.session, team=team)
     while (head := await repo.queue_head(uow.session, team=team)) is not None:
         job_id, gpus, stored = head
         decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team))

@@ -54,14 +54,22 @@ MIGRATIONS = (
 )
 
 
-async def gpus_in_use(session: AsyncSession, *, team: str) -> int:
-    # Serialise decisions per team so two concurrent requests cannot both fit the last GPUs.
+async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
+    """(GPUs held, jobs queued) for ``team``, after taking the team's decision lock.
+
+    The lock serialises decisions per team, so two concurrent requests cannot both fit the
+    last GPUs; it is held until the transaction ends.
+    """
     await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": team})
-    result = await session.execute(
-        text("SELECT coalesce(sum(gpus), 0) FROM allocations WHERE team = :t AND released_at IS NULL"),
+    row = (await session.execute(
+        text(
+            "SELECT (SELECT coalesce(sum(gpus), 0) FROM allocations"
+            "        WHERE team = :t AND released_at IS NULL),"
+            "       (SELECT count(*) FROM queue WHERE team = :t)"
+        ),
         {"t": team},
-    )
-    return int(result.scalar_one())
+    )).one()
+    return int(row[0]), int(row[1])
 
 
 async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: int) -> None:
@@ -113,11 +121,6 @@ async def enqueue(session: AsyncSession, *, job_id: str, team: str, gpus: int,
         {"t": team, "j": job_id},
     )
     return int(position.scalar_one())
-
-
-async def queued_count(session: AsyncSession, *, team: str) -> int:
-    result = await session.execute(text("SELECT count(*) FROM queue WHERE team = :t"), {"t": team})
-    return int(result.scalar_one())
 
 
 async def queue_head(session: AsyncSession, *, team: str) -> tuple[str, int, dict[str, object]] | None:

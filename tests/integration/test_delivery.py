@@ -241,3 +241,31 @@ async def test_publish_is_deduplicated_by_event_id(nats_url: str, prefix: str,
     info = await raw.jetstream().stream_info(bus.stream_for(JobRequested.SUBJECT))
     await bus.stop()
     assert info.state.messages == 1
+
+
+async def test_each_tenant_in_order_different_tenants_in_parallel(service: Service) -> None:
+    import random
+
+    seen: list[tuple[str, int]] = []
+    active, peak = 0, 0
+
+    async def slow(event: Envelope, uow: UnitOfWork) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(random.uniform(0.001, 0.01))
+        active -= 1
+        seen.append((event.tenant, int(event.job_id.split("-")[1])))  # type: ignore[attr-defined]
+
+    service.consume(JobRequested, slow)
+    await service.start()
+    for i in range(60):
+        team = ("legal", "research", "ops")[i % 3]
+        await service.bus.publish(JobRequested(tenant=team, job_id=f"o-{i}", command=["x"]))
+    async with asyncio.timeout(30):
+        while len(seen) < 60:
+            await asyncio.sleep(0.02)
+    for team in ("legal", "research", "ops"):
+        order = [n for t, n in seen if t == team]
+        assert order == sorted(order), f"{team} processed out of order: {order}"
+    assert peak > 1  # tenants did overlap
