@@ -38,6 +38,7 @@ test-e2e: install
 bench: install  ## performance goals (plain scripts; the last line of each is JSON)
 	$(BIN)/python bench/bus_roundtrip.py
 	$(BIN)/python bench/admission.py
+	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/stack_startup.py
 
 lint: install
