@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import CancelJob, JobRequested
 from contracts.catalog import Product, dataset_project
@@ -99,19 +100,14 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
     @router.get("/jobs/{job_id}", response_model=repo.JobPublic)
     async def get_job(job_id: str, team: Team) -> repo.JobPublic:
         async with db.transaction() as session:
-            job = await repo.get_job(session, job_id=job_id, team=team)
-        if job is None:
-            raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
-        return job
+            return await _team_job(session, job_id=job_id, team=team)
 
     @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED,
                  response_model=repo.JobPublic)
     async def cancel_job(job_id: str, team: Team) -> repo.JobPublic:
         """Ask the job to stop: SIGTERM, grace period, kill; it ends `terminated` (cancelled)."""
         async with db.transaction() as session:
-            job = await repo.get_job(session, job_id=job_id, team=team)
-            if job is None:
-                raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+            job = await _team_job(session, job_id=job_id, team=team)
             if job.status in TERMINAL:
                 raise HTTPException(409, detail=f"job {job_id!r} already ended ({job.status})")
             await outbox.add(session, CancelJob(tenant=team, job_id=job_id, source="catalog",
@@ -124,9 +120,7 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
                        offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
         """The job's output from ``offset`` (poll with ``next_offset`` to follow)."""
         async with db.transaction() as session:
-            job = await repo.get_job(session, job_id=job_id, team=team)
-        if job is None:
-            raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+            await _team_job(session, job_id=job_id, team=team)
         if not provisioner_url:
             raise HTTPException(503, detail="logs are not available: no provisioner configured")
         url = f"{provisioner_url}/internal/jobs/{team}/{job_id}/logs"
@@ -177,6 +171,14 @@ class AliasTarget(BaseModel):
 class LogChunk(BaseModel):
     data: str
     next_offset: int
+
+
+async def _team_job(session: AsyncSession, *, job_id: str, team: str) -> repo.JobPublic:
+    """The team's job, or 404: another team's job is indistinguishable from none."""
+    job = await repo.get_job(session, job_id=job_id, team=team)
+    if job is None:
+        raise HTTPException(404, detail=f"no job {job_id!r} in team {team!r}")
+    return job
 
 
 def _check_against_catalog(request: JobRequested, products: dict[str, Product]) -> None:

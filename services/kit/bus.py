@@ -14,10 +14,8 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import nats
 import structlog
@@ -29,59 +27,29 @@ from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from contracts import BY_SUBJECT, DOMAINS, DeadLetter, Envelope, dead_letter_subject
+from contracts import DOMAINS, DeadLetter, Envelope, dead_letter_subject
 from contracts.envelope import DLQ_PREFIX
 from services.kit.metrics import Metrics
+from services.kit.subscription import (
+    Decoder,
+    Delivery,
+    Process,
+    Subscription,
+    UnknownSubject,
+    catalogue_decoder,
+    describe_error,
+    forget_tail,
+    tenant_of,
+    typed_decoder,
+)
 from services.kit.tracing import extract_context, inject_headers
+
+__all__ = ["Bus", "Delivery", "Process", "typed_decoder"]
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("aicloud.bus")
-
-Process = Callable[[Any, "Delivery"], Awaitable[None]]
-Decoder = Callable[[str, Any], BaseModel]
-
-
-class UnknownSubject(ValueError):
-    """A message arrived on a subject no contract describes."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What a handler may know about the message it is processing."""
-
-    subject: str
-    headers: dict[str, str]
-    num_delivered: int
-    consumer: str
-
-
-@dataclass
-class Subscription:
-    filter_subject: str
-    durable: str
-    decode: Decoder
-    process: Process
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-def typed_decoder(message_type: type[Envelope]) -> Decoder:
-    def decode(_: str, payload: Any) -> Envelope:
-        return message_type.model_validate(payload)
-
-    return decode
-
-
-def catalogue_decoder(subject: str, payload: Any) -> BaseModel:
-    """Decode any message of the catalogue by its subject (for wildcard subscribers)."""
-    if subject.startswith(DLQ_PREFIX + "."):
-        return DeadLetter.model_validate(payload)
-    message_type = BY_SUBJECT.get(subject)
-    if message_type is None:
-        raise UnknownSubject(f"no contract is registered for subject {subject!r}")
-    return message_type.model_validate(payload)
-
 
 class Bus:
     """One NATS connection per service process; publish and durable subscribe."""
@@ -271,12 +239,12 @@ class Bus:
                     continue
                 lanes: dict[str, list[Msg]] = {}
                 for msg in messages:
-                    lanes.setdefault(_tenant_of(msg.data), []).append(msg)
+                    lanes.setdefault(tenant_of(msg.data), []).append(msg)
                 for key, queue in lanes.items():
                     await in_flight.acquire()
                     task = asyncio.create_task(self._in_lane(tails.get(key), sub, queue, in_flight))
                     tails[key] = task
-                    task.add_done_callback(partial(_forget_tail, tails, key))
+                    task.add_done_callback(partial(forget_tail, tails, key))
         finally:
             if tails:
                 await asyncio.gather(*tails.values(), return_exceptions=True)
@@ -306,7 +274,7 @@ class Bus:
         try:
             event = sub.decode(subject, payload)
         except (ValidationError, UnknownSubject) as exc:
-            await self._dead_letter(sub, msg, "invalid_schema", _describe(exc))
+            await self._dead_letter(sub, msg, "invalid_schema", describe_error(exc))
             return
         if deliveries > self.max_deliver:
             await self._dead_letter(
@@ -379,27 +347,3 @@ class Bus:
         log.warning("bus.dead_lettered", consumer=sub.durable, subject=subject, reason=reason,
                     error=error)
         self.metrics.observe_consumed(subject, "dead_lettered", 0.0)
-
-
-def _forget_tail(tails: dict[str, asyncio.Task[None]], key: str, done: asyncio.Task[None]) -> None:
-    if tails.get(key) is done:
-        del tails[key]
-
-
-def _tenant_of(data: bytes) -> str:
-    """The ordering key of a message: its tenant (unparseable ones share one lane)."""
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return ""
-    return str(payload.get("tenant", "")) if isinstance(payload, dict) else ""
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        parts = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(message)"
-            parts.append(f"{where}: {err['msg']}")
-        return f"{exc.title} failed validation: " + "; ".join(parts)
-    return str(exc)
