@@ -37,6 +37,14 @@ class Product(BaseModel):
     idle_shutdown_s: int | None = Field(default=None, gt=0)
     network: Literal["none", "egress"] = "none"
     price_class: Literal["on-demand", "spot"] = "on-demand"
+    hourly_usd: float = Field(
+        default=0.0, ge=0,
+        description="Estimate per GPU-hour (per job-hour without GPUs) for budget pre-authorisation.",
+    )
+
+    def estimate_usd(self, *, gpus: int, runtime_s: int) -> float:
+        """The most a job of this product can cost: its whole runtime at this price."""
+        return round(self.hourly_usd * max(gpus, 1) * runtime_s / 3600, 2)
 
     @model_validator(mode="after")
     def _gpu_range(self) -> Product:

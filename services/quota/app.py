@@ -8,7 +8,7 @@ from contracts import CancelJob, JobCompleted, JobFailed, JobRequested, JobTermi
 from contracts.catalog import CatalogDataError, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
-from services.quota import handlers
+from services.quota import handlers, repo
 from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.repo import MIGRATIONS
 from services.quota.settings import QuotaSettings
@@ -36,6 +36,12 @@ def build(settings: QuotaSettings) -> Service:
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))
+
+    async def load_budgets() -> None:
+        async with service.db.transaction() as session:
+            await repo.set_budgets(session, settings.team_budgets_usd)
+
+    service.on_start(load_budgets)
     return service
 
 

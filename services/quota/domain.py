@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 GPU_QUOTA_POLICY = "quota.gpu-per-team"
+BUDGET_POLICY = "quota.budget-pre-authorisation"
 
 
 class Outcome(StrEnum):
@@ -40,4 +41,22 @@ def decide_gpus(*, team: str, requested: int, in_use: int, quota: int,
         Outcome.QUEUE, ids,
         f"queued: team {team} uses {in_use} of {quota} GPUs ({free} free, {requested} needed, "
         f"{queued_ahead} job(s) ahead); it starts when running work ends",
+    )
+
+
+def decide_budget(*, team: str, estimate: float, amount: float | None, spent: float,
+                  reserved: float) -> QuotaDecision | None:
+    """Refuse a job whose worst-case cost does not fit what is left; None when it fits
+    (or the team has no budget)."""
+    if amount is None:
+        return None
+    remaining = amount - spent - reserved
+    if estimate <= remaining:
+        return None
+    return QuotaDecision(
+        Outcome.REJECT, (BUDGET_POLICY,),
+        f"team {team}'s budget cannot cover this job: up to ${estimate:,.2f} at its max runtime, "
+        f"but ${max(remaining, 0):,.2f} of ${amount:,.2f} is left (${spent:,.2f} spent, "
+        f"${reserved:,.2f} reserved by running jobs): lower --max-runtime or --gpus, or raise "
+        "the budget",
     )

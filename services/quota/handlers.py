@@ -17,7 +17,7 @@ from contracts import (
 from contracts.catalog import Org, Product
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
-from services.quota.domain import Outcome, QuotaDecision, decide_gpus
+from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
 from services.quota.policy import PolicyEngine
 
 SOURCE = "quota"
@@ -37,6 +37,14 @@ class Guardrails:
     def quota(self, team: str) -> int:
         return self.quota_for.get(team, self.default_quota)
 
+    def estimate(self, request: JobRequested) -> float:
+        """Worst-case cost: the product's price for the job's whole allowed runtime."""
+        product = self.products.get(request.product)
+        if product is None:
+            return 0.0
+        runtime = min(request.max_runtime_s or product.max_runtime_s, product.max_runtime_s)
+        return product.estimate_usd(gpus=request.gpus, runtime_s=runtime)
+
 
 async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guardrails) -> None:
     verdict = rails.policies.evaluate_job(
@@ -46,7 +54,11 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
         decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
     else:
         in_use, queued = await repo.team_load(uow.session, team=event.tenant)
-        quota = decide_gpus(
+        amount, spent, reserved = await repo.budget_of(uow.session, team=event.tenant)
+        quota = decide_budget(
+            team=event.tenant, estimate=rails.estimate(event), amount=amount, spent=spent,
+            reserved=reserved,
+        ) or decide_gpus(
             team=event.tenant, requested=event.gpus, in_use=in_use, quota=rails.quota(event.tenant),
             queued_ahead=queued,
         )
@@ -107,7 +119,7 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
 async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision,
                  rails: Guardrails) -> None:
     await repo.allocate(uow.session, resource_id=request.job_id, team=request.tenant,
-                        gpus=request.gpus)
+                        gpus=request.gpus, estimate_usd=rails.estimate(request))
     await uow.outbox.add(uow.session, JobAdmitted(
         job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
         reason=decision.reason, product=rails.products.get(request.product), **_common(request),

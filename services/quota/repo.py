@@ -51,6 +51,18 @@ MIGRATIONS = (
             "ALTER TABLE decisions ADD COLUMN outcome TEXT NOT NULL DEFAULT ''",
         ),
     ),
+    Migration(
+        4,
+        "budgets and reserved cost",
+        (
+            """CREATE TABLE budgets (
+                team TEXT PRIMARY KEY,
+                amount_usd NUMERIC(14, 2) NOT NULL CHECK (amount_usd >= 0),
+                spent_usd NUMERIC(14, 2) NOT NULL DEFAULT 0,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+            "ALTER TABLE allocations ADD COLUMN estimate_usd NUMERIC(14, 2) NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 
@@ -72,14 +84,41 @@ async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: int) -> None:
+async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: int,
+                   estimate_usd: float = 0.0) -> None:
     await session.execute(
         text(
-            "INSERT INTO allocations (resource_id, team, gpus) VALUES (:r, :t, :g)"
+            "INSERT INTO allocations (resource_id, team, gpus, estimate_usd) VALUES (:r, :t, :g, :e)"
             " ON CONFLICT (resource_id) DO NOTHING"
         ),
-        {"r": resource_id, "t": team, "g": gpus},
+        {"r": resource_id, "t": team, "g": gpus, "e": estimate_usd},
     )
+
+
+async def set_budgets(session: AsyncSession, budgets: dict[str, float]) -> None:
+    for team, amount in budgets.items():
+        await session.execute(
+            text(
+                "INSERT INTO budgets (team, amount_usd) VALUES (:t, :a) ON CONFLICT (team)"
+                " DO UPDATE SET amount_usd = EXCLUDED.amount_usd, updated_at = now()"
+            ),
+            {"t": team, "a": amount},
+        )
+
+
+async def budget_of(session: AsyncSession, *, team: str) -> tuple[float | None, float, float]:
+    """(budget, spent, reserved by running jobs); budget None when the team has none."""
+    row = (await session.execute(
+        text(
+            "SELECT (SELECT amount_usd FROM budgets WHERE team = :t),"
+            "       (SELECT coalesce(spent_usd, 0) FROM budgets WHERE team = :t),"
+            "       (SELECT coalesce(sum(estimate_usd), 0) FROM allocations"
+            "        WHERE team = :t AND released_at IS NULL)"
+        ),
+        {"t": team},
+    )).one()
+    amount = None if row[0] is None else float(row[0])
+    return amount, float(row[1] or 0), float(row[2])
 
 
 async def release(session: AsyncSession, *, resource_id: str) -> None:

@@ -17,5 +17,7 @@ class QuotaSettings(ServiceSettings):
     team_gpu_quotas: dict[str, int] = Field(
         default_factory=dict, description='Per-team overrides as JSON, e.g. {"legal": 16}.'
     )
+    team_budgets_usd: dict[str, float] = Field(
+        default_factory=dict, description='Monthly budget per team as JSON, e.g. {"legal": 500}.')
     policy_dir: Path = Field(default=POLICY_DIR, description="Folder of *.cedar, products.yaml, org.yaml.")
     backend: str = Field(default="local", pattern="^(local|kubernetes)$")

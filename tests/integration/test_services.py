@@ -366,3 +366,29 @@ async def test_policies_reject_through_the_bus_and_the_decision_is_logged(
         held = (await session.execute(text("SELECT count(*) FROM allocations"))).scalar_one()
     assert row.admitted is False and "jobs.dataset-from-authorised-project" in row.policy_ids
     assert held == 0  # a refused request reserves nothing
+
+
+async def test_budget_pre_authorisation_reserves_and_releases(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    quota = await make_service("quota", team_budgets_usd={"legal": 100})
+    nc = await nats.connect(nats_url)
+    decisions = await nc.jetstream().subscribe(f"{prefix}.aicloud.jobs.*.v1", ordered_consumer=True)
+
+    async def decide(job_id: str, **fields: Any) -> tuple[str, str]:
+        await quota.bus.publish(JobRequested(tenant="legal", job_id=job_id, command=["x"],
+                                             product="fine-tune", gpus=2, **fields))
+        while True:
+            msg = await decisions.next_msg(timeout=10)
+            body = json.loads(msg.data)
+            if body.get("job_id") == job_id and not msg.subject.endswith("requested.v1"):
+                return msg.subject.split(".")[-2], body.get("reason", "")
+
+    assert (await decide("b-1"))[0] == "admitted"  # up to $65.60 of $100
+    outcome, reason = await decide("b-2")
+    assert outcome == "rejected" and "$34.40 of $100.00 is left" in reason
+    assert (await decide("b-3", max_runtime_s=3600))[0] == "admitted"  # $8.20 fits
+    await quota.bus.publish(JobCompleted(tenant="legal", job_id="b-1", duration_s=60))
+    await asyncio.sleep(0.5)
+    assert (await decide("b-4"))[0] == "admitted"  # b-1's reservation was released
+    await nc.close()

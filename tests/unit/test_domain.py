@@ -74,3 +74,24 @@ def test_job_runs_under_the_products_limit_or_the_users_if_shorter() -> None:
     assert (job.max_runtime_s, job.gpu_type, job.price_class) == (600, "a100-80gb", "spot")
     cpu = job_input(admitted("cpu-small"))
     assert (cpu.max_runtime_s, cpu.gpu_type, cpu.price_class) == (12 * 3600, None, "on-demand")
+
+
+def test_budget_pre_authorisation() -> None:
+    from services.quota.domain import decide_budget
+
+    assert decide_budget(team="legal", estimate=500, amount=None, spent=0, reserved=0) is None
+    assert decide_budget(team="legal", estimate=60, amount=100, spent=10, reserved=30) is None
+    refused = decide_budget(team="legal", estimate=65.6, amount=100, spent=10, reserved=30)
+    assert refused is not None and refused.outcome is Outcome.REJECT
+    assert "up to $65.60" in refused.reason and "$60.00 of $100.00 is left" in refused.reason
+    assert refused.policy_ids == ("quota.budget-pre-authorisation",)
+
+
+def test_worst_case_estimate_of_a_product() -> None:
+    from pathlib import Path
+
+    from contracts.catalog import load_products
+
+    products = load_products(Path(__file__).resolve().parents[2] / "policies" / "products.yaml")
+    assert products["fine-tune"].estimate_usd(gpus=2, runtime_s=8 * 3600) == 65.6
+    assert products["cpu-small"].estimate_usd(gpus=0, runtime_s=1800) == 0.1
