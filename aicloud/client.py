@@ -77,13 +77,16 @@ class PlatformClient:
 
 
 def _explain(response: httpx.Response) -> str:
+    """The server's problem detail (RFC 9457), naming each invalid field."""
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
-        detail = response.text
-    if isinstance(detail, list):
-        detail = "; ".join(
+        return f"{response.status_code}: {response.text}"
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if errors:
+        fields = "; ".join(
             f"{'.'.join(str(p) for p in item.get('loc', [])[1:]) or 'request'}: {item.get('msg')}"
-            for item in detail
+            for item in errors
         )
-    return f"{response.status_code}: {detail}"
+        return f"{response.status_code}: {fields}"
+    return f"{response.status_code}: {body.get('detail', body) if isinstance(body, dict) else body}"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.kit.metrics import Metrics
 
@@ -18,6 +22,8 @@ def create_http_app(
     *, service: str, metrics: Metrics, checks: dict[str, ReadinessCheck], title: str = ""
 ) -> FastAPI:
     app = FastAPI(title=title or f"aicloud {service}", version="0.1.0")
+    app.add_exception_handler(StarletteHTTPException, _problem)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -40,6 +46,33 @@ def create_http_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+PROBLEM = "application/problem+json"
+
+
+async def _problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Errors as RFC 9457 problem details; validation errors list each field under ``errors``."""
+    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(exc.status_code).phrase,
+                            "status": exc.status_code, "instance": request.url.path}
+    if isinstance(exc.detail, list):
+        body["detail"] = "the request is invalid: " + "; ".join(
+            f"{_field(e)}: {e.get('msg')}" for e in exc.detail)
+        body["errors"] = exc.detail
+    else:
+        body["detail"] = str(exc.detail)
+    return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+    return await _problem(request, HTTPException(422, detail=errors))
+
+
+def _field(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error.get("loc", []) if p not in ("body", "query", "path", "header")]
+    return ".".join(loc) or "request"
 
 
 async def _check(fn: ReadinessCheck) -> str:

@@ -238,7 +238,11 @@ async def test_catalog_api_submits_through_the_outbox(
         assert created.status_code == 202, created.text
         assert created.json()["team"] == "legal"
         bad = await client.post("/v1/jobs", json={"command": []}, headers=bearer(keys["legal"]))
-        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "command"]
+        assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+        problem = bad.json()
+        assert problem["status"] == 422 and problem["title"] == "Unprocessable Entity"
+        assert problem["errors"][0]["loc"] == ["body", "command"]
+        assert problem["detail"].startswith("the request is invalid: command:")
         not_json = await client.post("/v1/jobs", content=b"{oops", headers={
             **bearer(keys["legal"]), "content-type": "application/json"})
         assert not_json.status_code == 422
@@ -256,6 +260,7 @@ async def test_api_keys_decide_the_team_and_are_stored_hashed(
     async with httpx.AsyncClient(transport=transport, base_url="http://svc") as client:
         missing = await client.post("/v1/jobs", json={"command": ["true"]})
         assert missing.status_code == 401 and "missing API key" in missing.json()["detail"]
+        assert missing.headers["www-authenticate"] == "Bearer"
         forged = await client.get("/v1/jobs", headers=bearer("ak_0000_not-a-real-key"))
         assert forged.status_code == 401 and "invalid" in forged.json()["detail"]
         created = await client.post("/v1/jobs", json={"name": "mine", "command": ["true"]},
