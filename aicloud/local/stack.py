@@ -119,6 +119,8 @@ class Stack:
             f"{prefix}HTTP_PORT": str(ports[name]),
             f"{prefix}TRACE_FILE": str(self.home / "traces" / f"{name}.jsonl"),
         }
+        if name == "quota":
+            env[f"{prefix}NODE_GPUS"] = os.environ.get("AICLOUD_LOCAL_GPUS", "16")  # simulated
         if name == "catalog":
             env[f"{prefix}DEMO_KEYS_FILE"] = str(self.home / "keys.json")
             env[f"{prefix}PROVISIONER_URL"] = f"http://127.0.0.1:{ports['provisioner']}"

@@ -24,6 +24,7 @@ def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
             quota_for=settings.team_gpu_quotas,
             default_quota=settings.default_gpu_quota,
             backend=settings.backend,
+            node_gpus=settings.node_gpus,
         )
     except (PolicyError, CatalogDataError) as exc:
         raise ConfigError(f"quota cannot load its guardrails: {exc}") from None

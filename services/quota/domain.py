@@ -23,10 +23,24 @@ class QuotaDecision:
 
 
 def decide_gpus(*, team: str, requested: int, in_use: int, quota: int,
-                queued_ahead: int = 0) -> QuotaDecision:
-    """Admit when it fits and nobody of the team waits ahead; queue when it will fit later;
-    reject only what can never fit."""
+                queued_ahead: int = 0, node: tuple[int, int] | None = None) -> QuotaDecision:
+    """Admit when it fits the team's quota and the node, and nobody of the team waits ahead;
+    queue when it will fit later; reject only what can never fit.
+
+    ``node`` is (GPUs of the node, GPUs in use on it by every team), when capacity is finite.
+    """
     ids = (GPU_QUOTA_POLICY,)
+    if node is not None and requested > node[0]:
+        return QuotaDecision(
+            Outcome.REJECT, ids,
+            f"the node has {node[0]} GPUs (simulated capacity) and this job asks for {requested}",
+        )
+    if node is not None and requested + in_use <= quota and requested > node[0] - node[1]:
+        return QuotaDecision(
+            Outcome.QUEUE, ids,
+            f"queued: the node's GPUs are busy ({node[1]} of {node[0]} in use, simulated "
+            f"capacity, {requested} needed); it starts when running work ends",
+        )
     if requested > quota:
         return QuotaDecision(
             Outcome.REJECT, ids,

@@ -33,6 +33,7 @@ class Guardrails:
     quota_for: dict[str, int]
     default_quota: int
     backend: str = "local"
+    node_gpus: int | None = None
 
     def quota(self, team: str) -> int:
         return self.quota_for.get(team, self.default_quota)
@@ -53,6 +54,7 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
     if not verdict.admitted:
         decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
     else:
+        node = await _node(uow, rails)
         in_use, queued = await repo.team_load(uow.session, team=event.tenant)
         amount, spent, reserved = await repo.budget_of(uow.session, team=event.tenant)
         quota = decide_budget(
@@ -60,7 +62,7 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
             reserved=reserved,
         ) or decide_gpus(
             team=event.tenant, requested=event.gpus, in_use=in_use, quota=rails.quota(event.tenant),
-            queued_ahead=queued,
+            queued_ahead=queued, node=node,
         )
         decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids, quota.reason)
     await repo.log_decision(
@@ -85,28 +87,51 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
 async def on_job_ended(event: JobCompleted | JobFailed | JobTerminated, uow: UnitOfWork, *,
                        rails: Guardrails) -> None:
     """Every terminal event releases what the job held, then the team's queue moves."""
+    node = await _node(uow, rails)
     await repo.release(uow.session, resource_id=event.job_id)
     await repo.dequeue(uow.session, job_id=event.job_id)
-    await admit_from_queue(uow, team=event.tenant, rails=rails)
+    await _drain_queues(uow, team=event.tenant, rails=rails, node_held=node)
 
 
 async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, rails: Guardrails) -> None:
     """A queued job is cancelled here (a running one by the provisioner)."""
+    node = await _node(uow, rails)
     if await repo.dequeue(uow.session, job_id=command.job_id) is None:
         return
     await uow.outbox.add(uow.session, JobTerminated(
         job_id=command.job_id, duration_s=0, reason="cancelled", **_common(command)))
-    await admit_from_queue(uow, team=command.tenant, rails=rails)
+    await _drain_queues(uow, team=command.tenant, rails=rails, node_held=node)
 
 
-async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> None:
-    """Admit queued jobs in order while the head fits; the head is never overtaken."""
+async def _node(uow: UnitOfWork, rails: Guardrails) -> tuple[int, int] | None:
+    if rails.node_gpus is None:
+        return None
+    return rails.node_gpus, await repo.node_load(uow.session)
+
+
+async def _drain_queues(uow: UnitOfWork, *, team: str, rails: Guardrails,
+                        node_held: tuple[int, int] | None) -> None:
+    """After capacity frees: the team's own queue, or with a shared node every team's queue,
+    the team waiting longest first."""
+    teams = [team] if node_held is None else await repo.teams_waiting(uow.session)
+    for waiting in teams:
+        await admit_from_queue(uow, team=waiting, rails=rails)
+
+
+async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> int:
+    """Admit queued jobs in order while the head fits; the head is never overtaken.
+    Returns how many were admitted."""
     in_use, _ = await repo.team_load(uow.session, team=team)
+    admitted = 0
     while (head := await repo.queue_head(uow.session, team=team)) is not None:
         job_id, gpus, stored = head
-        decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team))
+        node = None
+        if rails.node_gpus is not None:
+            node = (rails.node_gpus, await repo.node_load(uow.session))
+        decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team),
+                               node=node)
         if decision.outcome is not Outcome.ADMIT:
-            return
+            return admitted
         await repo.dequeue(uow.session, job_id=job_id)
         request = JobRequested.model_validate(stored)
         await repo.log_decision(uow.session, resource_id=job_id, team=team, outcome="admit",
@@ -114,6 +139,8 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
                                 reason=f"admitted from the queue: {decision.reason}")
         await _admit(uow, request, decision, rails)
         in_use += gpus
+        admitted += 1
+    return admitted
 
 
 async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision,

@@ -66,6 +66,25 @@ MIGRATIONS = (
 )
 
 
+NODE_LOCK = "aicloud-node"
+
+
+async def node_load(session: AsyncSession) -> int:
+    """GPUs held on the node by every team, after taking the node lock (always before any
+    team lock, so decisions cannot deadlock)."""
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": NODE_LOCK})
+    held = await session.execute(
+        text("SELECT coalesce(sum(gpus), 0) FROM allocations WHERE released_at IS NULL"))
+    return int(held.scalar_one())
+
+
+async def teams_waiting(session: AsyncSession) -> list[str]:
+    """Teams with queued jobs, the one waiting longest first."""
+    rows = await session.execute(
+        text("SELECT team FROM queue GROUP BY team ORDER BY min(seq)"))
+    return [row[0] for row in rows]
+
+
 async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
     """(GPUs held, jobs queued) for ``team``, after taking the team's decision lock.
 

@@ -17,6 +17,9 @@ class QuotaSettings(ServiceSettings):
     team_gpu_quotas: dict[str, int] = Field(
         default_factory=dict, description='Per-team overrides as JSON, e.g. {"legal": 16}.'
     )
+    node_gpus: int | None = Field(
+        default=None, ge=0,
+        description="GPUs of the local node (simulated capacity shared by all teams); unset: no limit.")
     team_budgets_usd: dict[str, float] = Field(
         default_factory=dict, description='Monthly budget per team as JSON, e.g. {"legal": 500}.')
     policy_dir: Path = Field(default=POLICY_DIR, description="Folder of *.cedar, products.yaml, org.yaml.")

@@ -397,3 +397,28 @@ async def test_budget_pre_authorisation_reserves_and_releases(
     await asyncio.sleep(0.5)
     assert (await decide("b-4"))[0] == "admitted"  # b-1's reservation was released
     await nc.close()
+
+
+async def test_a_full_node_queues_other_teams_until_capacity_frees(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    quota = await make_service("quota", node_gpus=4)
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().subscribe(f"{prefix}.aicloud.jobs.*.v1", ordered_consumer=True)
+
+    async def outcome(job_id: str) -> str:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            if json.loads(msg.data).get("job_id") == job_id and "requested" not in msg.subject \
+                    and "completed" not in msg.subject:
+                return msg.subject.split(".")[-2]
+
+    await quota.bus.publish(JobRequested(tenant="legal", job_id="n-1", command=["x"],
+                                         product="fine-tune", gpus=3))
+    assert await outcome("n-1") == "admitted"
+    await quota.bus.publish(JobRequested(tenant="research", job_id="n-2", command=["x"],
+                                         product="fine-tune", gpus=2))
+    assert await outcome("n-2") == "queued"  # research's own quota is free; the node is not
+    await quota.bus.publish(JobCompleted(tenant="legal", job_id="n-1", duration_s=5))
+    assert await outcome("n-2") == "admitted"  # legal's finished job let research in
+    await nc.close()

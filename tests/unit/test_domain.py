@@ -95,3 +95,11 @@ def test_worst_case_estimate_of_a_product() -> None:
     products = load_products(Path(__file__).resolve().parents[2] / "policies" / "products.yaml")
     assert products["fine-tune"].estimate_usd(gpus=2, runtime_s=8 * 3600) == 65.6
     assert products["cpu-small"].estimate_usd(gpus=0, runtime_s=1800) == 0.1
+
+
+def test_simulated_node_capacity_is_shared_by_all_teams() -> None:
+    never = decide_gpus(team="legal", requested=6, in_use=0, quota=8, node=(4, 0))
+    assert never.outcome is Outcome.REJECT and "the node has 4 GPUs (simulated capacity)" in never.reason
+    busy = decide_gpus(team="legal", requested=2, in_use=0, quota=8, node=(4, 3))
+    assert busy.outcome is Outcome.QUEUE and "3 of 4 in use" in busy.reason
+    assert decide_gpus(team="legal", requested=1, in_use=0, quota=8, node=(4, 3)).outcome is Outcome.ADMIT
