@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 FEATURES = ["clause_words", "citations", "has_indemnity", "has_liability_cap"]
@@ -51,6 +52,7 @@ def evaluate(w: list[float], rows: list[tuple[list[float], int]]) -> tuple[float
 def main() -> None:
     epochs = int(os.environ.get("AICLOUD_PARAM_EPOCHS", "20"))
     lr = float(os.environ.get("AICLOUD_PARAM_LR", "0.1"))
+    pause = float(os.environ.get("AICLOUD_PARAM_EPOCH_PAUSE", "0"))  # to watch it train
     rng = random.Random(int(os.environ.get("AICLOUD_PARAM_SEED", "0")))
     rows = load(env_path("AICLOUD_DATASET_DIR", "examples/datasets/projects/legal-rag/datasets/v2"))
     rng.shuffle(rows)
@@ -94,6 +96,7 @@ def main() -> None:
         state["epoch"] = epoch
         save(epoch)
         print(f"epoch {epoch}/{epochs} loss={loss:.4f} accuracy={accuracy:.3f}", flush=True)
+        time.sleep(pause)
 
     (out / "model.json").write_text(json.dumps(
         {"kind": "logistic-regression", "features": FEATURES, "weights": w,

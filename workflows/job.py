@@ -29,6 +29,7 @@ class JobInput(BaseModel):
     grace_period_s: int = Field(default=GRACE_PERIOD_S, ge=0)
     gpu_type: str | None = None
     price_class: str = "on-demand"
+    heartbeat_timeout_s: int = Field(default=30, gt=0, description="How soon a dead worker is noticed.")
 
 
 class RunInput(BaseModel):
@@ -135,7 +136,7 @@ class JobWorkflow:
             RunInput(request=job.request, grace_period_s=job.grace_period_s),
             result_type=RunResult,
             start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
-            heartbeat_timeout=timedelta(seconds=30),
+            heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             retry_policy=RetryPolicy(maximum_attempts=3),
         )

@@ -60,7 +60,13 @@ class JobActivities:
     @activity.defn(name="run_job")
     async def run_job(self, run: RunInput) -> RunResult:
         started = time.time()
-        job = await self._backend.start(run.request)
+        # Heartbeat from the first moment: ending a dead worker's attempt and starting the
+        # sandbox must not look like a dead worker themselves.
+        starting = asyncio.create_task(self._backend.start(run.request))
+        while not starting.done():
+            activity.heartbeat()
+            await asyncio.wait([starting], timeout=0.5)
+        job = starting.result()
         try:
             while (code := await job.wait()) is None:
                 activity.heartbeat()

@@ -5,11 +5,15 @@ its own workspace and session; the isolation actually used is reported as ``loca
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import secrets
 import signal
 from pathlib import Path
 
+import psutil
 import structlog
 
 from contracts import JobRequested
@@ -86,8 +90,9 @@ class LocalBackend:
 
     async def start(self, request: JobRequested) -> LocalProcess:
         workspace = await self.provision(request)
-        container_id = self.sandbox.container_id(request.tenant, request.job_id)
-        await self.sandbox.prepare(container_id)
+        await self._end_previous_attempt(workspace)
+        # A fresh id per attempt: an orphan of a dead worker must never share state with it.
+        container_id = f"{self.sandbox.container_id(request.tenant, request.job_id)}-{secrets.token_hex(3)}"
         dataset = self.dataset_dir(request)
         inside_workspace, inside_data = self.sandbox.paths(workspace, dataset)
         launch = self.sandbox.launch(
@@ -101,13 +106,30 @@ class LocalBackend:
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, preexec_fn=launch.preexec,
             )
+        _record_attempt(workspace, proc.pid, container_id)
         log.info("job.process_started", job_id=request.job_id, pid=proc.pid,
                  isolation=self.sandbox.isolation)
         return LocalProcess(proc, sandbox=self.sandbox, container_id=container_id)
 
     async def teardown(self, request: JobRequested) -> None:
         # The workspace is kept: it holds the job's log, checkpoints and outputs.
-        await self.sandbox.cleanup(self.sandbox.container_id(request.tenant, request.job_id))
+        await self._end_previous_attempt(self.workspace(request))
+
+    async def _end_previous_attempt(self, workspace: Path) -> None:
+        """A worker that died left its job running: end it completely before going on."""
+        try:
+            record = json.loads((workspace / PID_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        await self.sandbox.cleanup(str(record.get("container_id", "")))
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError, PermissionError,
+                                 KeyError, ValueError):
+            proc = psutil.Process(int(record["pid"]))
+            if abs(proc.create_time() - float(record["started"])) < 0.01:  # not a reused pid
+                os.killpg(proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(psutil.wait_procs, [proc], 10)
+                log.warning("job.previous_attempt_ended", workspace=str(workspace), pid=proc.pid)
+        (workspace / PID_FILE).unlink(missing_ok=True)
 
 
 def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[str, str]:
@@ -123,3 +145,14 @@ def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[
         **({"AICLOUD_DATASET_DIR": data} if data else {}),
         **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
     }
+
+
+PID_FILE = ".aicloud-attempt.json"
+
+
+def _record_attempt(workspace: Path, pid: int, container_id: str) -> None:
+    """Remember this attempt's process, so a retry after a worker crash can end it first."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        started = psutil.Process(pid).create_time()
+        (workspace / PID_FILE).write_text(
+            json.dumps({"pid": pid, "started": started, "container_id": container_id}))

@@ -139,11 +139,6 @@ class Sandbox:
         (bundle / "config.json").write_text(json.dumps(config))
         return bundle
 
-    async def prepare(self, container_id: str) -> None:
-        """Clear what a crashed earlier attempt may have left under the same id."""
-        if self.isolation is Isolation.GVISOR:
-            await self._runsc("delete", "--force", container_id)
-
     async def signal(self, container_id: str, pid: int, sig: signal.Signals) -> None:
         """Deliver ``sig`` to the job itself (runsc would die of it rather than forward it)."""
         if self.isolation is Isolation.GVISOR and sig is not signal.SIGKILL:
@@ -161,7 +156,8 @@ class Sandbox:
             os.killpg(pid, sig)
 
     async def cleanup(self, container_id: str) -> None:
-        if self.isolation is Isolation.GVISOR:
+        """Remove a container and its bundle (idempotent; nothing to do outside gVisor)."""
+        if self.isolation is Isolation.GVISOR and container_id:
             await self._runsc("delete", "--force", container_id)
             shutil.rmtree(self._state / "bundles" / container_id, ignore_errors=True)
 
