@@ -6,10 +6,11 @@ invalid value stops the service at once with a message naming the variable and w
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, TypeVar
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Port = Annotated[int, Field(ge=0, le=65535, description="TCP port (0 picks a free one).")]
 
@@ -66,10 +67,17 @@ S = TypeVar("S", bound=ServiceSettings)
 
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings from the environment, or exit with every problem spelled out."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
     try:
         return cls(**overrides)
+    except SettingsError as exc:  # a value that is not even parseable, e.g. malformed JSON
+        named = re.search(r'field "(\w+)"', str(exc))
+        variable = f"{prefix}{named[1]}".upper() if named else prefix + "*"
+        raise ConfigError(
+            f"invalid configuration for {cls.__name__}:\n  {variable}: cannot be parsed; "
+            'complex values are JSON, e.g. {"legal": 16}'
+        ) from None
     except ValidationError as exc:
-        prefix = cls.model_config.get("env_prefix", "")
         lines = [f"invalid configuration for {cls.__name__}:"]
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "?"

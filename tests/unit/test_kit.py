@@ -42,6 +42,22 @@ def test_invalid_settings_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> No
     assert "AICLOUD_QUOTA_HTTP_PORT" in message
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("AICLOUD_QUOTA_TEAM_BUDGETS_USD", '{"legal": -5}'), ("AICLOUD_QUOTA_TEAM_GPU_QUOTAS", '{"legal": -1}'),
+     ("AICLOUD_QUOTA_TEAM_GPU_QUOTAS", "not json"), ("AICLOUD_QUOTA_NODE_GPUS", "-2")],
+)
+def test_invalid_quota_numbers_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv("AICLOUD_QUOTA_NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("AICLOUD_QUOTA_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(QuotaSettings)
+    assert variable in str(info.value)
+
+
 def test_settings_read_the_service_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AICLOUD_QUOTA_NATS_URL", "nats://127.0.0.1:4222")
     monkeypatch.setenv("AICLOUD_QUOTA_DATABASE_URL", "postgresql://u@h/db")
