@@ -103,16 +103,16 @@ async def test_cancel_signal_stops_the_job_gracefully(
 ) -> None:
     script = (
         "import signal,sys,time; signal.signal(signal.SIGTERM, lambda *a: "
-        "(print('saved checkpoint', flush=True), sys.exit(0))); time.sleep(100)"
+        "(print('saved checkpoint', flush=True), sys.exit(0))); print('ready', flush=True); "
+        "time.sleep(100)"
     )
     job = JobInput(request=request("wf-cancel", "python3", "-c", script), grace_period_s=5)
     handle = await client.start_workflow(JobWorkflow.run, job, id=f"wf-cancel-{prefix}",
                                          task_queue=worker)
     log = tmp_path / "legal" / "wf-cancel" / "job.log"
-    async with asyncio.timeout(30):
-        while not log.exists():
+    async with asyncio.timeout(30):  # the handler is installed once it says so
+        while "ready" not in (log.read_text() if log.exists() else ""):
             await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
     await handle.signal(JobWorkflow.cancel, "cancelled")
     outcome = await asyncio.wait_for(handle.result(), timeout=30)
     assert outcome.status == "terminated" and outcome.reason == "cancelled"
