@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print("   aicloud create job --type fine-tune --gpus 1 \\")
     console.print("       --dataset projects/legal-rag/datasets/v2 --model-name clause-risk \\")
     console.print("       -- python3 examples/train.py")
-    job = _submit(client, name, gpus=1, command=[sys.executable, str(EXAMPLES / "train.py")],
+    job = _submit(client, name, gpus=1, command=["python3", str(EXAMPLES / "train.py")],
                   dataset="projects/legal-rag/datasets/v2", model_name="clause-risk",
                   params={"epochs": "15"})
     result = job["result"]
