@@ -208,6 +208,19 @@ def test_job_logs_follow_and_cancel(stack: tuple[Path, dict[str, dict[str, objec
     assert again.returncode == 2 and "already ended" in again.stderr
 
 
+def test_demo_walks_the_golden_path(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    result = aicloud(home, "demo", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = " ".join(result.stdout.split())  # undo the console's line wrapping
+    assert "completed -> model clause-risk v" in out
+    assert "terminated (max_runtime)" in out
+    assert "16 GPUs -> rejected: more than 4 GPUs needs manager approval" in out
+    assert "team research reads legal's dataset -> rejected" in out
+    assert "reason=invalid_schema" in out
+    assert "Temporal UI" in out
+
+
 def test_logs_command_shows_a_component_log(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, _ = stack
     result = aicloud(home, "dev", "logs", "quota", "-n", "200")
