@@ -28,3 +28,10 @@ class InferenceCompleted(Event):
     ttft_ms: float | None = Field(default=None, ge=0, description="Time to first token.")
     status: Literal["ok", "error", "rejected", "cancelled"]
     cost_usd: Decimal | None = None
+    cost_flagged: bool = Field(default=False, description="No price for the model: fallback rate.")
+    operation: Literal["chat", "embeddings"] = "chat"
+    stream: bool = False
+    user: str | None = Field(default=None, max_length=256)
+    error: str | None = Field(default=None, max_length=2000, description="Why it was not ok.")
+    pii_findings: list[str] = Field(
+        default_factory=list, description="Kinds of personal data found in the prompt (never the data).")

@@ -1,6 +1,9 @@
-"""inference-router's tables: platform endpoints it may route to, teams blocked by budget."""
+"""inference-router's tables: platform endpoints it may route to, teams blocked by budget,
+virtual keys."""
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +32,20 @@ MIGRATIONS = (
                 PRIMARY KEY (team, budget_id, period))""",
         ),
     ),
+    Migration(
+        2,
+        "virtual keys; what an exhausted budget was",
+        (
+            """CREATE TABLE virtual_keys (
+                key_id TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                spec JSONB NOT NULL,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                revoked_at TIMESTAMPTZ)""",
+            "ALTER TABLE budget_blocks ADD COLUMN spent_usd NUMERIC NOT NULL DEFAULT 0",
+            "ALTER TABLE budget_blocks ADD COLUMN amount_usd NUMERIC NOT NULL DEFAULT 0",
+        ),
+    ),
 )
 
 
@@ -52,11 +69,24 @@ async def remove_target(session: AsyncSession, *, endpoint: str, version: str) -
 
 
 async def block_team(session: AsyncSession, *, team: str, budget_id: str, period: str,
-                     action: str) -> None:
+                     action: str, spent_usd: Decimal, amount_usd: Decimal) -> None:
     await session.execute(
         text(
-            "INSERT INTO budget_blocks (team, budget_id, period, action) VALUES (:t, :b, :p, :a)"
-            " ON CONFLICT DO NOTHING"
+            "INSERT INTO budget_blocks (team, budget_id, period, action, spent_usd, amount_usd)"
+            " VALUES (:t, :b, :p, :a, :s, :m) ON CONFLICT DO NOTHING"
         ),
-        {"t": team, "b": budget_id, "p": period, "a": action},
+        {"t": team, "b": budget_id, "p": period, "a": action, "s": spent_usd, "m": amount_usd},
     )
+
+
+async def endpoint_targets(session: AsyncSession) -> list[tuple[str, str, str, str]]:
+    """(endpoint, team, version, url) of every ready platform endpoint version."""
+    rows = await session.execute(text("SELECT endpoint, team, version, url FROM endpoint_targets"))
+    return [(r.endpoint, r.team, r.version, r.url) for r in rows]
+
+
+async def budget_blocks(session: AsyncSession, *, period: str) -> list[tuple[str, ...]]:
+    rows = await session.execute(
+        text("SELECT team, budget_id, period, action, spent_usd, amount_usd FROM budget_blocks"
+             " WHERE period = :p"), {"p": period})
+    return [tuple(r) for r in rows]

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+from aiohttp import web
 from fastapi import APIRouter, FastAPI
 
 from contracts import Envelope
@@ -64,6 +65,8 @@ class Service:
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._server: uvicorn.Server | None = None
+        self._web_app: Callable[[], web.Application] | None = None
+        self._exit = asyncio.Event()
 
     # -- wiring (called from app.py) ----------------------------------------------------
     def consume(
@@ -85,6 +88,14 @@ class Service:
 
     def include_router(self, router: APIRouter) -> None:
         self.http.include_router(router)
+
+    def serve_aiohttp(self, factory: Callable[[], web.Application]) -> None:
+        """Serve this aiohttp app (built after start) instead of the FastAPI one.
+
+        For a data plane where per-request overhead matters (the inference router); the app
+        must serve /healthz, /readyz and /metrics itself.
+        """
+        self._web_app = factory
 
     def on_start(self, hook: Hook) -> None:
         self._on_start.append(hook)
@@ -118,6 +129,9 @@ class Service:
     async def serve(self) -> None:
         """Start everything, serve HTTP until SIGTERM/SIGINT, then stop cleanly."""
         await self.start()
+        if self._web_app is not None:
+            await self._serve_web(self._web_app())
+            return
         config = uvicorn.Config(
             self.http,
             host=self.settings.http_host,
@@ -137,13 +151,41 @@ class Service:
         finally:
             await self.stop()
 
+    def web_app(self) -> web.Application:
+        """The aiohttp app given to ``serve_aiohttp`` (after ``start``), e.g. to serve in tests."""
+        if self._web_app is None:
+            raise RuntimeError(f"{self.name} serves FastAPI, not aiohttp")
+        return self._web_app()
+
+    async def _serve_web(self, app: web.Application) -> None:
+        runner = web_runner(app)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_exit)
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, self.settings.http_host, self.settings.http_port,
+                              backlog=1024).start()
+            log.info("http.listening", port=self.settings.http_port)
+            await self._exit.wait()
+        finally:
+            await runner.cleanup()
+            await self.stop()
+
     def _request_exit(self) -> None:
+        self._exit.set()
         if self._server is not None:
             self._server.should_exit = True
 
     async def _check_bus(self) -> None:
         if not self.bus.connected:
             raise ConnectionError("not connected to NATS")
+
+
+def web_runner(app: web.Application) -> web.AppRunner:
+    # handler_cancellation: a caller that disconnects cancels its handler, and so its
+    # upstream request, instead of letting it run on for nobody.
+    return web.AppRunner(app, handler_cancellation=True, access_log=None)
 
 
 def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:

@@ -1,0 +1,150 @@
+"""Where a request goes: weighted targets with sticky assignment, fallbacks, circuit breakers.
+
+The table is the routes file, overlaid by routes set through the admin API (kept in NATS KV so
+every replica sees them) and by the platform's own endpoints, which come and go with
+``endpoints.ready`` / ``endpoints.retired`` events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from services.inference_router.config import Provider as ProviderSpec
+from services.inference_router.config import Route, RouterConfig, Target
+from services.inference_router.providers import HttpProvider, Provider
+
+
+@dataclass
+class Breaker:
+    """Closed -> open after ``failures`` in a row -> one half-open probe after ``open_s``."""
+
+    failures: int
+    open_s: float
+    _count: int = 0
+    _open_until: float = 0.0
+    _probing: bool = False
+
+    def allow(self) -> bool:
+        if self._count < self.failures:
+            return True
+        if time.monotonic() < self._open_until or self._probing:
+            return False
+        self._probing = True
+        return True
+
+    def record(self, ok: bool) -> None:
+        self._probing = False
+        if ok:
+            self._count = 0
+            return
+        self._count += 1
+        if self._count >= self.failures:
+            self._open_until = time.monotonic() + self.open_s
+
+    @property
+    def state(self) -> str:
+        if self._count < self.failures:
+            return "closed"
+        return "open" if time.monotonic() < self._open_until else "half-open"
+
+
+@dataclass(frozen=True)
+class Step:
+    alias: str
+    route: Route
+    target: Target
+    provider: Provider
+
+
+@dataclass
+class RouteTable:
+    session: aiohttp.ClientSession | None = None
+    config: RouterConfig = field(default_factory=RouterConfig)
+    overrides: dict[str, Route] = field(default_factory=dict)
+    # endpoint name -> (owning team, {version: base url})
+    endpoints: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    _providers: dict[str, Provider] = field(default_factory=dict)
+    _breakers: dict[str, Breaker] = field(default_factory=dict)
+
+    def load(self, config: RouterConfig) -> None:
+        assert self.session is not None, "set the HTTP session before loading routes"
+        self.config = config
+        self._providers = {name: HttpProvider(name, spec, self.session)
+                           for name, spec in config.providers.items()}
+        self._breakers.clear()
+
+    def routes(self) -> dict[str, Route]:
+        merged = {**self.config.models, **self.overrides}
+        for name, (team, versions) in self.endpoints.items():
+            merged[name] = Route(targets=tuple(
+                Target(provider=f"platform/{name}/{v}", model=name, version=v) for v in versions),
+                teams=(team,), pii="allow", retries=0)
+        return merged
+
+    def route(self, alias: str) -> Route | None:
+        if alias in self.endpoints or alias in self.overrides:
+            return self.routes().get(alias)
+        return self.config.models.get(alias)
+
+    def provider(self, name: str) -> Provider | None:
+        if name.startswith("platform/"):
+            _, endpoint, version = name.split("/", 2)
+            url = self.endpoints.get(endpoint, ("", {}))[1].get(version)
+            if url is None:
+                return None
+            spec = ProviderSpec(kind="openai-compatible", base_url=url, external=False)
+            assert self.session is not None
+            return HttpProvider(name, spec, self.session)
+        return self._providers.get(name)
+
+    def endpoint_ready(self, endpoint: str, *, team: str, version: str, url: str) -> None:
+        _, versions = self.endpoints.setdefault(endpoint, (team, {}))
+        versions[version] = url
+
+    def endpoint_retired(self, endpoint: str, *, version: str) -> None:
+        _, versions = self.endpoints.get(endpoint, ("", {}))
+        versions.pop(version, None)
+        if not versions:
+            self.endpoints.pop(endpoint, None)
+
+    def breaker(self, target: Target) -> Breaker:
+        cb = self.config.circuit_breaker
+        return self._breakers.setdefault(target.name, Breaker(cb.failures, cb.open_s))
+
+    def plan(self, alias: str, *, sticky: str | None) -> Iterator[Step]:
+        """The chosen target of ``alias``, then of each fallback, skipping open circuits."""
+        seen = set()
+        for name in (alias, *self._fallbacks(alias)):
+            route = self.route(name)
+            if route is None or name in seen:
+                continue
+            seen.add(name)
+            target = choose(route, f"{name}:{sticky}" if sticky else None)
+            provider = self.provider(target.provider)
+            if provider is not None:
+                yield Step(name, route, target, provider)
+
+    def _fallbacks(self, alias: str) -> tuple[str, ...]:
+        route = self.route(alias)
+        return route.fallbacks if route else ()
+
+
+def choose(route: Route, sticky: str | None) -> Target:
+    """Weighted choice; the same sticky key always lands on the same target."""
+    total = sum(t.weight for t in route.targets)
+    if sticky is None:
+        point = random.random() * total
+    else:
+        digest = hashlib.blake2b(sticky.encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / 2**64 * total
+    for target in route.targets:
+        if point < target.weight:
+            return target
+        point -= target.weight
+    return route.targets[-1]
