@@ -27,6 +27,21 @@ from aiohttp import web
 WORDS = "The answer is forty two and it came from".split()
 
 
+class _Answer(Exception):
+    """Answer this response now (an error or a misbehaviour)."""
+
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
+
+
+@web.middleware
+async def _answers(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Answer as answer:
+        return answer.response
+
+
 class FakeLlm:
     def __init__(self, *, api_key: str | None = None, remember: int = 200) -> None:
         self.api_key = api_key
@@ -34,7 +49,7 @@ class FakeLlm:
         self.stats = {"streams_started": 0, "streams_finished": 0, "streams_abandoned": 0}
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_answers])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/v1/messages", self.messages)
@@ -50,8 +65,7 @@ class FakeLlm:
         if self.api_key and given != self.api_key:
             error = {"type": "authentication_error", "message": "invalid x-api-key"} if anthropic \
                 else {"message": "Incorrect API key provided", "type": "invalid_request_error"}
-            raise web.HTTPUnauthorized(body=orjson.dumps({"error": error}),
-                                       content_type="application/json")
+            raise _Answer(web.json_response({"error": error}, status=401))
         body = orjson.loads(await request.read())
         self.requests.append({"path": request.path, "body": body})
         return body
@@ -175,15 +189,13 @@ async def _misbehave(model: str, *, anthropic: bool = False) -> None:
     if model.endswith("-429"):
         raise _error(429, "Rate limit reached for requests", anthropic, {"retry-after": "1"})
     if model.endswith("-garbage"):
-        raise web.HTTPOk(text="<html>definitely not json</html>", content_type="text/html")
+        raise _Answer(web.Response(text="<html>definitely not json</html>", content_type="text/html"))
 
 
-def _error(status: int, message: str, anthropic: bool,
-           headers: dict[str, str] | None = None) -> web.HTTPException:
+def _error(status: int, message: str, anthropic: bool, headers: dict[str, str] | None = None) -> _Answer:
     payload = {"type": "error", "error": {"type": "api_error", "message": message}} if anthropic \
         else {"error": {"message": message, "type": "server_error"}}
-    cls = {500: web.HTTPInternalServerError, 429: web.HTTPTooManyRequests}[status]
-    return cls(body=orjson.dumps(payload), content_type="application/json", headers=headers)
+    return _Answer(web.json_response(payload, status=status, headers=headers))
 
 
 def _count(value: Any) -> int:

@@ -36,8 +36,8 @@ _DETECTORS: tuple[tuple[str, re.Pattern[str], _Validator | None], ...] = (
     ("card_number", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), luhn),
     ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){3,7}(?: ?[A-Z0-9]{1,3})?\b"), None),
     ("national_id", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), None),
-    ("phone", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{3,4}\b"),
-     None),
+    ("phone", re.compile(r"(?<![\w+])\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}\b"
+                         r"|(?<![\w(])\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b"), None),
 )
 
 

@@ -111,10 +111,10 @@ def _whole(call: Call, step: Step, raw: bytes, outcome: Outcome) -> web.Response
                             "JSON object") from None
     outcome.first_chunk = time.perf_counter()
     if step.provider.format == "anthropic" and call.client == "openai":
-        payload, outcome.usage = wire.anthropic_response_to_openai(payload, call.alias)
+        payload, outcome.usage = wire.anthropic_response_to_openai(payload, step.target.model)
         raw = orjson.dumps(payload)
     elif step.provider.format == "openai" and call.client == "anthropic":
-        payload, outcome.usage = wire.openai_response_to_anthropic(payload, call.alias)
+        payload, outcome.usage = wire.openai_response_to_anthropic(payload, step.target.model)
         raw = orjson.dumps(payload)
     elif step.provider.format == "anthropic":
         outcome.usage.add_anthropic(payload.get("usage"))
@@ -168,8 +168,8 @@ class _Relay:
         self.parser = wire.SSEParser()
         self.same = step.provider.format == call.client
         self.renderer: wire.OpenAIRenderer | wire.AnthropicRenderer = (
-            wire.OpenAIRenderer(call.alias, call.include_usage) if call.client == "openai"
-            else wire.AnthropicRenderer(call.alias))
+            wire.OpenAIRenderer(step.target.model, call.include_usage) if call.client == "openai"
+            else wire.AnthropicRenderer(step.target.model))
         self.anthropic_usage = wire.Usage()
         self.text: list[str] = []
         self.done = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +59,7 @@ def routes_yaml(upstream: str) -> str:
 providers:
   openai: {{kind: openai, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, timeout_s: 5}}
   anthropic: {{kind: anthropic, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, timeout_s: 5}}
-  internal: {{kind: openai-compatible, base_url: "{upstream}/v1", external: false}}
+  internal: {{kind: openai-compatible, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, external: false}}
 circuit_breaker: {{failures: 3, open_s: 30}}
 models:
   gpt:
@@ -131,3 +133,40 @@ async def make_router(service_env: dict[str, str], prefix: str, tmp_path: Path,
         cleanup = Service(type(started[0][0].settings)(**started[0][0].settings.model_dump()))
         await cleanup.db.drop_schema()
         await cleanup.db.dispose()
+
+
+class Usage:
+    """Collects the router's inference.completed events from the bus (core subscription)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._nc: Any = None
+
+    async def start(self, nats_url: str, prefix: str) -> None:
+        import nats
+
+        self._nc = await nats.connect(nats_url)
+
+        async def collect(msg: Any) -> None:
+            self.events.append(json.loads(msg.data))
+
+        await self._nc.subscribe(f"{prefix}.aicloud.inference.completed.v1", cb=collect)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.events) < count and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(self.events) >= count, f"{len(self.events)} usage events, wanted {count}"
+        return self.events
+
+    async def close(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+
+
+@pytest.fixture
+async def usage(nats_url: str, prefix: str) -> AsyncIterator[Usage]:
+    collected = Usage()
+    await collected.start(nats_url, prefix)
+    yield collected
+    await collected.close()
