@@ -59,7 +59,8 @@ def routes_yaml(upstream: str) -> str:
 providers:
   openai: {{kind: openai, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, timeout_s: 5}}
   anthropic: {{kind: anthropic, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, timeout_s: 5}}
-  internal: {{kind: openai-compatible, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY, external: false}}
+  internal: {{kind: openai-compatible, base_url: "{upstream}/v1", api_key_env: FAKE_UPSTREAM_KEY,
+             external: false}}
 circuit_breaker: {{failures: 3, open_s: 30}}
 models:
   gpt:

@@ -18,14 +18,7 @@ import nats
 import pytest
 
 from contracts import BudgetExhausted
-from tests.integration.router_fixtures import (  # noqa: F401 - fixtures
-    UPSTREAM_KEY,
-    Upstream,
-    Usage,
-    make_router,
-    upstream,
-    usage,
-)
+from tests.integration.router_fixtures import UPSTREAM_KEY, Upstream, Usage
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,3 @@
+"""Fixtures shared by the integration tests (the router's live in router_fixtures.py)."""
+
+from tests.integration.router_fixtures import make_router, upstream, usage  # noqa: F401
