@@ -238,5 +238,5 @@ def test_price_book_charges_tokens_and_flags_unknown_models(tmp_path: Path) -> N
     assert unknown.flagged and unknown.usd == Decimal("1.00")
     bad = tmp_path / "prices.yaml"
     bad.write_text("versions: [{effective_from: 2026-01-01, fallback_model: {input: -1, output: 1}}]")
-    with pytest.raises(PriceBookError, match="versions.0.fallback_model.input"):
+    with pytest.raises(PriceBookError, match=r"versions\.0\.fallback_model\.input"):
         load_price_book(bad)
