@@ -26,22 +26,29 @@ def _post(summary: str, body: dict[str, Any], error: dict[str, Any]) -> dict[str
         "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
         "responses": {"200": {"description": "the answer (JSON, or SSE when stream is true)",
                               "content": {"application/json": {"schema": {"type": "object"}},
-                                          "text/event-stream": {"schema": {"type": "string"}}}},
+                                          "text/event-stream": {"schema": {
+                                              "type": "object", "required": ["data"],
+                                              "properties": {"event": {"type": "string"},
+                                                             "data": {"type": "string"}}}}}},
                       **_errors(error, 400, 401, 402, 403, 404, 413, 429, 502, 503, 504)}}}
 
 
-def spec() -> dict[str, Any]:
+def spec(models: list[str] | None = None) -> dict[str, Any]:
+    """``models``: the aliases served now, so generated requests can reach the upstreams."""
+    model: dict[str, Any] = {"type": "string", "maxLength": 100}
+    if models:
+        model["enum"] = models
     chat = {"type": "object", "required": ["model", "messages"], "properties": {
-        "model": {"type": "string", "maxLength": 100},
+        "model": model,
         "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 8},
         "max_tokens": {"type": "integer"}, "temperature": {"type": "number"},
         "stream": {"type": "boolean"}, "user": {"type": "string", "maxLength": 64}}}
     messages = {"type": "object", "required": ["model", "messages", "max_tokens"], "properties": {
-        "model": {"type": "string", "maxLength": 100}, "system": {"type": "string"},
+        "model": model, "system": {"type": "string"},
         "messages": {"type": "array", "items": _MESSAGE, "minItems": 1, "maxItems": 8},
         "max_tokens": {"type": "integer"}, "stream": {"type": "boolean"}}}
     embeddings = {"type": "object", "required": ["model", "input"], "properties": {
-        "model": {"type": "string", "maxLength": 100},
+        "model": model,
         "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}
     return {
         "openapi": "3.0.3",

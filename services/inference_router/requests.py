@@ -96,11 +96,12 @@ def _check_messages(messages: Any, client: Format) -> None:
     roles = {"system", "developer", "user", "assistant", "tool"} if client == "openai" \
         else {"user", "assistant"}
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in roles:
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str) or role not in roles:
             raise ApiError(400, f"messages[{i}] needs a 'role' of {', '.join(sorted(roles))}",
                            param=f"messages[{i}].role")
         content = message.get("content")
-        if not isinstance(content, str | list) and not (content is None and message["role"] in (
+        if not isinstance(content, str | list) and not (content is None and role in (
                 "assistant", "tool")):
             raise ApiError(400, f"messages[{i}].content must be a string or a list of parts",
                            param=f"messages[{i}].content")

@@ -140,7 +140,7 @@ class RouterApi:
         return _json({"object": "list", "data": data})
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return _json(openapi_spec())
+        return _json(openapi_spec(models=sorted(self.gw.routes.routes())))
 
     # -- admin -----------------------------------------------------------------------------
     def _admin(self, request: web.Request) -> None:

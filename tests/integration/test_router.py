@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,9 +17,11 @@ from typing import Any
 import httpx
 import nats
 import pytest
+import yaml
 
-from contracts import BudgetExhausted
-from tests.integration.router_fixtures import UPSTREAM_KEY, Upstream, Usage
+from aicloud.local.fake_llm import FakeLlm
+from contracts import BudgetExhausted, EndpointReady, EndpointRetired
+from tests.integration.router_fixtures import UPSTREAM_KEY, Upstream, Usage, routes_yaml, serve
 
 pytestmark = pytest.mark.integration
 
@@ -408,3 +411,86 @@ async def test_two_replicas_share_one_rate_limit(make_router: Callable[..., Any]
     steady = [t for t in admitted if t >= start + 3.0]
     rate = len(steady) / (until - (start + 3.0))
     assert abs(rate - rpm / 60) <= 0.05 * rpm / 60, f"{rate:.2f}/s admitted against {rpm / 60}/s"
+
+
+async def test_fuzzing_from_the_openapi_spec_finds_no_server_error(
+        make_router: Callable[..., Any], upstream: Upstream, tmp_path: Any) -> None:
+    """Schemathesis generates valid and invalid requests from /openapi.json; every answer must be
+    a documented status with a documented (JSON error) body, never a 500."""
+    healthy = tmp_path / "healthy-routes.yaml"
+    config = yaml.safe_load(routes_yaml(upstream.url))
+    config["models"] = {k: v for k, v in config["models"].items()
+                        if k in ("gpt", "claude", "nousage", "embed", "canaried", "strict", "inside")}
+    healthy.write_text(yaml.safe_dump(config))
+    router = await make_router(routes_file=healthy)
+    key = await router.key()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "schemathesis.cli", "run", f"{router.url}/openapi.json",
+        "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
+        "content_type_conformance", "--max-examples", "100", "--generation-deterministic",
+        "-H", f"Authorization: Bearer {key}", "--suppress-health-check", "all",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
+    output, _ = await process.communicate()
+    report = output.decode(errors="replace")
+    assert process.returncode == 0, report[-4000:]
+    assert "Operations:       4 selected / 4 total" in report and " passed" in report, report
+
+
+async def test_platform_endpoints_come_and_go_with_their_events(
+        make_router: Callable[..., Any], upstream: Upstream, nats_url: str, prefix: str) -> None:
+    router = await make_router()
+    legal, research = await router.key(), await router.key(team="research")
+    model_server, url = await serve(FakeLlm().app())  # a platform endpoint: no provider key
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    ready = EndpointReady(tenant="legal", endpoint="clause-risk", model="clause-risk", version="3",
+                          url=f"{url}/v1")
+    await js.publish(f"{prefix}.{ready.SUBJECT}", ready.model_dump_json().encode())
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        for _ in range(100):
+            r = await client.post("/v1/chat/completions", json=chat("clause-risk"), headers=bearer(legal))
+            if r.status_code != 404:
+                break
+            await asyncio.sleep(0.1)
+        other = await client.post("/v1/chat/completions", json=chat("clause-risk"), headers=bearer(research))
+        gone = EndpointRetired(tenant="legal", endpoint="clause-risk", version="3")
+        await js.publish(f"{prefix}.{gone.SUBJECT}", gone.model_dump_json().encode())
+        for _ in range(100):
+            after = await client.post("/v1/chat/completions", json=chat("clause-risk"), headers=bearer(legal))
+            if after.status_code == 404:
+                break
+            await asyncio.sleep(0.1)
+    await nc.close()
+    await model_server.cleanup()
+    assert r.status_code == 200, r.text
+    assert other.status_code == 404  # another team's endpoint is invisible
+    assert after.status_code == 404
+
+
+async def test_each_request_is_a_genai_span_and_a_prometheus_series(
+        make_router: Callable[..., Any], tracing: Any, prefix: str) -> None:
+    router = await make_router()
+    key = await router.key()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        await client.post("/v1/chat/completions", json=chat("gpt", stream=True),
+                          headers={**bearer(key), "traceparent": traceparent, "x-request-id": prefix})
+        metrics = (await client.get("/metrics")).text
+    from opentelemetry import trace as otel
+
+    otel.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
+    spans = [json.loads(line) for line in tracing.read_text().splitlines()]
+    span = next(s for s in spans if s["attributes"].get("aicloud.request_id") == prefix)
+    assert span["name"] == "chat gpt"
+    assert span["trace_id"] == "0af7651916cd43dd8448eb211c80319c"  # continues the caller's trace
+    attributes = span["attributes"]
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.provider.name"] == "openai"
+    assert attributes["gen_ai.request.model"] == "gpt"
+    assert attributes["gen_ai.response.model"] == "fake-gpt"
+    assert attributes["gen_ai.usage.output_tokens"] == 10
+    assert attributes["gen_ai.response.time_to_first_chunk"] > 0
+    assert ('gen_ai_client_token_usage_count{gen_ai_token_type="output",model="gpt",team="legal"} 1.0'
+            in metrics)
+    assert ('gen_ai_client_operation_duration_seconds_count{model="gpt",status="ok",team="legal"} 1.0'
+            in metrics)
