@@ -11,6 +11,7 @@ from typing import Any
 import nats
 import typer
 
+from aicloud import demo_router
 from aicloud.client import ApiError, PlatformClient
 from aicloud.local.stack import Stack, default_home
 from aicloud.output import console, fail
@@ -60,9 +61,14 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print(f"   aicloud.dlq.aicloud.jobs.requested.v1 <- reason={dead['reason']}")
     console.print(f"   error: {dead['error']}")
 
+    console.rule("5. one gateway for every model: team keys, streaming, PII guard, fallback, canary, limits")
+    demo_router.walk(stack, urls, team)
+
     console.rule("where to look")
     console.print(f"   Temporal UI      {urls['temporal']}")
     console.print(f"   platform API     {urls['catalog']}/docs")
+    console.print(f"   model router     {urls['inference-router']}/v1 (team keys: "
+                  f"{stack.home / 'router-keys.json'})")
     console.print(f"   metrics          {urls['observability-collector']}/metrics")
     console.print(f"   traces           {stack.home / 'traces'}/*.jsonl")
     console.print("   stop everything  aicloud dev down")

@@ -92,7 +92,8 @@ def _print_links(stack: Stack) -> None:
     urls = {row["name"]: row["url"] for row in stack.status()}
     console.print(f"\n  Temporal UI     {urls.get('temporal')}")
     console.print(f"  platform API    {urls.get('catalog')}/docs")
-    console.print(f"  router          {urls.get('inference-router')}")
+    console.print(f"  model router    {urls.get('inference-router')}/v1  (team keys in "
+                  f"{stack.home / 'router-keys.json'})")
     console.print(f"  bill dashboard  {urls.get('cost-ledger')}")
     console.print(f"  metrics         {urls.get('observability-collector')}/metrics")
 

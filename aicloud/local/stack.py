@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,7 +41,10 @@ DEFAULT_PORTS: dict[str, int] = {
     "nats": 4222, "nats-monitor": 8222, "postgres": 5433, "temporal": 7233, "temporal-ui": 8233,
     "catalog": 8000, "quota": 8001, "provisioner": 8002, "cost-ledger": 8003,
     "inference-router": 8004, "agent-runtime": 8005, "observability-collector": 8006,
+    "fake-llm": 8010,
 }
+# Outside the platform: a fake of OpenAI and Anthropic, so the router has providers offline.
+INFRA = ("nats", "postgres", "temporal", "fake-llm")
 DATABASE = "aicloud"
 READY_TIMEOUT_S = 60.0
 
@@ -108,6 +112,9 @@ class Stack:
                       servers.temporal_argv(port=ports["temporal"], ui_port=ports["temporal-ui"],
                                             db_file=data / "temporal" / "temporal.db"),
                       str(logs / "temporal.log")),
+            Component("fake-llm", f"http://127.0.0.1:{ports['fake-llm']}",
+                      [sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(ports["fake-llm"]),
+                       "--api-key", self.secret("fake-llm-key")], str(logs / "fake-llm.log")),
         ]
         return infra, [self._service(name, module, prefix, ports)
                        for name, module, prefix in SERVICES]
@@ -124,6 +131,8 @@ class Stack:
         if name == "catalog":
             env[f"{prefix}DEMO_KEYS_FILE"] = str(self.home / "keys.json")
             env[f"{prefix}PROVISIONER_URL"] = f"http://127.0.0.1:{ports['provisioner']}"
+        if name == "inference-router":
+            env.update(self._router_env(prefix, ports))
         if name == "provisioner":
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
@@ -162,6 +171,8 @@ class Stack:
             return lambda: _database_ready(ports["postgres"])
         if component.name == "temporal":
             return lambda: servers.port_open(ports["temporal"]) and _http_ok(component.url)
+        if component.name == "fake-llm":
+            return lambda: _http_ok(component.url + "/healthz")
         return lambda: _http_ok(component.url + "/readyz")
 
     def up(self, *, free_ports: bool, report: Callable[[str], None]) -> list[Component]:
@@ -197,7 +208,7 @@ class Stack:
     def down(self, *, report: Callable[[str], None], grace_s: float = 10.0) -> list[str]:
         """Stop the services, then the infrastructure (each group at once); nothing is left."""
         state = [e for e in self.read_state() if isinstance(e.get("pid"), int) and _alive(e["pid"])]
-        infra_names = {"nats", "postgres", "temporal"}
+        infra_names = set(INFRA)
         stopped = []
         for group in ([e for e in state if e["name"] not in infra_names],
                       [e for e in state if e["name"] in infra_names]):
@@ -208,6 +219,27 @@ class Stack:
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped
+
+    def _router_env(self, prefix: str, ports: dict[str, int]) -> dict[str, str]:
+        fake = f"http://127.0.0.1:{ports['fake-llm']}/v1"
+        env = {f"{prefix}ADMIN_TOKEN": self.secret("router-admin-token"),
+               f"{prefix}DEMO_KEYS_FILE": str(self.home / "router-keys.json"),
+               f"{prefix}USAGE_SPOOL": str(self.home / "data" / "router-usage.spool")}
+        # Real providers when the developer configured them; otherwise the local fake.
+        if "AICLOUD_OPENAI_BASE_URL" not in os.environ:
+            env |= {"AICLOUD_OPENAI_BASE_URL": fake, "OPENAI_API_KEY": self.secret("fake-llm-key")}
+        if "AICLOUD_ANTHROPIC_BASE_URL" not in os.environ:
+            env |= {"AICLOUD_ANTHROPIC_BASE_URL": fake, "ANTHROPIC_API_KEY": self.secret("fake-llm-key")}
+        return env
+
+    def secret(self, name: str) -> str:
+        """A random secret of this home, made once and kept (0600) under run/."""
+        path = self.home / "run" / name
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     # -- state --------------------------------------------------------------------------
     def write_state(self, components: list[Component]) -> None:

@@ -54,14 +54,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 
 
 def test_up_reports_every_component_healthy(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
-    _, components = stack
+    home, components = stack
     assert set(components) == {
         "nats", "postgres", "temporal", "catalog", "quota", "provisioner", "cost-ledger",
-        "inference-router", "agent-runtime", "observability-collector",
+        "inference-router", "agent-runtime", "observability-collector", "fake-llm",
     }
     for name, row in components.items():
         assert row["healthy"] is True, name
         assert isinstance(row["pid"], int) and psutil.pid_exists(row["pid"])
+    key = json.loads((home / "router-keys.json").read_text())["legal"]
+    models = httpx.get(f"{components['inference-router']['url']}/v1/models",
+                       headers={"authorization": f"Bearer {key}"}, timeout=5).json()
+    assert "gpt-4o-mini" in [m["id"] for m in models["data"]]
     ui = httpx.get(str(components["temporal"]["url"]), timeout=5)
     assert ui.status_code == 200 and "<html" in ui.text.lower()
     for name in ("catalog", "quota", "provisioner"):
@@ -218,6 +222,11 @@ def test_demo_walks_the_golden_path(stack: tuple[Path, dict[str, dict[str, objec
     assert "16 GPUs -> rejected: more than 4 GPUs needs manager approval" in out
     assert "team research reads legal's dataset -> rejected" in out
     assert "reason=invalid_schema" in out
+    assert "streamed: The answer is forty two" in out
+    assert "the provider received: 'Summarise the clause for [EMAIL]'" in out
+    assert "fell back, served by fake-claude" in out
+    assert "[200, 200, 429]" in out
+    assert "events for the above: 45" in out
     assert "Temporal UI" in out
 
 
