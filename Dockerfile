@@ -52,6 +52,9 @@ COPY policies /opt/aicloud/policies
 ENV PATH=/opt/aicloud/bin:$PATH \
     AICLOUD_QUOTA_POLICY_DIR=/opt/aicloud/policies \
     AICLOUD_CATALOG_POLICY_DIR=/opt/aicloud/policies \
+    AICLOUD_ROUTER_CONFIG=/opt/aicloud/policies/routes.yaml \
+    AICLOUD_INFERENCE_ROUTER_PRICE_BOOK=/opt/aicloud/policies/pricebook.yaml \
+    AICLOUD_INFERENCE_ROUTER_ORG_FILE=/opt/aicloud/policies/org.yaml \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/home/aicloud

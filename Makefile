@@ -40,6 +40,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/admission.py
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/stack_startup.py
+	$(BIN)/python bench/router_overhead.py
 
 lint: install
 	$(BIN)/ruff check .

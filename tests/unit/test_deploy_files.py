@@ -289,6 +289,13 @@ def test_chart_renders_a_deployment_and_service_per_service(rendered: list[dict[
         assert all(key.startswith(p) for key in data)
         if name == "provisioner":
             assert {f"{p}TEMPORAL_ADDRESS", f"{p}TEMPORAL_NAMESPACE", f"{p}TASK_QUEUE"} <= set(data)
+        if name == "inference-router":
+            # provider keys and the admin token come from Secrets, and may be absent
+            refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+            assert refs["OPENAI_API_KEY"] == {"name": "aicloud-providers", "key": "openai-api-key",
+                                              "optional": True}
+            assert refs[f"{p}ADMIN_TOKEN"]["name"] == "aicloud-router-admin"
+            assert not any("KEY" in key or "TOKEN" in key for key in data)
 
         service = services[name]["spec"]
         assert service["ports"][0]["port"] == port
