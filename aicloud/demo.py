@@ -22,7 +22,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> None:
     """Submit a job, watch it finish, see a rejection with its reason and a dead letter."""
     stack = Stack(default_home())
-    urls = {row["name"]: str(row["url"]) for row in stack.status() if row["healthy"]}
+    urls = {str(row["name"]): str(row["url"]) for row in stack.status() if row["healthy"]}
     if "catalog" not in urls:
         raise fail("the local platform is not running", hint="start it with `aicloud dev up --detach`")
     client = PlatformClient(team=team, base_url=urls["catalog"])

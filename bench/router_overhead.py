@@ -30,8 +30,8 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aicloud.local import servers  # noqa: E402
-from bench.common import percentile, start_servers, stop_servers  # noqa: E402
+from aicloud.local import servers
+from bench.common import percentile, start_servers, stop_servers
 
 ROOT = Path(__file__).resolve().parents[1]
 LITELLM_VENV = ROOT / "bench" / ".venvs" / "litellm"

@@ -108,8 +108,9 @@ class Router:
             for endpoint, team, version, url in await repo.endpoint_targets(session):
                 self.routes.endpoint_ready(endpoint, team=team, version=version, url=url)
             period = datetime.now(UTC).strftime("%Y-%m")
-            for team, *block in await repo.budget_blocks(session, period=period):
-                self.budgets.block(team, Block(*block))
+            for team, budget_id, per, action, spent, amount in await repo.budget_blocks(
+                    session, period=period):
+                self.budgets.block(team, Block(budget_id, per, action, spent, amount))
 
     async def _reload_loop(self) -> None:
         path = self.settings.routes_file

@@ -11,6 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 _Validator = Callable[[str], bool]
 
@@ -67,7 +68,7 @@ def scan(text: str, findings: Findings, *, redact: bool) -> str:
     return text
 
 
-def guard_messages(body: dict[str, object], *, redact: bool) -> Findings:
+def guard_messages(body: dict[str, Any], *, redact: bool) -> Findings:
     """Scan (and redact in place) every text a chat, messages or embeddings body sends."""
     findings = Findings()
     for container, key in _texts(body):
@@ -75,13 +76,15 @@ def guard_messages(body: dict[str, object], *, redact: bool) -> Findings:
     return findings
 
 
-def _texts(body: dict[str, object]) -> list[tuple[dict | list, object]]:  # type: ignore[type-arg]
-    found: list[tuple[dict | list, object]] = []  # type: ignore[type-arg]
-    if isinstance(body.get("system"), str):
+def _texts(body: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """(container, key) of each string the request sends, so it can be replaced in place."""
+    found: list[tuple[Any, Any]] = []
+    system = body.get("system")
+    if isinstance(system, str):
         found.append((body, "system"))
-    elif isinstance(body.get("system"), list):
-        found += _parts(body["system"])  # type: ignore[arg-type]
-    for message in body.get("messages") or []:  # type: ignore[attr-defined]
+    elif isinstance(system, list):
+        found += _parts(system)
+    for message in body.get("messages") or []:
         if not isinstance(message, dict):
             continue
         if isinstance(message.get("content"), str):
@@ -96,5 +99,5 @@ def _texts(body: dict[str, object]) -> list[tuple[dict | list, object]]:  # type
     return found
 
 
-def _parts(parts: list[object]) -> list[tuple[dict | list, object]]:  # type: ignore[type-arg]
+def _parts(parts: list[Any]) -> list[tuple[Any, Any]]:
     return [(p, "text") for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -74,7 +75,7 @@ class KvBuckets:
     async def give_back(self, limit: Limit, amount: float) -> None:
         await self._change(limit, lambda tokens: Grant(-amount, 0.0))
 
-    async def _change(self, limit: Limit, decide) -> Grant:  # type: ignore[no-untyped-def]
+    async def _change(self, limit: Limit, decide: Callable[[float], Grant]) -> Grant:
         for _ in range(self._max_conflicts):
             now = time.time()
             try:

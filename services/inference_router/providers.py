@@ -34,10 +34,16 @@ class UpstreamError(Exception):
 
 
 class Provider(Protocol):
-    name: str
-    format: Format
-    external: bool
-    gen_ai_name: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def format(self) -> Format: ...
+    @property
+    def external(self) -> bool: ...
+    @property
+    def gen_ai_name(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
 
     async def open(self, operation: str, body: dict[str, object], *, stream: bool,
                    timeout_s: float) -> aiohttp.ClientResponse: ...
@@ -62,6 +68,10 @@ class HttpProvider:
     @property
     def gen_ai_name(self) -> str:
         return {"openai": "openai", "anthropic": "anthropic"}.get(self.spec.kind, self.name)
+
+    @property
+    def timeout_s(self) -> float:
+        return self.spec.timeout_s
 
     async def open(self, operation: str, body: dict[str, object], *, stream: bool,
                    timeout_s: float) -> aiohttp.ClientResponse:

@@ -85,8 +85,10 @@ async def endpoint_targets(session: AsyncSession) -> list[tuple[str, str, str, s
     return [(r.endpoint, r.team, r.version, r.url) for r in rows]
 
 
-async def budget_blocks(session: AsyncSession, *, period: str) -> list[tuple[str, ...]]:
+async def budget_blocks(session: AsyncSession, *, period: str
+                        ) -> list[tuple[str, str, str, str, Decimal, Decimal]]:
+    """(team, budget_id, period, action, spent, amount) of each team blocked in ``period``."""
     rows = await session.execute(
         text("SELECT team, budget_id, period, action, spent_usd, amount_usd FROM budget_blocks"
              " WHERE period = :p"), {"p": period})
-    return [tuple(r) for r in rows]
+    return [(r.team, r.budget_id, r.period, r.action, r.spent_usd, r.amount_usd) for r in rows]

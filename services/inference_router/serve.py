@@ -71,7 +71,7 @@ async def _try(call: Call, step: Step, body: dict[str, Any], outcome: Outcome,
         "messages" if step.provider.format == "anthropic" else "chat")
     if call.operation == "embeddings" and step.provider.format == "anthropic":
         raise UpstreamError(404, f"{step.provider.name} does not serve embeddings")
-    timeout = step.target.timeout_s or getattr(getattr(step.provider, "spec", None), "timeout_s", 60)
+    timeout = step.target.timeout_s or step.provider.timeout_s
     upstream = await step.provider.open(operation, body, stream=call.stream, timeout_s=timeout)
     outcome.target, outcome.version = step.target.name, step.target.version
     outcome.provider, outcome.response_model = step.provider.gen_ai_name, step.target.model
