@@ -18,12 +18,13 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from nats.errors import Error as NatsError
 
 from contracts.pricebook import PriceBook
 from services.inference_router import wire
 from services.inference_router.guard import Findings, guard_messages
 from services.inference_router.keys import KeyCache, VirtualKey
-from services.inference_router.limits import Limit, Limiter
+from services.inference_router.limits import Limit, Limiter, LimiterBusy
 from services.inference_router.providers import UpstreamError
 from services.inference_router.requests import ApiError, Call
 from services.inference_router.routing import RouteTable, Step
@@ -144,6 +145,11 @@ class Gateway:
             for limit, amount, what in wanted:
                 await self._wait_for(limit, amount, what, key)
                 admission.limits.append((limit, amount, what))
+        except (LimiterBusy, NatsError, TimeoutError) as exc:
+            self.release(admission, used=None)
+            raise ApiError(503, f"the router cannot check key {key.key_id}'s limits right now "
+                           f"({type(exc).__name__}); retry in a second", type_="api_error",
+                           code="limits_unavailable", headers={"retry-after": "1"}) from None
         except BaseException:
             self.release(admission, used=None)
             raise

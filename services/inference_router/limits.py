@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ def grant(tokens: float, *, want: float, need: float, limit: Limit) -> Grant:
     return Grant(0.0, (need - tokens) / limit.rate)
 
 
+class LimiterBusy(RuntimeError):
+    """The shared bucket could not be changed in time (heavy contention, or NATS away)."""
+
+
 class BucketStore(Protocol):
     async def take(self, limit: Limit, *, want: float, need: float) -> Grant: ...
     async def give_back(self, limit: Limit, amount: float) -> None: ...
@@ -65,9 +70,9 @@ class BucketStore(Protocol):
 class KvBuckets:
     """Shared buckets in NATS KV (JetStream-backed, so they survive a router restart)."""
 
-    def __init__(self, kv: KeyValue, *, max_conflicts: int = 50) -> None:
+    def __init__(self, kv: KeyValue, *, give_up_s: float = 2.0) -> None:
         self._kv = kv
-        self._max_conflicts = max_conflicts
+        self._give_up_s = give_up_s
 
     async def take(self, limit: Limit, *, want: float, need: float) -> Grant:
         return await self._change(limit, lambda tokens: grant(tokens, want=want, need=need, limit=limit))
@@ -76,14 +81,18 @@ class KvBuckets:
         await self._change(limit, lambda tokens: Grant(-amount, 0.0))
 
     async def _change(self, limit: Limit, decide: Callable[[float], Grant]) -> Grant:
-        for _ in range(self._max_conflicts):
-            now = time.time()
+        deadline = time.monotonic() + self._give_up_s
+        conflicts = 0
+        while time.monotonic() < deadline:
             try:
                 entry = await self._kv.get(limit.name)
                 state = orjson.loads(entry.value or b"{}")
+                # never move the refill clock backwards: an interval refilled by another
+                # replica must not be refilled again
+                now = max(time.time(), state["ts"])
                 tokens, revision = refill(state["t"], state["ts"], now, limit), entry.revision
             except KeyNotFoundError:
-                tokens, revision = limit.capacity, None
+                now, tokens, revision = time.time(), limit.capacity, None
             result: Grant = decide(tokens)
             if result.granted == 0:
                 return result
@@ -95,8 +104,11 @@ class KvBuckets:
                     await self._kv.update(limit.name, value, last=revision)
                 return result
             except KeyWrongLastSequenceError:
-                continue  # another replica changed it first: read again
-        raise RuntimeError(f"rate-limit bucket {limit.name} stayed contended; try again")
+                # Another replica changed it first: read again, after a jittered pause that
+                # grows with each loss, so one replica cannot starve another.
+                conflicts += 1
+                await asyncio.sleep(random.uniform(0, min(0.0005 * 2**conflicts, 0.02)))
+        raise LimiterBusy(f"rate-limit bucket {limit.name} stayed contended for {self._give_up_s:g} s")
 
 
 class MemoryBuckets:
