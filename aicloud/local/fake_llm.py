@@ -8,6 +8,8 @@ through the model name, so the router's fallbacks and stream handling can be sho
   ...-nousage   streams without a usage chunk (the router must count tokens itself)
   ...-slow      streams one chunk every 50 ms (for disconnect tests)
   ...-garbage   answers 200 with a body that is not JSON
+  ...-hang      waits 5 s before answering (for timeouts)
+  ...-big       streams 64 MiB in 4 KiB chunks (for backpressure)
 
 ``GET /_requests`` shows the bodies it received (to prove what reached a provider);
 ``GET /_stats`` counts streams started, finished and abandoned by the caller.
@@ -46,7 +48,8 @@ class FakeLlm:
     def __init__(self, *, api_key: str | None = None, remember: int = 200) -> None:
         self.api_key = api_key
         self.requests: deque[dict[str, Any]] = deque(maxlen=remember)
-        self.stats = {"streams_started": 0, "streams_finished": 0, "streams_abandoned": 0}
+        self.stats = {"streams_started": 0, "streams_finished": 0, "streams_abandoned": 0,
+                      "bytes_streamed": 0}
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_answers])
@@ -123,12 +126,13 @@ class FakeLlm:
         await response.prepare(request)
         self.stats["streams_started"] += 1
         try:
-            for i, chunk in enumerate(events(words)):
+            for i, chunk in enumerate(events(["x" * 4096] * 16384 if model.endswith("-big") else words)):
                 if model.endswith("-cut") and i == 3:
                     assert request.transport is not None
                     request.transport.close()  # a provider dying mid-answer
                     return response
                 await response.write(chunk)
+                self.stats["bytes_streamed"] += len(chunk)
                 if model.endswith("-slow"):
                     await asyncio.sleep(0.05)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -188,6 +192,8 @@ async def _misbehave(model: str, *, anthropic: bool = False) -> None:
         raise _error(500, "The server had an error while processing your request.", anthropic)
     if model.endswith("-429"):
         raise _error(429, "Rate limit reached for requests", anthropic, {"retry-after": "1"})
+    if model.endswith("-hang"):
+        await asyncio.sleep(5)
     if model.endswith("-garbage"):
         raise _Answer(web.Response(text="<html>definitely not json</html>", content_type="text/html"))
 

@@ -85,6 +85,12 @@ models:
     targets: [{{provider: openai, model: fake-gpt-slow}}]
   nousage:
     targets: [{{provider: openai, model: fake-gpt-nousage}}]
+  hanging:
+    targets: [{{provider: openai, model: fake-gpt-hang, timeout_s: 0.3}}]
+    fallbacks: [claude]
+    retries: 0
+  big:
+    targets: [{{provider: openai, model: fake-gpt-big}}]
   garbage:
     targets: [{{provider: openai, model: fake-gpt-garbage}}]
     retries: 0

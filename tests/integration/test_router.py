@@ -277,7 +277,8 @@ async def test_a_caller_that_goes_away_cancels_the_upstream(
         if upstream.fake.stats["streams_abandoned"]:
             break
         await asyncio.sleep(0.05)
-    assert upstream.fake.stats == {"streams_started": 1, "streams_finished": 0, "streams_abandoned": 1}
+    stats = upstream.fake.stats
+    assert (stats["streams_started"], stats["streams_finished"], stats["streams_abandoned"]) == (1, 0, 1)
     [event] = await usage.wait_for(1)
     assert event["status"] == "cancelled"
 
@@ -522,3 +523,77 @@ async def test_contended_shared_bucket_grants_exactly_and_never_gives_up(nats_ur
     await nc.jetstream().delete_key_value(f"{prefix}_limits")
     await nc.close()
     assert 300 + 10 * (elapsed - 0.5) <= granted <= 300 + 10 * elapsed + 1
+
+
+async def test_a_target_past_its_timeout_falls_back(make_router: Callable[..., Any], usage: Usage) -> None:
+    router = await make_router()
+    key = await router.key()
+    async with httpx.AsyncClient(base_url=router.url, timeout=10) as client:
+        started = asyncio.get_running_loop().time()
+        r = await client.post("/v1/chat/completions", json=chat("hanging"), headers=bearer(key))
+        took = asyncio.get_running_loop().time() - started
+    assert r.status_code == 200 and r.json()["model"] == "fake-claude"
+    assert took < 2  # the hanging target was given 0.3 s, not its 5 s
+    [event] = await usage.wait_for(1)
+    assert event["target"] == "anthropic/fake-claude"
+
+
+async def test_a_slow_reader_slows_the_upstream_and_memory_stays_bounded(
+        make_router: Callable[..., Any], upstream: Upstream) -> None:
+    """64 MiB streamed to a caller who stops reading: the upstream stalls after what the
+    socket buffers hold, instead of the router buffering the rest in memory."""
+    router = await make_router()
+    key = await router.key()
+    host, port = router.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    body = json.dumps(chat("big", stream=True)).encode()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    await writer.drain()
+    await reader.read(65536)  # the caller reads the first bytes, then stops reading
+    for _ in range(40):
+        sent = upstream.fake.stats["bytes_streamed"]
+        await asyncio.sleep(0.25)
+        if upstream.fake.stats["bytes_streamed"] == sent:
+            break  # the upstream is blocked: backpressure reached it
+    stalled_at = upstream.fake.stats["bytes_streamed"]
+    await asyncio.sleep(0.5)
+    assert upstream.fake.stats["bytes_streamed"] == stalled_at
+    assert stalled_at < 40 * 2**20, f"{stalled_at / 2**20:.1f} MiB left the upstream"
+    total = 0
+    while chunk := await asyncio.wait_for(reader.read(2**20), 10):  # the caller reads on: all arrives
+        total += len(chunk)
+        if chunk.endswith(b"0\r\n\r\n"):
+            break
+    writer.close()
+    assert upstream.fake.stats["streams_finished"] == 1
+    assert total > 64 * 2**20
+
+
+async def test_every_request_lands_in_the_cost_ledger(
+        make_router: Callable[..., Any], service_env: dict[str, str], prefix: str) -> None:
+    from sqlalchemy import text
+
+    from services.cost_ledger.app import build as build_ledger
+    from services.cost_ledger.settings import CostLedgerSettings
+
+    ledger = build_ledger(CostLedgerSettings(**service_env, db_schema=f"{prefix}_ledger"))
+    await ledger.start()
+    router = await make_router()
+    key = await router.key()
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        ids = [f"ledger-{i}" for i in range(5)]
+        for request_id in ids:
+            await client.post("/v1/chat/completions", json=chat("gpt", stream=request_id.endswith("1")),
+                              headers={**bearer(key), "x-request-id": request_id})
+        await client.post("/v1/chat/completions", json=chat("no-such-model"), headers=bearer(key))
+    for _ in range(100):
+        async with ledger.db.transaction() as session:
+            rows = (await session.execute(text("SELECT count(*) FROM inference_entries"))).scalar_one()
+        if rows >= 6:
+            break
+        await asyncio.sleep(0.1)
+    await ledger.stop()
+    await ledger.db.drop_schema()
+    await ledger.db.dispose()
+    assert rows == 6  # five answered, one refused: each once
