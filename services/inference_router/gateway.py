@@ -84,11 +84,8 @@ class Gateway:
         token = api_key or ""
         if authorization and authorization.lower().startswith("bearer "):
             token = authorization[7:].strip()
-        if not token.startswith("vk_") or len(token) > 128:
-            raise ApiError(401, "invalid API key: send a router key (vk_...) as "
-                           "'Authorization: Bearer <key>'", type_="authentication_error",
-                           code="invalid_api_key")
-        key = await self.keys.find(token)
+        # Unknown, revoked and malformed keys get the same answer: it reveals nothing.
+        key = await self.keys.find(token) if token.startswith("vk_") and len(token) <= 128 else None
         if key is None:
             raise ApiError(401, "invalid API key: send a router key (vk_...) as "
                            "'Authorization: Bearer <key>'", type_="authentication_error",

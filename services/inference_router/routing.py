@@ -113,6 +113,9 @@ class RouteTable:
         if not versions:
             self.endpoints.pop(endpoint, None)
 
+    def circuits(self) -> dict[str, str]:
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
     def breaker(self, target: Target) -> Breaker:
         cb = self.config.circuit_breaker
         return self._breakers.setdefault(target.name, Breaker(cb.failures, cb.open_s))

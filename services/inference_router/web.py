@@ -175,8 +175,7 @@ class RouterApi:
     async def list_routes(self, request: web.Request) -> web.Response:
         self._admin(request)
         routes = {alias: route.model_dump(mode="json") for alias, route in self.gw.routes.routes().items()}
-        breakers = {name: b.state for name, b in self.gw.routes._breakers.items()}
-        return _json({"models": routes, "circuits": breakers,
+        return _json({"models": routes, "circuits": self.gw.routes.circuits(),
                       "overrides": sorted(self.gw.routes.overrides)})
 
     async def put_route(self, request: web.Request) -> web.Response:

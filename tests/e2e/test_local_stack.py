@@ -239,6 +239,28 @@ def test_logs_command_shows_a_component_log(stack: tuple[Path, dict[str, dict[st
     assert missing.returncode == 1 and "no log for 'nope'" in missing.stderr
 
 
+def test_router_keys_are_managed_from_the_cli(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, components = stack
+    created = aicloud(home, "router", "keys", "create", "--team", "research", "--name", "notebook",
+                      "--model", "gpt-4o-mini", "--rpm", "60", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)
+    assert key["key"].startswith("vk_") and key["rpm"] == 60 and key["models"] == ["gpt-4o-mini"]
+    listed = json.loads(aicloud(home, "router", "keys", "list", "--team", "research", "-o", "json").stdout)
+    assert key["key_id"] in [k["key_id"] for k in listed] and key["key"] not in json.dumps(listed)
+    answer = httpx.post(f"{components['inference-router']['url']}/v1/chat/completions", timeout=10,
+                        headers={"authorization": f"Bearer {key['key']}"},
+                        json={"model": "claude-haiku", "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 403 and "may use: gpt-4o-mini" in answer.json()["error"]["message"]
+    bad = aicloud(home, "router", "keys", "create", "--team", "research", "--budget-usd", "-5")
+    assert bad.returncode == 2 and "budget_usd" in bad.stderr
+    revoked = aicloud(home, "router", "keys", "revoke", key["key_id"])
+    assert revoked.returncode == 0
+    routes = aicloud(home, "router", "routes")
+    assert routes.returncode == 0 and "flaky-gpt" in routes.stdout
+
+
+# Stops the module's stack: keep it the last test here.
 def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     stack: tuple[Path, dict[str, dict[str, object]]],
 ) -> None:
@@ -259,24 +281,3 @@ def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     assert aicloud(home, "models", "get", "clause-risk").returncode == 0
     aicloud(home, "dev", "down")
     assert processes_under(home) == []
-
-
-def test_router_keys_are_managed_from_the_cli(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
-    home, components = stack
-    created = aicloud(home, "router", "keys", "create", "--team", "research", "--name", "notebook",
-                      "--model", "gpt-4o-mini", "--rpm", "60", "-o", "json")
-    assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout)
-    assert key["key"].startswith("vk_") and key["rpm"] == 60 and key["models"] == ["gpt-4o-mini"]
-    listed = json.loads(aicloud(home, "router", "keys", "list", "--team", "research", "-o", "json").stdout)
-    assert key["key_id"] in [k["key_id"] for k in listed] and key["key"] not in json.dumps(listed)
-    answer = httpx.post(f"{components['inference-router']['url']}/v1/chat/completions", timeout=10,
-                        headers={"authorization": f"Bearer {key['key']}"},
-                        json={"model": "claude-haiku", "messages": [{"role": "user", "content": "hi"}]})
-    assert answer.status_code == 403 and "may use: gpt-4o-mini" in answer.json()["error"]["message"]
-    bad = aicloud(home, "router", "keys", "create", "--team", "research", "--budget-usd", "-5")
-    assert bad.returncode == 2 and "budget_usd" in bad.stderr
-    revoked = aicloud(home, "router", "keys", "revoke", key["key_id"])
-    assert revoked.returncode == 0
-    routes = aicloud(home, "router", "routes")
-    assert routes.returncode == 0 and "flaky-gpt" in routes.stdout

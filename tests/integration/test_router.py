@@ -206,7 +206,7 @@ async def test_a_request_over_the_rate_waits_briefly_instead_of_failing(
 async def test_exhausted_team_budget_answers_402_naming_it(
         make_router: Callable[..., Any], nats_url: str, prefix: str) -> None:
     router = await make_router()
-    key = await router.key()
+    key, research = await router.key(), await router.key(team="research")
     period = datetime.now(UTC).strftime("%Y-%m")
     nc = await nats.connect(nats_url)
     event = BudgetExhausted(tenant="legal", budget_id="legal-monthly", period=period, action="block",
@@ -219,8 +219,10 @@ async def test_exhausted_team_budget_answers_402_naming_it(
             if r.status_code == 402:
                 break
             await asyncio.sleep(0.1)
+        other_team = await client.post("/v1/chat/completions", json=chat("gpt"), headers=bearer(research))
     assert r.status_code == 402
     assert "legal-monthly" in r.json()["error"]["message"] and "$500.12" in r.json()["error"]["message"]
+    assert other_team.status_code == 200  # the block is the exhausted team's only
 
 
 async def test_key_budget_stops_a_key_that_spent_it(make_router: Callable[..., Any]) -> None:
