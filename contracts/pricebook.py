@@ -11,7 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PER_MILLION = Decimal(1_000_000)
 
@@ -31,10 +33,35 @@ class TokenPrice(BaseModel):
     provider: str | None = None
 
 
+PriceClass = Literal["on-demand", "spot"]
+
+
+class Compute(BaseModel):
+    """USD per GPU-hour (by type and price class), vCPU-hour, GB-RAM-hour, storage GB-month."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpu_hour: dict[str, dict[PriceClass, Decimal]]
+    vcpu_hour: Decimal = Field(ge=0)
+    gb_ram_hour: Decimal = Field(ge=0)
+    storage_gb_month: Decimal = Field(ge=0)
+    fallback_gpu_hour: dict[PriceClass, Decimal]
+
+    @field_validator("gpu_hour", "fallback_gpu_hour")
+    @classmethod
+    def _non_negative(cls, rates: dict[str, object]) -> dict[str, object]:
+        for name, value in rates.items():
+            values = value.values() if isinstance(value, dict) else [value]
+            if any(Decimal(v) < 0 for v in values):  # type: ignore[arg-type]
+                raise ValueError(f"{name}: a rate cannot be negative")
+        return rates
+
+
 class PriceVersion(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     effective_from: date
+    compute: Compute
     models: dict[str, TokenPrice] = {}
     fallback_model: TokenPrice
 
@@ -43,7 +70,11 @@ class TokenCharge(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     usd: Decimal
-    flagged: bool = Field(description="No price for this model: charged the fallback rate.")
+    flagged: bool = Field(description="No price for this model (or GPU type): fallback rate.")
+
+
+ComputeCharge = TokenCharge
+SECONDS_PER_HOUR = Decimal(3600)
 
 
 class PriceBook(BaseModel):
@@ -70,6 +101,25 @@ class PriceBook(BaseModel):
         usd = ((tokens_in - cached) * price.input + cached * cached_rate
                + tokens_out * price.output) / PER_MILLION
         return TokenCharge(usd=usd.quantize(Decimal("0.00000001")), flagged=flagged)
+
+    def compute_charge(self, *, gpu_type: str | None, price_class: PriceClass, gpus: Decimal,
+                       vcpus: Decimal, memory_gb: Decimal, seconds: Decimal,
+                       when: datetime) -> ComputeCharge:
+        """``gpus`` (fractions allowed), ``vcpus`` and ``memory_gb`` for ``seconds``."""
+        compute = self.version_at(when).compute
+        flagged = False
+        gpu_rate = Decimal(0)
+        if gpus > 0:
+            rates = compute.gpu_hour.get(gpu_type or "")
+            flagged = rates is None
+            gpu_rate = (rates or compute.fallback_gpu_hour)[price_class]
+        hourly = gpus * gpu_rate + vcpus * compute.vcpu_hour + memory_gb * compute.gb_ram_hour
+        usd = hourly * seconds / SECONDS_PER_HOUR
+        return ComputeCharge(usd=usd.quantize(Decimal("0.0000000001")), flagged=flagged)
+
+    def gpu_hour(self, gpu_type: str, price_class: PriceClass, when: datetime) -> Decimal:
+        compute = self.version_at(when).compute
+        return (compute.gpu_hour.get(gpu_type) or compute.fallback_gpu_hour)[price_class]
 
 
 def load_price_book(path: Path) -> PriceBook:

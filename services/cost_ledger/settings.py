@@ -1,6 +1,11 @@
+from pathlib import Path
+
+from pydantic import Field, NonNegativeInt
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
+
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 class CostLedgerSettings(ServiceSettings):
@@ -8,3 +13,10 @@ class CostLedgerSettings(ServiceSettings):
 
     service_name: str = "cost-ledger"
     http_port: Port = 8003
+    price_book: Path = Field(default=POLICY_DIR / "pricebook.yaml")
+    org_file: Path = Field(default=POLICY_DIR / "org.yaml", description="Teams the ledger knows.")
+    admin_token: str = Field(default="", description="Bearer token for budgets and reversals.")
+    pool_gpus: dict[str, NonNegativeInt] = Field(
+        default_factory=dict,
+        description='GPUs per type in the shared pool, for the idle line, e.g. {"h100-80gb": 16}.')
+    batch: int = Field(default=1000, ge=1, le=10_000, description="Events per ingest transaction.")

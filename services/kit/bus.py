@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 import nats
 import structlog
@@ -33,6 +34,7 @@ from contracts import DOMAINS, DeadLetter, Envelope, dead_letter_subject
 from contracts.envelope import DLQ_PREFIX
 from services.kit.metrics import Metrics
 from services.kit.subscription import (
+    BatchProcess,
     Decoder,
     Delivery,
     Process,
@@ -47,6 +49,10 @@ from services.kit.subscription import (
 from services.kit.tracing import extract_context, inject_headers
 
 __all__ = ["Bus", "Delivery", "Process", "typed_decoder"]
+
+
+async def _unused(event: Any, delivery: Delivery) -> None:
+    raise AssertionError("a batch subscription has no per-message handler")
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("aicloud.bus")
@@ -207,6 +213,16 @@ class Bus:
         self._subscriptions.append(sub)
         return sub
 
+    def subscribe_batch(self, filter_subject: str, process: BatchProcess, *,
+                        decode: Decoder | None = None, durable: str | None = None,
+                        fetch: int = 1000) -> Subscription:
+        """A durable consumer handled a whole fetch at a time, for high-volume idempotent
+        ingestion (one transaction per batch). Invalid messages are dead-lettered first; a
+        failing batch is retried message by message like any handler failure."""
+        sub = self.subscribe(filter_subject, _unused, decode=decode, durable=durable)
+        sub.process, sub.process_batch, sub.fetch = None, process, fetch
+        return sub
+
     async def _pull_subscription(self, sub: Subscription) -> JetStreamContext.PullSubscription:
         config = ConsumerConfig(
             durable_name=sub.durable,
@@ -215,7 +231,7 @@ class Bus:
             # Unlimited at the server: the kit counts deliveries itself and dead-letters past
             # max_deliver, so a message whose handler crashed the process is never lost.
             max_deliver=-1,
-            max_ack_pending=4 * self._batch,
+            max_ack_pending=4 * (sub.fetch or self._batch),
         )
         stream = self.stream_for(sub.filter_subject)
         return await self.js.pull_subscribe(
@@ -230,12 +246,16 @@ class Bus:
         try:
             while not self._stopping.is_set():
                 try:
-                    messages = await pull.fetch(self._batch, timeout=self._fetch_timeout_s)
+                    messages = await pull.fetch(sub.fetch or self._batch,
+                                                timeout=self._fetch_timeout_s)
                 except (TimeoutError, NatsTimeout):
                     continue
                 except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
                     log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
                     await asyncio.sleep(0.5)
+                    continue
+                if sub.process_batch is not None:
+                    await self._dispatch_batch(sub, messages)
                     continue
                 lanes: dict[str, list[Msg]] = {}
                 for msg in messages:
@@ -260,27 +280,62 @@ class Bus:
         finally:
             in_flight.release()
 
+    async def _decoded(self, sub: Subscription, msg: Msg) -> Any:
+        """The message's contract, or None once it was dead-lettered (invalid, or given up)."""
+        subject = self.unwire(msg.subject)
+        deliveries = msg.metadata.num_delivered or 1
+        try:
+            payload = json.loads(msg.data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            await self._dead_letter(sub, msg, "invalid_json", f"payload is not JSON: {exc}")
+            return None
+        try:
+            event = sub.decode(subject, payload)
+        except (ValidationError, UnknownSubject) as exc:
+            await self._dead_letter(sub, msg, "invalid_schema", describe_error(exc))
+            return None
+        if deliveries > self.max_deliver:
+            await self._dead_letter(
+                sub, msg, "handler_error", f"gave up after {deliveries - 1} deliveries"
+            )
+            return None
+        return event
+
+    async def _dispatch_batch(self, sub: Subscription, messages: list[Msg]) -> None:
+        assert sub.process_batch is not None
+        started = time.perf_counter()
+        valid: list[tuple[Any, Msg]] = []
+        for msg in messages:
+            event = await self._decoded(sub, msg)
+            if event is not None:
+                valid.append((event, msg))
+        if not valid:
+            return
+        try:
+            refused = await sub.process_batch([event for event, _ in valid])
+        except Exception as exc:
+            log.warning("bus.batch_failed", consumer=sub.durable, size=len(valid), error=str(exc))
+            for _, msg in valid:
+                await self._retry_or_dead_letter(sub, msg, msg.metadata.num_delivered or 1, exc)
+            return
+        subject = self.unwire(valid[0][1].subject)
+        for i, (_, msg) in enumerate(valid):
+            if i in refused:
+                await self._dead_letter(sub, msg, "rejected", refused[i])
+            else:
+                await msg.ack()
+        self.metrics.observe_consumed(subject, "ok", time.perf_counter() - started)
+
     async def dispatch(self, sub: Subscription, msg: Msg) -> None:
         """Validate, process and settle one message. Never raises."""
         subject = self.unwire(msg.subject)
         headers = dict(msg.headers or {})
         deliveries = msg.metadata.num_delivered or 1
         started = time.perf_counter()
-        try:
-            payload = json.loads(msg.data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            await self._dead_letter(sub, msg, "invalid_json", f"payload is not JSON: {exc}")
+        event = await self._decoded(sub, msg)
+        if event is None:
             return
-        try:
-            event = sub.decode(subject, payload)
-        except (ValidationError, UnknownSubject) as exc:
-            await self._dead_letter(sub, msg, "invalid_schema", describe_error(exc))
-            return
-        if deliveries > self.max_deliver:
-            await self._dead_letter(
-                sub, msg, "handler_error", f"gave up after {deliveries - 1} deliveries"
-            )
-            return
+        assert sub.process is not None
         delivery = Delivery(subject, headers, deliveries, sub.durable)
         with tracer.start_as_current_span(
             f"{subject} process",

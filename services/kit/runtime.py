@@ -27,6 +27,7 @@ from services.kit.logging import configure_logging
 from services.kit.metrics import Metrics
 from services.kit.outbox import Outbox
 from services.kit.settings import ServiceSettings
+from services.kit.subscription import BatchProcess
 from services.kit.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -79,6 +80,13 @@ class Service:
             decode=typed_decoder(message_type),
             durable=durable,
         )
+
+    def consume_batch(self, message_type: type[Envelope], handler: BatchProcess, *,
+                      fetch: int = 1000, durable: str | None = None) -> None:
+        """Run ``handler(events)`` once per fetch of up to ``fetch`` events; the handler owns
+        idempotency (e.g. a unique key per event in the same transaction as its effect)."""
+        self.bus.subscribe_batch(message_type.SUBJECT, handler, decode=typed_decoder(message_type),
+                                 durable=durable, fetch=fetch)
 
     def observe(
         self, filter_subject: str, handler: Callable[[Envelope, Delivery], Awaitable[None]]

@@ -14,6 +14,9 @@ from contracts import BY_SUBJECT, DeadLetter, Envelope
 from contracts.envelope import DLQ_PREFIX
 
 Process = Callable[[Any, "Delivery"], Awaitable[None]]
+# A batch handler gets every valid message of one fetch, in order, and returns the messages it
+# refuses for good (by position, with the reason), which are dead-lettered; the rest are acked.
+BatchProcess = Callable[[list[Any]], Awaitable[dict[int, str]]]
 Decoder = Callable[[str, Any], BaseModel]
 
 
@@ -36,8 +39,10 @@ class Subscription:
     filter_subject: str
     durable: str
     decode: Decoder
-    process: Process
+    process: Process | None
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    process_batch: BatchProcess | None = None
+    fetch: int | None = None  # messages per fetch, when not the bus's default
 
 
 def typed_decoder(message_type: type[Envelope]) -> Decoder:

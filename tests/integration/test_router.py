@@ -591,7 +591,7 @@ async def test_every_request_lands_in_the_cost_ledger(
         await client.post("/v1/chat/completions", json=chat("no-such-model"), headers=bearer(key))
     for _ in range(100):
         async with ledger.db.transaction() as session:
-            rows = (await session.execute(text("SELECT count(*) FROM inference_entries"))).scalar_one()
+            rows = (await session.execute(text("SELECT count(*) FROM ledger_entries"))).scalar_one()
         if rows >= 6:
             break
         await asyncio.sleep(0.1)

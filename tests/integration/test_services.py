@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from decimal import Decimal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ SERVICES: dict[str, tuple[Callable[[Any], Service], type, str, str | None]] = {
     "catalog": (build_catalog, CatalogSettings, JobAdmitted.SUBJECT, "jobs"),
     "quota": (build_quota, QuotaSettings, JobRequested.SUBJECT, "allocations"),
     "provisioner": (build_provisioner, ProvisionerSettings, JobAdmitted.SUBJECT, None),
-    "cost-ledger": (build_cost_ledger, CostLedgerSettings, UsageRecorded.SUBJECT, "usage_entries"),
+    "cost-ledger": (build_cost_ledger, CostLedgerSettings, UsageRecorded.SUBJECT, "ledger_entries"),
     "inference-router": (build_router, RouterSettings, EndpointReady.SUBJECT, "endpoint_targets"),
     "agent-runtime": (build_agent_runtime, AgentRuntimeSettings, CreateSandbox.SUBJECT, "sandboxes"),
     "observability-collector": (build_collector, CollectorSettings, InferenceCompleted.SUBJECT, None),
@@ -293,14 +294,15 @@ async def test_cost_ledger_appends_usage_once(make_service: Callable[..., Any]) 
     async with asyncio.timeout(10):
         while True:
             async with ledger.db.transaction() as session:
-                rows = (await session.execute(text("SELECT gpu_seconds FROM usage_entries"))).all()
+                rows = (await session.execute(text("SELECT quantity, usd FROM ledger_entries"))).all()
             if rows:
                 break
             await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
     async with ledger.db.transaction() as session:
-        rows = (await session.execute(text("SELECT gpu_seconds FROM usage_entries"))).all()
-    assert [row[0] for row in rows] == [7200.0]
+        rows = (await session.execute(text("SELECT quantity, usd FROM ledger_entries"))).all()
+    # 2 GPUs x 3600 s, no GPU type: charged the fallback rate ($6.88/GPU-hour) and flagged
+    assert [(row[0], row[1]) for row in rows] == [(7200, Decimal("13.76"))]
 
 
 async def test_collector_counts_events_by_subject_and_team(

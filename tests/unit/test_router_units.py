@@ -237,6 +237,8 @@ def test_price_book_charges_tokens_and_flags_unknown_models(tmp_path: Path) -> N
     unknown = book.token_charge("mystery", tokens_in=1_000_000, tokens_out=0, when=now)
     assert unknown.flagged and unknown.usd == Decimal("1.00")
     bad = tmp_path / "prices.yaml"
-    bad.write_text("versions: [{effective_from: 2026-01-01, fallback_model: {input: -1, output: 1}}]")
+    bad.write_text("versions: [{effective_from: 2026-01-01, compute: {gpu_hour: {}, vcpu_hour: 0, "
+                   "gb_ram_hour: 0, storage_gb_month: 0, fallback_gpu_hour: {on-demand: 1, spot: 1}}, "
+                   "fallback_model: {input: -1, output: 1}}]")
     with pytest.raises(PriceBookError, match=r"versions\.0\.fallback_model\.input"):
         load_price_book(bad)
