@@ -2,7 +2,7 @@
 
 from contracts.agents import CreateSandbox, SandboxCreated, SandboxDeleted, ToolCalled
 from contracts.alerts import AlertFired
-from contracts.budgets import BudgetExhausted, BudgetThresholdCrossed
+from contracts.budgets import BudgetChanged, BudgetExhausted, BudgetThresholdCrossed
 from contracts.dlq import DeadLetter
 from contracts.endpoints import (
     EndpointAdmitted,
@@ -54,6 +54,7 @@ MESSAGES: tuple[type[Envelope], ...] = (
     UsageRecorded,
     BudgetThresholdCrossed,
     BudgetExhausted,
+    BudgetChanged,
     InferenceCompleted,
     CreateSandbox,
     SandboxCreated,
@@ -73,6 +74,7 @@ __all__ = [
     "DOMAINS",
     "MESSAGES",
     "AlertFired",
+    "BudgetChanged",
     "BudgetExhausted",
     "BudgetThresholdCrossed",
     "CancelJob",

@@ -32,3 +32,16 @@ class BudgetExhausted(Event):
     action: Literal["notify", "block", "stop"]
     spent_usd: Decimal
     amount_usd: Decimal
+
+
+class BudgetChanged(Event):
+    """A team's budget was set or changed; a raise that covers the spend lifts a block."""
+
+    SUBJECT: ClassVar[str] = subject("budgets", "changed")
+
+    budget_id: str
+    period: str
+    amount_usd: Decimal = Field(gt=0)
+    spent_usd: Decimal = Field(description="This period's spend when the budget changed.")
+    action: Literal["notify", "block", "stop"]
+    thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])

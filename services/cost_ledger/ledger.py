@@ -21,7 +21,13 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import BudgetExhausted, BudgetThresholdCrossed, Envelope, InferenceCompleted
+from contracts import (
+    BudgetChanged,
+    BudgetExhausted,
+    BudgetThresholdCrossed,
+    Envelope,
+    InferenceCompleted,
+)
 from contracts.pricebook import PriceBook
 from services.cost_ledger import domain, repo
 from services.cost_ledger.domain import Budget, Line, Unbillable
@@ -121,8 +127,16 @@ class Ledger:
             await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('cost-ledger'))"))
             await repo.set_budget(session, budget)
             start, end = month_bounds(period)
-            spent = await repo.month_spend(session, teams=[budget.team], start=start, end=end)
-            await self._alert(session, budget, period, spent.get(budget.team, Decimal(0)))
+            spent = (await repo.month_spend(session, teams=[budget.team], start=start, end=end)
+                     ).get(budget.team, Decimal(0))
+            # a raised budget re-arms the thresholds the spend is now below
+            await repo.rearm_alerts(session, team=budget.team, period=period,
+                                    below_percent=spent / budget.amount_usd * 100)
+            await self.outbox.add(session, BudgetChanged(
+                tenant=budget.team, source="cost-ledger", budget_id=budget.budget_id, period=period,
+                amount_usd=budget.amount_usd, spent_usd=spent.quantize(Decimal("0.01")),
+                action=budget.action, thresholds=list(budget.thresholds)))
+            await self._alert(session, budget, period, spent)
         await self.live.changed()
 
     # -- views ------------------------------------------------------------------------------

@@ -223,6 +223,12 @@ async def record_alert(session: AsyncSession, *, budget: Budget, period: str, th
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
+async def rearm_alerts(session: AsyncSession, *, team: str, period: str, below_percent: Decimal) -> None:
+    await session.execute(text(
+        "DELETE FROM budget_alerts WHERE team = :t AND period = :p AND threshold > :pct"),
+        {"t": team, "p": period, "pct": below_percent})
+
+
 async def recent_alerts(session: AsyncSession, *, limit: int = 20) -> list[dict[str, Any]]:
     rows = await session.execute(text(
         "SELECT team, period, threshold, spent_usd, amount_usd, action, at FROM budget_alerts"

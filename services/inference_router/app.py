@@ -13,7 +13,7 @@ import structlog
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from contracts import BudgetExhausted, EndpointReady, EndpointRetired
+from contracts import BudgetChanged, BudgetExhausted, EndpointReady, EndpointRetired
 from contracts.catalog import CatalogDataError, load_org
 from contracts.pricebook import PriceBookError, load_price_book
 from services.inference_router import handlers, keys, repo
@@ -165,6 +165,7 @@ def build(settings: RouterSettings) -> Service:
     service.consume(EndpointReady, partial(handlers.on_endpoint_ready, routes=router.routes))
     service.consume(EndpointRetired, partial(handlers.on_endpoint_retired, routes=router.routes))
     service.consume(BudgetExhausted, partial(handlers.on_budget_exhausted, budgets=router.budgets))
+    service.consume(BudgetChanged, partial(handlers.on_budget_changed, budgets=router.budgets))
     service.on_start(router.start)
     service.on_stop(router.stop)
     service.serve_aiohttp(lambda: router.api().app())

@@ -50,6 +50,9 @@ class Budgets:
     def block(self, team: str, block: Block) -> None:
         self.blocks[team] = block
 
+    def unblock(self, team: str) -> None:
+        self.blocks.pop(team, None)
+
     def blocked(self, team: str) -> Block | None:
         block = self.blocks.get(team)
         if block is not None and block.period == datetime.now(UTC).strftime("%Y-%m"):

@@ -6,7 +6,7 @@ to the live routing state of this replica.
 
 from __future__ import annotations
 
-from contracts import BudgetExhausted, EndpointReady, EndpointRetired
+from contracts import BudgetChanged, BudgetExhausted, EndpointReady, EndpointRetired
 from services.inference_router import repo
 from services.inference_router.gateway import Block, Budgets
 from services.inference_router.routing import RouteTable
@@ -32,3 +32,9 @@ async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork, *, budget
                           amount_usd=event.amount_usd)
     budgets.block(event.tenant, Block(event.budget_id, event.period, event.action,
                                       event.spent_usd, event.amount_usd))
+
+
+async def on_budget_changed(event: BudgetChanged, uow: UnitOfWork, *, budgets: Budgets) -> None:
+    if event.spent_usd < event.amount_usd or event.action == "notify":
+        await repo.unblock_team(uow.session, team=event.tenant, period=event.period)
+        budgets.unblock(event.tenant)

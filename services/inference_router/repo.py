@@ -92,3 +92,8 @@ async def budget_blocks(session: AsyncSession, *, period: str
         text("SELECT team, budget_id, period, action, spent_usd, amount_usd FROM budget_blocks"
              " WHERE period = :p"), {"p": period})
     return [(r.team, r.budget_id, r.period, r.action, r.spent_usd, r.amount_usd) for r in rows]
+
+
+async def unblock_team(session: AsyncSession, *, team: str, period: str) -> None:
+    await session.execute(text("DELETE FROM budget_blocks WHERE team = :t AND period = :p"),
+                          {"t": team, "p": period})

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from functools import partial
 
-from contracts import CancelJob, JobCompleted, JobFailed, JobRequested, JobTerminated
+from contracts import (
+    BudgetChanged,
+    BudgetExhausted,
+    BudgetThresholdCrossed,
+    CancelJob,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    JobTerminated,
+)
 from contracts.catalog import CatalogDataError, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
@@ -37,6 +46,9 @@ def build(settings: QuotaSettings) -> Service:
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))
+    service.consume(BudgetExhausted, handlers.on_budget_exhausted)
+    service.consume(BudgetChanged, handlers.on_budget_changed)
+    service.consume(BudgetThresholdCrossed, handlers.on_budget_changed)
 
     async def load_budgets() -> None:
         async with service.db.transaction() as session:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from contracts import (
+    BudgetChanged,
+    BudgetExhausted,
+    BudgetThresholdCrossed,
     CancelJob,
     JobAdmitted,
     JobCompleted,
@@ -21,6 +26,7 @@ from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_
 from services.quota.policy import PolicyEngine
 
 SOURCE = "quota"
+BUDGET_EXHAUSTED_POLICY = "quota.budget-exhausted"
 
 
 @dataclass(frozen=True)
@@ -51,8 +57,11 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
     verdict = rails.policies.evaluate_job(
         event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend
     )
+    block = await repo.budget_block(uow.session, team=event.tenant, period=_period())
     if not verdict.admitted:
         decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
+    elif block is not None:
+        decision = budget_blocked(event.tenant, block)
     else:
         node = await _node(uow, rails)
         in_use, queued = await repo.team_load(uow.session, team=event.tenant)
@@ -151,6 +160,38 @@ async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision
         job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
         reason=decision.reason, product=rails.products.get(request.product), **_common(request),
     ))
+
+
+async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
+    """``block`` and ``stop`` refuse the team's new work for the rest of the period."""
+    await repo.record_spend(uow.session, team=event.tenant, amount_usd=event.amount_usd,
+                            spent_usd=event.spent_usd)
+    if event.action in ("block", "stop"):
+        await repo.block_team(uow.session, team=event.tenant, period=event.period,
+                              budget_id=event.budget_id, action=event.action,
+                              spent_usd=event.spent_usd, amount_usd=event.amount_usd)
+
+
+async def on_budget_changed(event: BudgetChanged | BudgetThresholdCrossed, uow: UnitOfWork) -> None:
+    """Keep the ledger's budget and spend; a budget that now covers the spend lifts a block."""
+    await repo.record_spend(uow.session, team=event.tenant, amount_usd=event.amount_usd,
+                            spent_usd=event.spent_usd)
+    if isinstance(event, BudgetChanged) and (event.spent_usd < event.amount_usd
+                                             or event.action == "notify"):
+        await repo.unblock_team(uow.session, team=event.tenant, period=event.period)
+
+
+def budget_blocked(team: str, block: dict[str, Any]) -> QuotaDecision:
+    return QuotaDecision(
+        Outcome.REJECT, (BUDGET_EXHAUSTED_POLICY,),
+        f"team {team}'s budget '{block['budget_id']}' is exhausted for this month "
+        f"(${block['spent_usd']:,.2f} of ${block['amount_usd']:,.2f} spent; action: "
+        f"{block['action']}): new work is refused until the budget is raised "
+        "(aicloud budgets set) or the month ends")
+
+
+def _period() -> str:
+    return datetime.now(UTC).strftime("%Y-%m")
 
 
 def _common(event: JobRequested | CancelJob) -> dict[str, str]:

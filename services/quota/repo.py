@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,6 +63,21 @@ MIGRATIONS = (
                 spent_usd NUMERIC(14, 2) NOT NULL DEFAULT 0,
                 updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
             "ALTER TABLE allocations ADD COLUMN estimate_usd NUMERIC(14, 2) NOT NULL DEFAULT 0",
+        ),
+    ),
+    Migration(
+        5,
+        "budget blocks from the cost ledger",
+        (
+            """CREATE TABLE budget_blocks (
+                team TEXT NOT NULL,
+                period TEXT NOT NULL,
+                budget_id TEXT NOT NULL,
+                action TEXT NOT NULL,
+                spent_usd NUMERIC(14, 2) NOT NULL,
+                amount_usd NUMERIC(14, 2) NOT NULL,
+                blocked_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (team, period))""",
         ),
     ),
 )
@@ -197,3 +214,35 @@ async def dequeue(session: AsyncSession, *, job_id: str) -> str | None:
         text("DELETE FROM queue WHERE job_id = :j RETURNING team"), {"j": job_id}
     )
     return row.scalar_one_or_none()
+
+
+async def block_team(session: AsyncSession, *, team: str, period: str, budget_id: str, action: str,
+                     spent_usd: Decimal, amount_usd: Decimal) -> None:
+    await session.execute(
+        text("INSERT INTO budget_blocks (team, period, budget_id, action, spent_usd, amount_usd)"
+             " VALUES (:t, :p, :b, :a, :s, :m) ON CONFLICT (team, period) DO UPDATE SET"
+             " action = EXCLUDED.action, spent_usd = EXCLUDED.spent_usd,"
+             " amount_usd = EXCLUDED.amount_usd"),
+        {"t": team, "p": period, "b": budget_id, "a": action, "s": spent_usd, "m": amount_usd})
+
+
+async def unblock_team(session: AsyncSession, *, team: str, period: str) -> None:
+    await session.execute(text("DELETE FROM budget_blocks WHERE team = :t AND period = :p"),
+                          {"t": team, "p": period})
+
+
+async def budget_block(session: AsyncSession, *, team: str, period: str) -> dict[str, Any] | None:
+    row = (await session.execute(
+        text("SELECT budget_id, action, spent_usd, amount_usd FROM budget_blocks"
+             " WHERE team = :t AND period = :p"), {"t": team, "p": period})).first()
+    return dict(row._mapping) if row else None
+
+
+async def record_spend(session: AsyncSession, *, team: str, amount_usd: Decimal,
+                       spent_usd: Decimal) -> None:
+    """The ledger's view of a team's budget and spend, for pre-authorising jobs."""
+    await session.execute(
+        text("INSERT INTO budgets (team, amount_usd, spent_usd) VALUES (:t, :a, :s)"
+             " ON CONFLICT (team) DO UPDATE SET amount_usd = EXCLUDED.amount_usd,"
+             " spent_usd = EXCLUDED.spent_usd, updated_at = now()"),
+        {"t": team, "a": amount_usd, "s": spent_usd})

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
-from contracts import UsageRecorded
 from services.catalog.domain import next_status
-from services.cost_ledger.domain import billable_gpu_seconds
 from services.quota.domain import Outcome, decide_gpus
 from workflows.job import RunResult, _verdict
 
@@ -35,14 +31,6 @@ def test_gpu_quota_admits_queues_or_rejects_with_a_reason() -> None:
 )
 def test_job_status_never_moves_backwards(current: str, incoming: str, expected: str) -> None:
     assert next_status(current, incoming) == expected
-
-
-def test_gpu_seconds_charge_the_larger_of_requested_and_used() -> None:
-    usage = UsageRecorded(
-        tenant="legal", kind="training", resource_id="j", gpus_requested=2, gpus_used=1,
-        started_at=datetime(2026, 11, 1, tzinfo=UTC), ended_at=datetime(2026, 11, 1, 0, 30, tzinfo=UTC),
-    )
-    assert billable_gpu_seconds(usage) == 2 * 1800
 
 
 def test_job_verdicts() -> None:
