@@ -94,7 +94,7 @@ def _print_links(stack: Stack) -> None:
     console.print(f"  platform API    {urls.get('catalog')}/docs")
     console.print(f"  model router    {urls.get('inference-router')}/v1  (team keys in "
                   f"{stack.home / 'router-keys.json'})")
-    console.print(f"  bill dashboard  {urls.get('cost-ledger')}")
+    console.print(f"  bill dashboard  {urls.get('cost-ledger')}/bill")
     console.print(f"  metrics         {urls.get('observability-collector')}/metrics")
 
 

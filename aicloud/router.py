@@ -2,52 +2,25 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
-import httpx
 import typer
 
-from aicloud.local.stack import Stack, default_home
-from aicloud.output import Format, emit, fail
+from aicloud.admin import AdminEndpoint, admin_call
+from aicloud.output import Format, emit
 
 app = typer.Typer(help="Operate the inference router: team keys and routes.", no_args_is_help=True)
 keys_app = typer.Typer(help="Virtual keys: per team (or user/app), with models, limits, budget.",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+ROUTER = AdminEndpoint("inference-router", "AICLOUD_ROUTER_URL", "AICLOUD_ROUTER_ADMIN_TOKEN",
+                       "router-admin-token")
 Output = Annotated[Format, typer.Option("--output", "-o", help="table or json")]
 KEY_COLUMNS = ("key_id", "team", "name", "user", "models", "rpm", "tpm", "max_parallel", "budget_usd")
 
 
-def _admin() -> tuple[str, dict[str, str]]:
-    """The router URL and admin header: $AICLOUD_ROUTER_URL / $AICLOUD_ROUTER_ADMIN_TOKEN, else
-    the local stack's."""
-    stack = Stack(default_home())
-    url = os.environ.get("AICLOUD_ROUTER_URL") or next(
-        (str(e["url"]) for e in stack.read_state() if e.get("name") == "inference-router"), None)
-    token_file = stack.home / "run" / "router-admin-token"
-    token = os.environ.get("AICLOUD_ROUTER_ADMIN_TOKEN") or (
-        token_file.read_text().strip() if token_file.exists() else None)
-    if url is None or token is None:
-        raise fail("no inference router configured",
-                   hint="start the local stack (`aicloud dev up --detach`) or set AICLOUD_ROUTER_URL "
-                        "and AICLOUD_ROUTER_ADMIN_TOKEN")
-    return url.rstrip("/"), {"authorization": f"Bearer {token}"}
-
-
 def _call(method: str, path: str, **kwargs: Any) -> Any:
-    url, headers = _admin()
-    try:
-        response = httpx.request(method, url + path, headers=headers, timeout=10, **kwargs)
-    except httpx.HTTPError as exc:
-        raise fail(f"cannot reach the router at {url}: {exc}", hint="`aicloud dev status`") from None
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
-        raise fail(message, code=2 if response.status_code in (400, 422) else 1)
-    return response.json()
+    return admin_call(ROUTER, method, path, **kwargs)
 
 
 @keys_app.command("create")

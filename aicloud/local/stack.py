@@ -131,6 +131,11 @@ class Stack:
         if name == "catalog":
             env[f"{prefix}DEMO_KEYS_FILE"] = str(self.home / "keys.json")
             env[f"{prefix}PROVISIONER_URL"] = f"http://127.0.0.1:{ports['provisioner']}"
+            env[f"{prefix}LEDGER_URL"] = f"http://127.0.0.1:{ports['cost-ledger']}"
+        if name == "cost-ledger":
+            env[f"{prefix}ADMIN_TOKEN"] = self.secret("ledger-admin-token")
+            env[f"{prefix}POOL_GPUS"] = json.dumps(
+                {"h100-80gb": int(os.environ.get("AICLOUD_LOCAL_GPUS", "16"))})
         if name == "inference-router":
             env.update(self._router_env(prefix, ports))
         if name == "provisioner":

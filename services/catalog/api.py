@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
@@ -56,7 +56,7 @@ class JobCreate(BaseModel):
 
 
 def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
-                 provisioner_url: str = "") -> APIRouter:
+                 provisioner_url: str = "", ledger_url: str = "") -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["jobs"])
     Team = Annotated[str, Depends(build_auth(db))]
 
@@ -130,6 +130,22 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
             return LogChunk(data="", next_offset=offset)  # not started yet
         response.raise_for_status()
         return LogChunk.model_validate(response.json())
+
+    @router.get("/bill", tags=["bill"])
+    async def bill(team: Team, request: Request) -> Response:
+        """Your team's spend: ``by`` (team, project, user_id, kind, model, gpu_type,
+        resource_id; repeatable), ``from``/``to`` (ISO dates; default this month), ``step``
+        (hour, day, week, month). Amounts are exact decimal strings."""
+        if not ledger_url:
+            raise HTTPException(503, detail="the bill is not available: no cost ledger configured")
+        params = [(k, v) for k, v in request.query_params.multi_items() if k != "team"]
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{ledger_url}/internal/spend",
+                                        params=[*params, ("team", team)])
+        if response.status_code == 422:
+            raise HTTPException(422, detail=response.json().get("detail"))
+        response.raise_for_status()
+        return Response(response.content, media_type="application/json")
 
     @router.get("/models", tags=["models"])
     async def list_models(team: Team) -> list[dict[str, Any]]:

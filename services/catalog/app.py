@@ -23,7 +23,8 @@ def build(settings: CatalogSettings) -> Service:
     except CatalogDataError as exc:
         raise ConfigError(f"catalog cannot load its products: {exc}") from None
     service.include_router(build_router(db=service.db, outbox=service.outbox, products=products,
-                                        provisioner_url=settings.provisioner_url))
+                                        provisioner_url=settings.provisioner_url,
+                                        ledger_url=settings.ledger_url))
     if settings.demo_keys_file is not None:
         service.on_start(partial(seed_keys, service, settings.demo_keys_file, settings.policy_dir))
     return service

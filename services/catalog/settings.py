@@ -18,3 +18,4 @@ class CatalogSettings(ServiceSettings):
         default=None, description="Local stack only: seed a key per org team and write them here."
     )
     provisioner_url: str = Field(default="", description="Where job logs are read from.")
+    ledger_url: str = Field(default="", description="Where a team's bill is read from.")
