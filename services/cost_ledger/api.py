@@ -59,7 +59,7 @@ def build_router(ledger: Ledger, *, admin_token: str) -> APIRouter:
             raise HTTPException(401, detail="this needs 'Authorization: Bearer <admin token>' "
                                 "(AICLOUD_COST_LEDGER_ADMIN_TOKEN)")
 
-    Admin = Annotated[None, Depends(admin)]
+    admin_only = [Depends(admin)]
 
     @router.get("/internal/spend")
     async def spend(team: str | None = None,
@@ -79,8 +79,8 @@ def build_router(ledger: Ledger, *, admin_token: str) -> APIRouter:
                                    include_idle=include_idle)
         return Response(_dumps(found, exact=True), media_type="application/json")
 
-    @router.put("/v1/budgets/{team}", status_code=200)
-    async def put_budget(team: str, body: BudgetIn, _: Admin) -> dict[str, Any]:
+    @router.put("/v1/budgets/{team}", status_code=200, dependencies=admin_only)
+    async def put_budget(team: str, body: BudgetIn) -> dict[str, Any]:
         """Set a team's monthly budget; alerts fire at once if spend is already past a threshold."""
         if team not in ledger.teams:
             raise HTTPException(404, detail=f"no team {team!r} in the organisation "
@@ -96,8 +96,8 @@ def build_router(ledger: Ledger, *, admin_token: str) -> APIRouter:
         return [{"team": b.team, "budget_id": b.budget_id, "amount_usd": b.amount_usd,
                  "thresholds": list(b.thresholds), "action": b.action} for b in found.values()]
 
-    @router.post("/v1/ledger/reversals", status_code=201)
-    async def reverse(body: Reversal, _: Admin) -> dict[str, Any]:
+    @router.post("/v1/ledger/reversals", status_code=201, dependencies=admin_only)
+    async def reverse(body: Reversal) -> dict[str, Any]:
         """Cancel a ledger line with a new, negative line (lines are never edited)."""
         async with ledger.db.transaction() as session:
             new_id = await repo.reverse(session, entry_id=body.entry_id, reason=body.reason)
