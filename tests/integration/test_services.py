@@ -424,3 +424,41 @@ async def test_a_full_node_queues_other_teams_until_capacity_frees(
     await quota.bus.publish(JobCompleted(tenant="legal", job_id="n-1", duration_s=5))
     assert await outcome("n-2") == "admitted"  # legal's finished job let research in
     await nc.close()
+
+
+async def test_an_exhausted_budget_blocks_new_work_until_it_is_raised(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from contracts import BudgetChanged, BudgetExhausted
+
+    await make_service("quota")
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    period = datetime.now(UTC).strftime("%Y-%m")
+    decided = await js.subscribe(f"{prefix}.aicloud.jobs.>", ordered_consumer=True)
+
+    async def request(job_id: str) -> tuple[str, str]:
+        job = JobRequested(tenant="legal", job_id=job_id, command=["true"], gpus=1, product="fine-tune")
+        await js.publish(f"{prefix}.{job.SUBJECT}", job.model_dump_json().encode())
+        while True:
+            msg = await decided.next_msg(timeout=10)
+            body = json.loads(msg.data)
+            if body.get("job_id") == job_id and not msg.subject.endswith("requested.v1"):
+                return msg.subject.split(".")[-2], body.get("reason", "")
+
+    exhausted = BudgetExhausted(tenant="legal", budget_id="legal-monthly", period=period, action="block",
+                                spent_usd=Decimal("512.40"), amount_usd=Decimal("500"))
+    await js.publish(f"{prefix}.{exhausted.SUBJECT}", exhausted.model_dump_json().encode())
+    await asyncio.sleep(1)
+    outcome, reason = await request("after-exhausted")
+    assert outcome == "rejected"
+    assert "budget 'legal-monthly' is exhausted" in reason and "$512.40 of $500.00" in reason
+    raised = BudgetChanged(tenant="legal", budget_id="legal-monthly", period=period, action="block",
+                           amount_usd=Decimal("2000"), spent_usd=Decimal("512.40"))
+    await js.publish(f"{prefix}.{raised.SUBJECT}", raised.model_dump_json().encode())
+    await asyncio.sleep(1)
+    outcome, _ = await request("after-raise")
+    await nc.close()
+    assert outcome == "admitted"
