@@ -9,12 +9,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import nats
 import psutil
 import pytest
+
+from contracts import UsageRecorded
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 pytestmark = pytest.mark.e2e
 
@@ -258,6 +267,80 @@ def test_router_keys_are_managed_from_the_cli(stack: tuple[Path, dict[str, dict[
     assert revoked.returncode == 0
     routes = aicloud(home, "router", "routes")
     assert routes.returncode == 0 and "flaky-gpt" in routes.stdout
+
+
+def _publish_usage(components: dict[str, dict[str, object]], *events: UsageRecorded) -> None:
+    async def send() -> None:
+        nc = await nats.connect(str(components["nats"]["url"]))
+        for event in events:
+            await nc.jetstream().publish(event.SUBJECT, event.model_dump_json().encode(),
+                                         headers={"Nats-Msg-Id": str(event.event_id)})
+        await nc.close()
+    # in a thread of its own: the caller may be inside Playwright's event loop
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, send()).result()
+
+
+def _gpu_hours(team: str, hours: int, resource: str) -> UsageRecorded:
+    start = datetime.now(UTC).replace(day=2, hour=0, minute=0, second=0, microsecond=0)
+    return UsageRecorded(tenant=team, kind="training", resource_id=resource, gpu_type="h100-80gb",
+                         gpus_requested=1, started_at=start, ended_at=start + timedelta(hours=hours))
+
+
+def test_the_bill_dashboard_updates_live_in_a_browser(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    """Real Chromium: the page shows research's spend, then the new total once usage arrives,
+    without a reload."""
+    from playwright.sync_api import sync_playwright
+
+    _, components = stack
+    url = f"{components['cost-ledger']['url']}/bill"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("#live.on", timeout=15_000)  # the event stream is connected
+        before = page.locator('tr[data-team="research"] .spent')
+        start_text = before.inner_text() if before.count() else "$0.00"
+        _publish_usage(components, _gpu_hours("research", 10, "dash-1"))  # 10 x $6.88
+        expected = f"${float(start_text.strip('$').replace(',', '')) + 68.80:,.2f}"
+        page.wait_for_function(
+            "([sel, want]) => document.querySelector(sel)?.textContent === want",
+            arg=['tr[data-team="research"] .spent', expected], timeout=15_000)
+        assert "dash-1" in page.locator("#resources").inner_text()
+        assert page.locator("#chart rect").count() >= 1
+        browser.close()
+
+
+def test_a_budget_at_100_percent_with_block_refuses_the_next_job(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, components = stack
+    bad = aicloud(home, "budgets", "set", "--team", "research", "--amount", "-5")
+    assert bad.returncode == 2 and "amount_usd" in bad.stderr
+    done = aicloud(home, "budgets", "set", "--team", "research", "--amount", "50", "--action", "block")
+    assert done.returncode == 0, done.stderr
+    _publish_usage(components, _gpu_hours("research", 8, "budget-1"))  # $55.04 > $50
+    for _ in range(50):
+        refused = aicloud(home, "create", "job", "--team", "research", "--gpus", "1", "--wait",
+                          "-o", "json", "--", "true")
+        if "budget" in refused.stdout:
+            break
+        time.sleep(0.3)
+    assert refused.returncode == 1
+    assert "budget 'research-monthly' is exhausted" in json.loads(refused.stdout)["reason"]
+    bill = aicloud(home, "bill", "--team", "research", "--by", "kind", "-o", "json")
+    assert bill.returncode == 0, bill.stderr
+    assert Decimal(json.loads(bill.stdout)["total_usd"]) >= Decimal("55.04")
+    csv_bill = aicloud(home, "bill", "--team", "research", "--by", "resource_id", "-o", "csv")
+    assert csv_bill.stdout.splitlines()[0] == "resource_id,usd" and "budget-1" in csv_bill.stdout
+    raised = aicloud(home, "budgets", "set", "--team", "research", "--amount", "100000", "--action", "block")
+    assert raised.returncode == 0
+    for _ in range(50):
+        again = aicloud(home, "create", "job", "--team", "research", "--gpus", "1", "--wait", "--", "true")
+        if again.returncode == 0:
+            break
+        time.sleep(0.3)
+    assert again.returncode == 0, again.stderr  # the raise lifted the block
 
 
 # Stops the module's stack: keep it the last test here.
