@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -65,11 +65,9 @@ class PriceVersion(BaseModel):
     fallback_model: TokenPrice
 
 
-class TokenCharge(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class TokenCharge(NamedTuple):
     usd: Decimal
-    flagged: bool = Field(description="No price for this model (or GPU type): fallback rate.")
+    flagged: bool  # no price for this model (or GPU type): charged the fallback rate
 
 
 ComputeCharge = TokenCharge
@@ -82,6 +80,8 @@ class PriceBook(BaseModel):
     versions: tuple[PriceVersion, ...] = Field(min_length=1)
 
     def version_at(self, when: datetime) -> PriceVersion:
+        if len(self.versions) == 1:
+            return self.versions[0]
         day = when.date()
         in_effect = [v for v in self.versions if v.effective_from <= day]
         if not in_effect:

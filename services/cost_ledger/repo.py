@@ -85,8 +85,41 @@ MIGRATIONS = (
                 PRIMARY KEY (team, period, threshold))""",
         ),
     ),
+    Migration(
+        4,
+        "daily rollup without user and resource, for fast team x kind x day queries",
+        (
+            """CREATE TABLE spend_daily (
+                team TEXT NOT NULL, project TEXT NOT NULL, kind TEXT NOT NULL,
+                model TEXT NOT NULL, gpu_type TEXT NOT NULL, day DATE NOT NULL,
+                usd NUMERIC(24, 10) NOT NULL, gpu_seconds NUMERIC NOT NULL DEFAULT 0,
+                PRIMARY KEY (day, team, kind, project, model, gpu_type))""",
+            """INSERT INTO spend_daily SELECT team, project, kind, model, gpu_type,
+                CAST(hour AT TIME ZONE 'UTC' AS date), sum(usd), sum(gpu_seconds) FROM spend_hourly
+                GROUP BY 1, 2, 3, 4, 5, 6""",
+        ),
+    ),
+    Migration(
+        5,
+        "hourly rollup without user and resource (one row per resource-hour made it as big as "
+        "the lines); those queries read the lines",
+        (
+            "DROP TABLE spend_hourly",
+            """CREATE TABLE spend_hourly (
+                team TEXT NOT NULL, project TEXT NOT NULL, kind TEXT NOT NULL, model TEXT NOT NULL,
+                gpu_type TEXT NOT NULL, hour TIMESTAMPTZ NOT NULL, usd NUMERIC(24, 10) NOT NULL,
+                gpu_seconds NUMERIC NOT NULL DEFAULT 0, lines BIGINT NOT NULL,
+                PRIMARY KEY (hour, team, kind, project, model, gpu_type))""",
+            """INSERT INTO spend_hourly SELECT team, project, kind, model, gpu_type, hour, sum(usd),
+                sum(CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END), count(*)
+                FROM ledger_entries GROUP BY 1, 2, 3, 4, 5, 6""",
+        ),
+    ),
 )
+DAILY_DIMENSIONS = ("team", "project", "kind", "model", "gpu_type")
+ROLLUP_DIMENSIONS = DAILY_DIMENSIONS  # user and resource are read from the lines themselves
 
+_ROLL = ", ".join(ROLLUP_DIMENSIONS)
 _INSERT = f"""
 WITH new_lines AS (
     INSERT INTO ledger_entries (event_id, line, team, project, user_id, kind, model, gpu_type,
@@ -98,15 +131,22 @@ WITH new_lines AS (
                          CAST(:quantity AS numeric[]), CAST(:unit AS text[]), CAST(:usd AS numeric[]),
                          CAST(:flag AS text[]))
     ON CONFLICT (event_id, line) DO NOTHING
-    RETURNING {", ".join(DIMENSIONS)}, hour, usd, quantity, unit
+    RETURNING {_ROLL}, hour, usd, CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END AS gpu_s
 ), rolled AS (
-    INSERT INTO spend_hourly ({", ".join(DIMENSIONS)}, hour, usd, gpu_seconds, lines)
-    SELECT {", ".join(DIMENSIONS)}, hour, sum(usd),
-           sum(CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END), count(*)
-    FROM new_lines GROUP BY {", ".join(DIMENSIONS)}, hour
-    ON CONFLICT (team, hour, kind, project, user_id, model, gpu_type, resource_id) DO UPDATE
+    INSERT INTO spend_hourly ({_ROLL}, hour, usd, gpu_seconds, lines)
+    SELECT {_ROLL}, hour, sum(usd), sum(gpu_s), count(*) FROM new_lines
+    GROUP BY {_ROLL}, hour ORDER BY hour, {_ROLL}
+    ON CONFLICT (hour, team, kind, project, model, gpu_type) DO UPDATE
     SET usd = spend_hourly.usd + EXCLUDED.usd, gpu_seconds = spend_hourly.gpu_seconds
         + EXCLUDED.gpu_seconds, lines = spend_hourly.lines + EXCLUDED.lines
+    RETURNING 1
+), daily AS (
+    INSERT INTO spend_daily ({_ROLL}, day, usd, gpu_seconds)
+    SELECT {_ROLL}, CAST(hour AT TIME ZONE 'UTC' AS date), sum(usd), sum(gpu_s)
+    FROM new_lines GROUP BY {_ROLL}, 6 ORDER BY 6, {_ROLL}
+    ON CONFLICT (day, team, kind, project, model, gpu_type) DO UPDATE
+    SET usd = spend_daily.usd + EXCLUDED.usd, gpu_seconds = spend_daily.gpu_seconds
+        + EXCLUDED.gpu_seconds
     RETURNING 1
 )
 SELECT team, hour, usd FROM new_lines
@@ -145,11 +185,15 @@ async def reverse(session: AsyncSession, *, entry_id: int, reason: str) -> int |
         " -:usd, :flag, :reverses) RETURNING entry_id"),
         {**row._asdict(), "flag": f"reversal: {reason}", "reverses": entry_id})).scalar_one()
     await session.execute(text(
-        "INSERT INTO spend_hourly (team, project, user_id, kind, model, gpu_type, resource_id, hour,"
-        " usd, gpu_seconds, lines) VALUES (:team, :project, :user_id, :kind, :model, :gpu_type,"
-        " :resource_id, :hour, -:usd, 0, 1) ON CONFLICT (team, hour, kind, project, user_id, model,"
-        " gpu_type, resource_id) DO UPDATE SET usd = spend_hourly.usd + EXCLUDED.usd,"
-        " lines = spend_hourly.lines + 1"), row._asdict())
+        "INSERT INTO spend_hourly (team, project, kind, model, gpu_type, hour, usd, gpu_seconds, lines)"
+        " VALUES (:team, :project, :kind, :model, :gpu_type, :hour, -:usd, 0, 1)"
+        " ON CONFLICT (hour, team, kind, project, model, gpu_type) DO UPDATE"
+        " SET usd = spend_hourly.usd + EXCLUDED.usd, lines = spend_hourly.lines + 1"), row._asdict())
+    await session.execute(text(
+        "INSERT INTO spend_daily (team, project, kind, model, gpu_type, day, usd) VALUES (:team,"
+        " :project, :kind, :model, :gpu_type, CAST(:hour AT TIME ZONE 'UTC' AS date), -:usd)"
+        " ON CONFLICT (day, team, kind, project, model, gpu_type) DO UPDATE"
+        " SET usd = spend_daily.usd + EXCLUDED.usd"), row._asdict())
     return int(new_id)
 
 
@@ -158,20 +202,37 @@ STEPS = ("hour", "day", "week", "month")
 
 async def spend(session: AsyncSession, *, start: datetime, end: datetime, by: Sequence[str],
                 step: str | None, team: str | None) -> list[dict[str, Any]]:
-    """Spend in [start, end) grouped by ``by`` dimensions and, with ``step``, by time bucket."""
+    """Spend in [start, end) grouped by ``by`` dimensions and, with ``step``, by time bucket.
+
+    Whole-day windows read the daily rollup, finer ones the hourly rollup; a breakdown by user
+    or resource reads the ledger lines themselves.
+    """
     keys = [d for d in by if d in DIMENSIONS]
+    if any(k not in ROLLUP_DIMENSIONS for k in keys):
+        table, time_col = "ledger_entries", "hour"
+        gpu = "CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END"
+    elif step != "hour" and start == _midnight(start) and end == _midnight(end):
+        table, time_col, gpu = "spend_daily", "day", "gpu_seconds"
+    else:
+        table, time_col, gpu = "spend_hourly", "hour", "gpu_seconds"
     if step is not None:
         assert step in STEPS, step
-        keys.append(f"date_trunc('{step}', hour, 'UTC') AS bucket")
+        keys.append(f"date_trunc('{step}', day::timestamp) AT TIME ZONE 'UTC' AS bucket"
+                    if time_col == "day" else f"date_trunc('{step}', hour, 'UTC') AS bucket")
     names = [k.split(" AS ")[-1] for k in keys]
+    bounds = ("day >= CAST(:start AT TIME ZONE 'UTC' AS date) AND day < CAST(:end AT TIME ZONE 'UTC' AS date)"
+              if time_col == "day" else "hour >= :start AND hour < :end")
     rows = await session.execute(text(
-        f"SELECT {', '.join([*keys, 'sum(usd) AS usd', 'sum(gpu_seconds) AS gpu_seconds'])}"
-        " FROM spend_hourly WHERE hour >= :start AND hour < :end"
-        " AND (CAST(:team AS text) IS NULL OR team = :team)"
+        f"SELECT {', '.join([*keys, 'sum(usd) AS usd', f'sum({gpu}) AS gpu_seconds'])}"
+        f" FROM {table} WHERE {bounds} AND (CAST(:team AS text) IS NULL OR team = :team)"
         + (f" GROUP BY {', '.join(names)}" if names else "")
         + f" ORDER BY {'bucket, ' if step else ''}usd DESC"),
         {"start": start, "end": end, "team": team})
     return [dict(r._mapping) for r in rows]
+
+
+def _midnight(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 async def flagged_lines(session: AsyncSession, *, team: str | None, limit: int = 50) -> list[dict[str, Any]]:

@@ -19,4 +19,5 @@ class CostLedgerSettings(ServiceSettings):
     pool_gpus: dict[str, NonNegativeInt] = Field(
         default_factory=dict,
         description='GPUs per type in the shared pool, for the idle line, e.g. {"h100-80gb": 16}.')
-    batch: int = Field(default=1000, ge=1, le=10_000, description="Events per ingest transaction.")
+    batch: int = Field(default=5000, ge=1, le=20_000,
+                       description="Events per fetch and ingest transaction (at most).")

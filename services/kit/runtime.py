@@ -85,7 +85,7 @@ class Service:
                       fetch: int = 1000, durable: str | None = None) -> None:
         """Run ``handler(events)`` once per fetch of up to ``fetch`` events; the handler owns
         idempotency (e.g. a unique key per event in the same transaction as its effect)."""
-        self.bus.subscribe_batch(message_type.SUBJECT, handler, decode=typed_decoder(message_type),
+        self.bus.subscribe_batch(message_type.SUBJECT, handler, message_type=message_type,
                                  durable=durable, fetch=fetch)
 
     def observe(
