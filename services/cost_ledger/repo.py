@@ -115,7 +115,20 @@ MIGRATIONS = (
                 FROM ledger_entries GROUP BY 1, 2, 3, 4, 5, 6""",
         ),
     ),
+    Migration(
+        6,
+        "team x kind x day rollup: the bill's and the dashboard's question, a few rows per day",
+        (
+            """CREATE TABLE spend_team_daily (
+                day DATE NOT NULL, team TEXT NOT NULL, kind TEXT NOT NULL,
+                usd NUMERIC(24, 10) NOT NULL, gpu_seconds NUMERIC NOT NULL DEFAULT 0,
+                PRIMARY KEY (day, team, kind))""",
+            """INSERT INTO spend_team_daily SELECT day, team, kind, sum(usd), sum(gpu_seconds)
+                FROM spend_daily GROUP BY 1, 2, 3""",
+        ),
+    ),
 )
+TEAM_DAILY_DIMENSIONS = ("team", "kind")
 DAILY_DIMENSIONS = ("team", "project", "kind", "model", "gpu_type")
 ROLLUP_DIMENSIONS = DAILY_DIMENSIONS  # user and resource are read from the lines themselves
 
@@ -147,6 +160,13 @@ WITH new_lines AS (
     ON CONFLICT (day, team, kind, project, model, gpu_type) DO UPDATE
     SET usd = spend_daily.usd + EXCLUDED.usd, gpu_seconds = spend_daily.gpu_seconds
         + EXCLUDED.gpu_seconds
+    RETURNING 1
+), team_daily AS (
+    INSERT INTO spend_team_daily (day, team, kind, usd, gpu_seconds)
+    SELECT CAST(hour AT TIME ZONE 'UTC' AS date), team, kind, sum(usd), sum(gpu_s) FROM new_lines
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (day, team, kind) DO UPDATE SET usd = spend_team_daily.usd + EXCLUDED.usd,
+        gpu_seconds = spend_team_daily.gpu_seconds + EXCLUDED.gpu_seconds
     RETURNING 1
 )
 SELECT team, hour, usd FROM new_lines
@@ -194,6 +214,11 @@ async def reverse(session: AsyncSession, *, entry_id: int, reason: str) -> int |
         " :project, :kind, :model, :gpu_type, CAST(:hour AT TIME ZONE 'UTC' AS date), -:usd)"
         " ON CONFLICT (day, team, kind, project, model, gpu_type) DO UPDATE"
         " SET usd = spend_daily.usd + EXCLUDED.usd"), row._asdict())
+    await session.execute(text(
+        "INSERT INTO spend_team_daily (day, team, kind, usd) VALUES"
+        " (CAST(:hour AT TIME ZONE 'UTC' AS date), :team, :kind, -:usd)"
+        " ON CONFLICT (day, team, kind) DO UPDATE SET usd = spend_team_daily.usd + EXCLUDED.usd"),
+        row._asdict())
     return int(new_id)
 
 
@@ -212,7 +237,8 @@ async def spend(session: AsyncSession, *, start: datetime, end: datetime, by: Se
         table, time_col = "ledger_entries", "hour"
         gpu = "CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END"
     elif step != "hour" and start == _midnight(start) and end == _midnight(end):
-        table, time_col, gpu = "spend_daily", "day", "gpu_seconds"
+        narrow = all(k in TEAM_DAILY_DIMENSIONS for k in keys)
+        table, time_col, gpu = ("spend_team_daily" if narrow else "spend_daily"), "day", "gpu_seconds"
     else:
         table, time_col, gpu = "spend_hourly", "hour", "gpu_seconds"
     if step is not None:
