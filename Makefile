@@ -41,6 +41,8 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/job_start.py
 	$(BIN)/python bench/stack_startup.py
 	$(BIN)/python bench/router_overhead.py
+	$(BIN)/python bench/ledger_ingest.py
+	$(BIN)/python bench/spend_query.py
 
 lint: install
 	$(BIN)/ruff check .

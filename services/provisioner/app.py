@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from contracts import CancelJob, JobAdmitted
+from contracts import BudgetExhausted, CancelJob, JobAdmitted
 from services.kit.runtime import Service, run
 from services.kit.settings import load_settings
 from services.provisioner import handlers
@@ -54,6 +54,12 @@ def build(settings: ProvisionerSettings) -> Service:
     service.add_check("temporal", temporal_ready)
     service.consume(JobAdmitted, admitted)
     service.consume(CancelJob, cancel)
+
+    async def budget_exhausted(event: BudgetExhausted, uow: Any) -> None:
+        await handlers.on_budget_exhausted(event, uow, client=state["client"],
+                                           task_queue=settings.task_queue)
+
+    service.consume(BudgetExhausted, budget_exhausted)
     service.include_router(build_router(backend))
     return service
 

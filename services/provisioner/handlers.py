@@ -1,15 +1,19 @@
-"""provisioner's handlers: start a workflow per admitted job, forward cancellations."""
+"""provisioner's handlers: start a workflow per admitted job, forward cancellations, stop a
+team's running jobs when its budget says ``stop``."""
 
 from __future__ import annotations
 
+import structlog
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from contracts import CancelJob, JobAdmitted
+from contracts import BudgetExhausted, CancelJob, JobAdmitted
 from services.kit.inbox import UnitOfWork
 from workflows.job import DEFAULT_MAX_RUNTIME_S, JobInput, JobWorkflow
+
+log = structlog.get_logger(__name__)
 
 
 async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client,
@@ -19,6 +23,7 @@ async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client
         await client.start_workflow(
             JobWorkflow.run, job, id=event.request.job_id, task_queue=task_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            memo={"team": event.tenant},  # found again when the team's budget stops its work
         )
     except WorkflowAlreadyStartedError:
         return  # a redelivered admission: the job already runs (or ran) once
@@ -45,3 +50,23 @@ async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, client: Client) 
     except RPCError as exc:
         if "not found" not in str(exc).lower() and "already completed" not in str(exc).lower():
             raise
+
+
+BUDGET_EXHAUSTED = "budget_exhausted"
+
+
+async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork, *, client: Client,
+                              task_queue: str) -> None:
+    """``stop``: every running job of the team ends (SIGTERM, grace, kill) with that reason."""
+    if event.action != "stop":
+        return
+    query = f"WorkflowType = 'JobWorkflow' AND ExecutionStatus = 'Running' AND TaskQueue = '{task_queue}'"
+    stopped = []
+    async for execution in client.list_workflows(query):
+        memo = await execution.memo()
+        if memo.get("team") != event.tenant:
+            continue
+        await on_cancel_job(CancelJob(tenant=event.tenant, job_id=execution.id, reason=BUDGET_EXHAUSTED,
+                                      source="provisioner"), uow, client=client)
+        stopped.append(execution.id)
+    log.info("budget.stopped_jobs", team=event.tenant, budget_id=event.budget_id, jobs=stopped)

@@ -462,3 +462,43 @@ async def test_an_exhausted_budget_blocks_new_work_until_it_is_raised(
     outcome, _ = await request("after-raise")
     await nc.close()
     assert outcome == "admitted"
+
+
+async def test_a_budget_that_says_stop_ends_the_teams_running_jobs_only(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from contracts import BudgetExhausted, JobStarted
+
+    await make_service("provisioner")
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    events = await js.subscribe(f"{prefix}.aicloud.jobs.>", ordered_consumer=True)
+    for team, job_id in (("legal", "stop-legal"), ("research", "stop-research")):
+        request = JobRequested(tenant=team, job_id=job_id, command=["sleep", "120"], gpus=0)
+        admitted = JobAdmitted(tenant=team, job_id=job_id, request=request)
+        await js.publish(f"{prefix}.{admitted.SUBJECT}", admitted.model_dump_json().encode())
+    seen: dict[str, list[dict[str, Any]]] = {}
+
+    async def until(pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(60):
+            while not pred():
+                msg = await events.next_msg(timeout=60)
+                seen.setdefault(msg.subject.split(".")[-2], []).append(json.loads(msg.data))
+
+    await until(lambda: len(seen.get("started", [])) == 2)
+    stop = BudgetExhausted(tenant="legal", budget_id="legal-monthly", action="stop",
+                           period=datetime.now(UTC).strftime("%Y-%m"), spent_usd=Decimal("101"),
+                           amount_usd=Decimal("100"))
+    await js.publish(f"{prefix}.{stop.SUBJECT}", stop.model_dump_json().encode())
+    await until(lambda: bool(seen.get("terminated")))
+    await asyncio.sleep(1)
+    cancel = CancelJob(tenant="research", job_id="stop-research")
+    await js.publish(f"{prefix}.{cancel.SUBJECT}", cancel.model_dump_json().encode())
+    await until(lambda: len(seen.get("terminated", [])) == 2)
+    await nc.close()
+    first, second = seen["terminated"]
+    assert (first["job_id"], first["reason"]) == ("stop-legal", "budget_exhausted")
+    assert (second["job_id"], second["reason"]) == ("stop-research", "cancelled")
+    assert {JobStarted.model_validate(s).job_id for s in seen["started"]} == {"stop-legal", "stop-research"}
