@@ -64,11 +64,20 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.rule("5. one gateway for every model: team keys, streaming, PII guard, fallback, canary, limits")
     demo_router.walk(stack, urls, team)
 
+    console.rule("6. the bill: every GPU-second and token above, priced, per team and kind")
+    time.sleep(1.5)  # the last usage events are on their way to the ledger
+    bill = client.request("GET", "/v1/bill", params=[("by", "kind")])
+    for row in bill["rows"]:
+        console.print(f"   {row['kind']:<10} ${float(row['usd']):,.4f}")
+    console.print(f"   team {team} this month: [bold]${float(bill['total_usd']):,.4f}[/]  "
+                  f"(aicloud bill --team {team} --by kind; live: {urls['cost-ledger']}/bill)")
+
     console.rule("where to look")
     console.print(f"   Temporal UI      {urls['temporal']}")
     console.print(f"   platform API     {urls['catalog']}/docs")
     console.print(f"   model router     {urls['inference-router']}/v1 (team keys: "
                   f"{stack.home / 'router-keys.json'})")
+    console.print(f"   bill dashboard   {urls['cost-ledger']}/bill")
     console.print(f"   metrics          {urls['observability-collector']}/metrics")
     console.print(f"   traces           {stack.home / 'traces'}/*.jsonl")
     console.print("   stop everything  aicloud dev down")

@@ -3,8 +3,11 @@
 "use strict";
 const KIND_COLORS = {training: "#3b82f6", inference: "#10b981", notebook: "#f59e0b",
                      endpoint: "#8b5cf6", agent: "#ef4444"};
-const usd = (v) => v == null ? "—" : "$" + Number(v).toLocaleString("en-US",
-  {minimumFractionDigits: 2, maximumFractionDigits: 2});
+const usd = (v) => {
+  if (v == null) return "—";
+  const digits = v !== 0 && Math.abs(v) < 1 ? 4 : 2;  // cents hide a small demo's spend
+  return "$" + Number(v).toLocaleString("en-US", {minimumFractionDigits: digits, maximumFractionDigits: digits});
+};
 const esc = (s) => String(s ?? "").replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 
 function rows(id, items, cells) {

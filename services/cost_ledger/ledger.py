@@ -154,8 +154,12 @@ class Ledger:
         return result
 
     async def idle(self, *, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Pool GPU time nobody used in [start, min(end, now)), charged to ``__idle__``."""
+        """Pool GPU time nobody used in [start, min(end, now)), charged to ``__idle__``; metering
+        starts with the ledger's first line, so a new platform is not billed for before it."""
         end = min(end, datetime.now(UTC))
+        async with self.db.transaction() as session:
+            first = (await session.execute(text("SELECT min(hour) FROM spend_hourly"))).scalar_one()
+        start = max(start, first or end)
         hours = Decimal(str(max((end - start).total_seconds(), 0) / 3600))
         async with self.db.transaction() as session:
             used = {r["gpu_type"]: r["gpu_seconds"] for r in await repo.spend(
