@@ -199,8 +199,8 @@ def main() -> None:
     os.environ["BENCH_UPSTREAM_KEY"] = upstream_key
     port = servers.free_port()
     log = root / "upstream.log"
-    upstream_proc = spawn([sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(port),
-                           "--api-key", upstream_key], {}, log)
+    upstream_proc = spawn([sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(port)],
+                          {"AICLOUD_FAKE_LLM_API_KEY": upstream_key}, log)
     upstream = f"http://127.0.0.1:{port}"
     wait_http(f"{upstream}/healthz", upstream_proc, log)
     targets = [Target("direct", upstream, upstream_key, None)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from collections import deque
 from typing import Any
@@ -226,7 +227,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Fake OpenAI + Anthropic upstream")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8010)
-    parser.add_argument("--api-key", default=None, help="require this key, as the real ones do")
+    parser.add_argument("--api-key", default=os.environ.get("AICLOUD_FAKE_LLM_API_KEY"),
+                        help="require this key, as the real ones do (default: $AICLOUD_FAKE_LLM_API_KEY)")
     args = parser.parse_args()
     web.run_app(FakeLlm(api_key=args.api_key).app(), host=args.host, port=args.port,
                 access_log=None, print=None)

@@ -113,8 +113,9 @@ class Stack:
                                             db_file=data / "temporal" / "temporal.db"),
                       str(logs / "temporal.log")),
             Component("fake-llm", f"http://127.0.0.1:{ports['fake-llm']}",
-                      [sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(ports["fake-llm"]),
-                       "--api-key", self.secret("fake-llm-key")], str(logs / "fake-llm.log")),
+                      [sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(ports["fake-llm"])],
+                      str(logs / "fake-llm.log"),
+                      env={"AICLOUD_FAKE_LLM_API_KEY": self.secret("fake-llm-key")}),
         ]
         return infra, [self._service(name, module, prefix, ports)
                        for name, module, prefix in SERVICES]
@@ -251,6 +252,7 @@ class Stack:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(c) for c in components], indent=2))
+        tmp.chmod(0o600)  # holds each component's environment, secrets included
         tmp.replace(self.state_file)
 
     def read_state(self) -> list[dict[str, Any]]:
