@@ -94,7 +94,8 @@ async def count(service: Service) -> tuple[int, Decimal, int]:
     return int(row[0]), Decimal(row[1]), int(row[2])
 
 
-async def batched(nats_url: str, database_url: str, events: list[UsageRecorded]) -> dict[str, float]:
+async def batched(nats_url: str, database_url: str, events: list[UsageRecorded],
+                  processes: int = 1) -> dict[str, float]:
     prefix = "b" + uuid.uuid4().hex[:8]
     env = {**os.environ, "AICLOUD_COST_LEDGER_NATS_URL": nats_url,
            "AICLOUD_COST_LEDGER_DATABASE_URL": database_url, "AICLOUD_COST_LEDGER_SUBJECT_PREFIX": prefix,
@@ -106,8 +107,9 @@ async def batched(nats_url: str, database_url: str, events: list[UsageRecorded])
     await checker.db.migrate(MIGRATIONS)
     published = await preload(nats_url, prefix, events)
     print(f"pre-loaded {published:,} messages ({published - len(events):,} duplicates)", flush=True)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cost_ledger", env=env,
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cost_ledger", env=env,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(processes)]  # replicas share the durable consumers: the work splits
     first = last = None
     first_done = 0
     try:
@@ -123,8 +125,9 @@ async def batched(nats_url: str, database_url: str, events: list[UsageRecorded])
         await asyncio.sleep(1.0)  # let duplicates still in flight arrive: they must change nothing
         done, total, lines = await count(checker)
     finally:
-        proc.terminate()
-        await proc.wait()
+        for proc in procs:
+            proc.terminate()
+            await proc.wait()
         await checker.db.drop_schema()
         await checker.db.dispose()
         await checker.bus.stop()
@@ -165,18 +168,23 @@ def main() -> None:
     nats_url, database_url, procs = start_servers(root, "postgres")
     try:
         batch = asyncio.run(batched(nats_url, database_url, events))
+        two = asyncio.run(batched(nats_url, database_url, events, processes=2))
         single = asyncio.run(per_event(database_url, events[:SAMPLE]))
     finally:
         stop_servers(procs)
     print(f"\nledger ingestion on {os.cpu_count()} cores ({platform.processor() or platform.machine()})")
     print(f"{'path':38} {'events/s':>10}")
-    print(f"{'batched (one transaction per fetch)':38} {batch['events_per_s']:>10,.0f}")
+    print(f"{'batched, one ledger process':38} {batch['events_per_s']:>10,.0f}")
+    print(f"{'batched, two ledger processes':38} {two['events_per_s']:>10,.0f}  "
+          f"({'exact' if two['exact_to_the_cent'] else 'MISMATCH'}, {two['lines']:,} lines)")
     print(f"{'one transaction per event':38} {single['events_per_s']:>10,.0f}")
     print(f"{N:,} events + 5 % duplicates drained in {batch['seconds']:.2f} s; ledger total "
           f"${batch['total_usd']:,.2f} vs reference ${batch['reference_usd']:,.2f} "
           f"({'exact to the cent' if batch['exact_to_the_cent'] else 'MISMATCH'}); "
           f"{batch['lines']:,} lines for {batch['expected_lines']:,} hour slices")
     print(json.dumps({"batched_events_per_s": round(batch["events_per_s"]),
+                      "two_processes_events_per_s": round(two["events_per_s"]),
+                      "two_processes_exact": two["exact_to_the_cent"],
                       "per_event_events_per_s": round(single["events_per_s"]),
                       "events": N, "exact_to_the_cent": batch["exact_to_the_cent"],
                       "lines": batch["lines"], "expected_lines": batch["expected_lines"],
