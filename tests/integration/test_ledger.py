@@ -58,11 +58,17 @@ async def publish(nc: Any, prefix: str, events: list[Any], *, duplicate_every: i
     """Publish each event; every ``duplicate_every``-th once more with a new message id, so
     JetStream's de-duplication cannot hide it and only the ledger's idempotency stops it."""
     js = nc.jetstream()
+    pending = []
     for i, event in enumerate(events):
         data = event.model_dump_json().encode()
-        await js.publish(f"{prefix}.{event.SUBJECT}", data, headers={"Nats-Msg-Id": str(event.event_id)})
+        pending.append(js.publish(f"{prefix}.{event.SUBJECT}", data,
+                                  headers={"Nats-Msg-Id": str(event.event_id)}))
         if i % duplicate_every == 0:
-            await js.publish(f"{prefix}.{event.SUBJECT}", data, headers={"Nats-Msg-Id": f"dup-{i}"})
+            pending.append(js.publish(f"{prefix}.{event.SUBJECT}", data, headers={"Nats-Msg-Id": f"dup-{i}"}))
+        if len(pending) >= 500:
+            await asyncio.gather(*pending)
+            pending = []
+    await asyncio.gather(*pending)
 
 
 @pytest.fixture
@@ -214,7 +220,8 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
     """SIGKILL the ledger process while it ingests, start it again: every event is charged
     exactly once and the total matches the reference."""
     rng = random.Random(11)
-    events = [random_usage(rng, team="research") for _ in range(6000)]
+    total_events = 20_000  # at 200 per transaction, seconds of work: the kill lands mid-stream
+    events = [random_usage(rng, team="research") for _ in range(total_events)]
     env = {**os.environ, "AICLOUD_COST_LEDGER_NATS_URL": nats_url,
            "AICLOUD_COST_LEDGER_DATABASE_URL": service_env["database_url"],
            "AICLOUD_COST_LEDGER_SUBJECT_PREFIX": prefix,
@@ -239,13 +246,13 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
             sys.executable, "-m", "services.cost_ledger", env=env, stdout=log, stderr=subprocess.STDOUT)
 
     first = await start()
-    await until(lambda: _between(charged(), 1, 5000), timeout=60)
+    await until(lambda: _between(charged(), 1, total_events - 1), timeout=60)
     first.send_signal(signal.SIGKILL)
     await first.wait()
     killed_at = await charged()
     second = await start()
     try:
-        await until(lambda: _equals(charged(), 6000), timeout=90)
+        await until(lambda: _equals(charged(), total_events), timeout=120)
     finally:
         second.terminate()
         await second.wait()
@@ -255,7 +262,7 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
     await checker.db.drop_schema()
     await checker.db.dispose()
     await checker.bus.stop()
-    assert 0 < killed_at < 6000
+    assert 0 < killed_at < total_events
     expected = sum((reference_usd(e) for e in events), Decimal(0))
     assert total.quantize(Decimal("0.01")) == expected.quantize(Decimal("0.01"))
     assert rolled == total
