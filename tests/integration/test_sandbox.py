@@ -15,7 +15,7 @@ import pytest
 
 from contracts import JobRequested
 from services.provisioner.backends.local import LocalBackend
-from services.provisioner.backends.sandbox import Isolation, available
+from services.kit.sandbox import Isolation, available
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ import structlog
 from contracts import JobRequested
 from contracts.catalog import dataset_project
 from services.provisioner.backends import DatasetUnavailable
-from services.provisioner.backends.sandbox import Limits, Sandbox, choose
+from services.kit.sandbox import Limits, Sandbox, choose
 
 log = structlog.get_logger(__name__)
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")

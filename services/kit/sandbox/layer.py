@@ -19,7 +19,7 @@ import resource
 import shutil
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -67,8 +67,35 @@ class Launch:
 
 @dataclass(frozen=True)
 class Limits:
+    """Per-process limits; ``pids`` needs ``Spec.uid`` (RLIMIT_NPROC counts per user)."""
+
     memory_bytes: int
     max_open_files: int = 4096
+    pids: int | None = None
+    cpu_seconds: int | None = None
+    file_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: Path
+    target: str
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What runs in a sandbox and what it sees; the root is always the host's, read-only."""
+
+    command: list[str]
+    env: dict[str, str]
+    cwd: str
+    binds: tuple[Bind, ...] = ()
+    tmpfs: tuple[tuple[str, int | None], ...] = (("/tmp", None),)
+    limits: Limits = field(default_factory=lambda: Limits(memory_bytes=2 << 30))
+    uid: int | None = None
+    host_uds: bool = False
+    hostname: str = "sandbox"
 
 
 class Sandbox:
@@ -91,48 +118,57 @@ class Sandbox:
 
     def launch(self, *, container_id: str, command: list[str], env: dict[str, str], workspace: Path,
                dataset: Path | None, limits: Limits) -> Launch:
+        """A job: its workspace read-write, its dataset and script folders read-only."""
+        if self.isolation is Isolation.RLIMITS:
+            return Launch(command, _rlimits(limits))
+        binds = [*(Bind(d, str(d)) for d in code_dirs(command)), Bind(workspace, WORKSPACE, writable=True)]
+        if dataset is not None:
+            binds.append(Bind(dataset, DATA))
+        return self.launch_spec(container_id, Spec(command=command, env=env, cwd=WORKSPACE,
+                                                   binds=tuple(binds), limits=limits, hostname="job"))
+
+    def launch_spec(self, container_id: str, spec: Spec) -> Launch:
         if self.isolation is Isolation.GVISOR:
-            bundle = self._write_bundle(container_id, command, env, workspace, dataset, limits)
+            bundle = self._write_bundle(container_id, spec)
             argv = ["runsc", "--root", str(self._state), "--network=none", "--ignore-cgroups",
+                    *(["--host-uds=create"] if spec.host_uds else []),
                     "run", "--bundle", str(bundle), container_id]
             return Launch(argv, None)
         if self.isolation is Isolation.BUBBLEWRAP:
-            argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                    "--tmpfs", "/tmp", *[a for p in self._hidden for a in ("--tmpfs", str(p))],
-                    *[a for d in code_dirs(command) for a in ("--ro-bind", str(d), str(d))],
-                    "--bind", str(workspace), WORKSPACE,
-                    *(["--ro-bind", str(dataset), DATA] if dataset else []),
-                    "--unshare-all", "--die-with-parent", "--chdir", WORKSPACE, "--clearenv",
-                    *[arg for k, v in env.items() for arg in ("--setenv", k, v)], "--", *command]
-            return Launch(argv, _rlimits(limits))
-        return Launch(command, _rlimits(limits))
+            return Launch(self._bwrap_argv(spec), _rlimits(spec.limits, uid=spec.uid))
+        return Launch(spec.command, _rlimits(spec.limits, uid=spec.uid))
 
-    def _write_bundle(self, container_id: str, command: list[str], env: dict[str, str],
-                      workspace: Path, dataset: Path | None, limits: Limits) -> Path:
+    def _bwrap_argv(self, spec: Spec) -> list[str]:
+        tmpfs = [*spec.tmpfs, *((str(p), None) for p in self._hidden)]
+        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                *[a for target, size in tmpfs
+                  for a in ([*(["--size", str(size)] if size else []), "--tmpfs", target])],
+                *[a for b in spec.binds
+                  for a in ("--bind" if b.writable else "--ro-bind", str(b.source), b.target)],
+                "--unshare-all", "--die-with-parent", "--hostname", spec.hostname,
+                "--chdir", spec.cwd, "--clearenv",
+                *[arg for k, v in spec.env.items() for arg in ("--setenv", k, v)], "--", *spec.command]
+
+    def _write_bundle(self, container_id: str, spec: Spec) -> Path:
         bundle = self._state / "bundles" / container_id
         bundle.mkdir(parents=True, exist_ok=True)
         mounts = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs"},
+            *({"destination": target, "type": "tmpfs", "source": "tmpfs",
+               "options": [*([f"size={size}"] if size else []), "mode=1777"]}
+              for target, size in spec.tmpfs),
             *({"destination": str(p), "type": "tmpfs", "source": "tmpfs"} for p in self._hidden),
-            *({"destination": str(d), "type": "bind", "source": str(d), "options": ["rbind", "ro"]}
-              for d in code_dirs(command)),
-            {"destination": WORKSPACE, "type": "bind", "source": str(workspace), "options": ["rbind", "rw"]},
+            *({"destination": b.target, "type": "bind", "source": str(b.source),
+               "options": ["rbind", "rw" if b.writable else "ro"]} for b in spec.binds),
         ]
-        if dataset is not None:
-            mounts.append({"destination": DATA, "type": "bind", "source": str(dataset),
-                           "options": ["rbind", "ro"]})
-        rlimits = [
-            {"type": "RLIMIT_AS", "hard": limits.memory_bytes, "soft": limits.memory_bytes},
-            {"type": "RLIMIT_NOFILE", "hard": limits.max_open_files, "soft": limits.max_open_files},
-        ]
+        uid = spec.uid or 0
         config = {
             "ociVersion": "1.0.2",
-            "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": command,
-                        "env": [f"{k}={v}" for k, v in env.items()], "cwd": WORKSPACE,
-                        "rlimits": rlimits, "noNewPrivileges": True},
+            "process": {"terminal": False, "user": {"uid": uid, "gid": uid}, "args": spec.command,
+                        "env": [f"{k}={v}" for k, v in spec.env.items()], "cwd": spec.cwd,
+                        "rlimits": _oci_rlimits(spec.limits), "noNewPrivileges": True},
             "root": {"path": "/", "readonly": True},
-            "hostname": "job",
+            "hostname": spec.hostname,
             "mounts": mounts,
             "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
         }
@@ -175,10 +211,33 @@ def code_dirs(command: list[str]) -> list[Path]:
                    if arg.startswith("/") and Path(arg).is_file()})
 
 
-def _rlimits(limits: Limits) -> Callable[[], None]:
+def _limit_pairs(limits: Limits) -> list[tuple[str, int]]:
+    pairs = [("RLIMIT_AS", limits.memory_bytes), ("RLIMIT_NOFILE", limits.max_open_files),
+             ("RLIMIT_CORE", 0)]
+    if limits.pids is not None:
+        pairs.append(("RLIMIT_NPROC", limits.pids))
+    if limits.cpu_seconds is not None:
+        pairs.append(("RLIMIT_CPU", limits.cpu_seconds))
+    if limits.file_bytes is not None:
+        pairs.append(("RLIMIT_FSIZE", limits.file_bytes))
+    return pairs
+
+
+def _oci_rlimits(limits: Limits) -> list[dict[str, object]]:
+    return [{"type": name, "hard": value, "soft": value} for name, value in _limit_pairs(limits)]
+
+
+def _rlimits(limits: Limits, *, uid: int | None = None) -> Callable[[], None]:
+    """Applied in the child before exec; ``uid`` (host root only) makes RLIMIT_NPROC count this
+    sandbox's processes alone, and bubblewrap then runs unprivileged in its own user namespace."""
+    pairs = [(getattr(resource, name), value) for name, value in _limit_pairs(limits)]
+
     def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limits.max_open_files, limits.max_open_files))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        for which, value in pairs:
+            resource.setrlimit(which, (value, value))
+        if uid is not None and os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
 
     return apply
