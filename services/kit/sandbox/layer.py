@@ -197,6 +197,17 @@ class Sandbox:
             await self._runsc("delete", "--force", container_id)
             shutil.rmtree(self._state / "bundles" / container_id, ignore_errors=True)
 
+    async def containers(self) -> list[str]:
+        """The gVisor containers under this sandbox's state root (none for other isolations)."""
+        if self.isolation is not Isolation.GVISOR:
+            return []
+        proc = await asyncio.create_subprocess_exec(
+            "runsc", "--root", str(self._state), "list", "-quiet",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        return out.decode().split()
+
     async def _runsc(self, *args: str) -> None:
         proc = await asyncio.create_subprocess_exec(
             "runsc", "--root", str(self._state), *args,
