@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import percentile
 from contracts import JobRequested
-from services.provisioner.backends.local import LocalBackend
 from services.kit.sandbox import available
+from services.provisioner.backends.local import LocalBackend
 
 RUNS = int(os.environ.get("BENCH_RUNS", "10"))
 STAMP = ["python3", "-c", "import time; print(repr(time.time()), flush=True)"]

@@ -1,6 +1,15 @@
 """The platform's language: every message that crosses a service boundary."""
 
-from contracts.agents import CreateSandbox, SandboxCreated, SandboxDeleted, ToolCalled
+from contracts.agents import (
+    AgentRunFinished,
+    AgentRunStarted,
+    CreateSandbox,
+    SandboxCommandFinished,
+    SandboxCreated,
+    SandboxDeleted,
+    SandboxEgress,
+    ToolCalled,
+)
 from contracts.alerts import AlertFired
 from contracts.budgets import BudgetChanged, BudgetExhausted, BudgetThresholdCrossed
 from contracts.dlq import DeadLetter
@@ -59,7 +68,11 @@ MESSAGES: tuple[type[Envelope], ...] = (
     CreateSandbox,
     SandboxCreated,
     SandboxDeleted,
+    SandboxCommandFinished,
+    SandboxEgress,
     ToolCalled,
+    AgentRunStarted,
+    AgentRunFinished,
     AlertFired,
 )
 """Every message type, in catalogue order."""
@@ -73,6 +86,8 @@ __all__ = [
     "BY_SUBJECT",
     "DOMAINS",
     "MESSAGES",
+    "AgentRunFinished",
+    "AgentRunStarted",
     "AlertFired",
     "BudgetChanged",
     "BudgetExhausted",
@@ -101,8 +116,10 @@ __all__ = [
     "NotebookRejected",
     "NotebookRequested",
     "NotebookStopped",
+    "SandboxCommandFinished",
     "SandboxCreated",
     "SandboxDeleted",
+    "SandboxEgress",
     "ToolCalled",
     "UsageRecorded",
     "dead_letter_subject",

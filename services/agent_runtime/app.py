@@ -1,19 +1,72 @@
-"""agent-runtime wiring."""
+"""agent-runtime wiring: sandboxes (their API and bus command), their reaper and warm pools."""
 
 from __future__ import annotations
 
+import functools
+
+import httpx
+import structlog
+
 from contracts import CreateSandbox
 from services.agent_runtime import handlers
+from services.agent_runtime.api import build_router
+from services.agent_runtime.auth import CatalogKeys, team_dependency
+from services.agent_runtime.crypto import Keyring
 from services.agent_runtime.repo import MIGRATIONS
+from services.agent_runtime.sandboxes import Sandboxes
 from services.agent_runtime.settings import AgentRuntimeSettings
+from services.agent_runtime.state import STATE_MIGRATIONS
+from services.agent_runtime.state_api import state_routes
+from services.agent_runtime.sweeper import Sweeper
+from services.agent_runtime.templates import TemplateError, load_templates
 from services.kit.runtime import Service, run
-from services.kit.settings import load_settings
+from services.kit.sandbox import Sandbox, choose
+from services.kit.settings import ConfigError, load_settings
+
+log = structlog.get_logger(__name__)
 
 
-def build(settings: AgentRuntimeSettings) -> Service:
-    service = Service(settings, migrations=MIGRATIONS, title="aicloud agent runtime")
-    service.consume(CreateSandbox, handlers.on_create_sandbox)
+def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None = None) -> Service:
+    service = Service(settings, migrations=(*MIGRATIONS, *STATE_MIGRATIONS), title="aicloud agent runtime")
+    try:
+        templates = load_templates(settings.templates)
+        isolation = choose(settings.isolation)
+        keyring = _keyring(settings)
+    except (TemplateError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"agent-runtime cannot start: {exc}") from None
+    root = settings.sandbox_dir
+    sandbox = Sandbox(isolation, state_dir=root / "state", hidden=settings.sandbox_hidden_paths)
+    sandboxes = Sandboxes(sandbox=sandbox, templates=templates, root=root, db=service.db,
+                          outbox=service.outbox, source=settings.service_name,
+                          max_per_team=settings.max_sandboxes_per_team,
+                          max_file_bytes=settings.max_file_bytes, pools=settings.pools)
+    keys = CatalogKeys(catalog or httpx.AsyncClient(base_url=settings.catalog_url, timeout=5.0),
+                       ttl_s=settings.key_cache_ttl_s)
+    service.sandboxes = sandboxes  # type: ignore[attr-defined]
+    service.consume(CreateSandbox, functools.partial(handlers.on_create_sandbox, sandboxes=sandboxes))
+    team = team_dependency(keys)
+    service.include_router(build_router(sandboxes, team))
+    if keyring is not None:
+        service.include_router(state_routes(db=service.db, keyring=keyring, team_dep=team))
+        sweeper = Sweeper(service.db, interval_s=settings.state_sweep_interval_s)
+        service.on_start(sweeper.start)
+        service.on_stop(sweeper.stop)
+    else:
+        log.warning("state.off", detail="no master keys: set AICLOUD_AGENT_RUNTIME_STATE_MASTER_KEYS "
+                    "(or _FILE) and _STATE_ACTIVE_KEY to serve /v1/agents/*/memory and checkpoints")
+    service.on_start(sandboxes.start)
+    service.on_stop(sandboxes.stop)
+    service.on_stop(keys.aclose)
     return service
+
+
+def _keyring(settings: AgentRuntimeSettings) -> Keyring | None:
+    raw = settings.state_master_keys
+    if settings.state_master_keys_file is not None:
+        raw = settings.state_master_keys_file.read_text()
+    if not raw:
+        return None
+    return Keyring.from_settings(master_keys_json=raw, active=settings.state_active_key)
 
 
 def main() -> None:

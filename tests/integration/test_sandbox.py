@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from contracts import JobRequested
-from services.provisioner.backends.local import LocalBackend
 from services.kit.sandbox import Isolation, available
+from services.provisioner.backends.local import LocalBackend
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

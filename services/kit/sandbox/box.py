@@ -27,7 +27,7 @@ from services.kit.sandbox.layer import Bind, Isolation, Limits, Sandbox, Spec
 
 log = structlog.get_logger(__name__)
 DAEMON_DIR = Path(__file__).parent / "inside"
-INSIDE_CTL, INSIDE_DAEMON, INSIDE_WORKSPACE = "/run/sandboxd", "/opt/sandboxd", "/workspace"
+INSIDE_CTL, INSIDE_DAEMON, INSIDE_WORKSPACE = "/sandbox/ctl", "/sandbox/daemon", "/workspace"
 READ_LIMIT = 32 << 20
 
 
@@ -145,7 +145,7 @@ def _spec(isolation: Isolation, spec: BoxSpec, ctl: Path) -> Spec:
     argv = [spec.interpreter, "-I", "-S", f"{INSIDE_DAEMON}/sandboxd.py", INSIDE_CTL, INSIDE_WORKSPACE,
             *([str(spec.egress_port)] if spec.egress_port else [])]
     return Spec(
-        command=argv, env=env, cwd="/", uid=spec.uid, host_uds=True, limits=spec.limits,
+        command=argv, env=env, cwd="/", uid=spec.uid, host_uds=True, limits=spec.limits, minimal_root=True,
         binds=(Bind(DAEMON_DIR, INSIDE_DAEMON), Bind(ctl, INSIDE_CTL, writable=True), *spec.binds),
         tmpfs=(("/tmp", spec.workspace_bytes), (INSIDE_WORKSPACE, spec.workspace_bytes)),
     )

@@ -96,6 +96,10 @@ class Spec:
     uid: int | None = None
     host_uds: bool = False
     hostname: str = "sandbox"
+    minimal_root: bool = False
+    """A fresh read-only root with only the host's system folders (EXPOSED) in it, instead of
+    the whole host root: nothing of /home, /root, /var or /run is there to read, and mount
+    points are made in the sandbox's own root, never on the host."""
 
 
 class Sandbox:
@@ -140,11 +144,16 @@ class Sandbox:
 
     def _bwrap_argv(self, spec: Spec) -> list[str]:
         tmpfs = [*spec.tmpfs, *((str(p), None) for p in self._hidden)]
-        return ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+        root = ["--ro-bind", "/", "/"]
+        if spec.minimal_root:
+            root = [a for name, link in exposed() for a in
+                    (("--symlink", link, f"/{name}") if link else ("--ro-bind", f"/{name}", f"/{name}"))]
+        return ["bwrap", *root, "--dev", "/dev", "--proc", "/proc",
                 *[a for target, size in tmpfs
                   for a in ([*(["--size", str(size)] if size else []), "--tmpfs", target])],
                 *[a for b in spec.binds
                   for a in ("--bind" if b.writable else "--ro-bind", str(b.source), b.target)],
+                *(["--remount-ro", "/"] if spec.minimal_root else []),
                 "--unshare-all", "--die-with-parent", "--hostname", spec.hostname,
                 "--chdir", spec.cwd, "--clearenv",
                 *[arg for k, v in spec.env.items() for arg in ("--setenv", k, v)], "--", *spec.command]
@@ -154,6 +163,8 @@ class Sandbox:
         bundle.mkdir(parents=True, exist_ok=True)
         mounts = [
             {"destination": "/proc", "type": "proc", "source": "proc"},
+            *({"destination": f"/{name}", "type": "bind", "source": f"/{name}", "options": ["rbind", "ro"]}
+              for name, link in (exposed() if spec.minimal_root else []) if link is None),
             *({"destination": target, "type": "tmpfs", "source": "tmpfs",
                "options": [*([f"size={size}"] if size else []), "mode=1777"]}
               for target, size in spec.tmpfs),
@@ -167,13 +178,28 @@ class Sandbox:
             "process": {"terminal": False, "user": {"uid": uid, "gid": uid}, "args": spec.command,
                         "env": [f"{k}={v}" for k, v in spec.env.items()], "cwd": spec.cwd,
                         "rlimits": _oci_rlimits(spec.limits), "noNewPrivileges": True},
-            "root": {"path": "/", "readonly": True},
+            "root": {"path": str(self._rootfs(spec)) if spec.minimal_root else "/", "readonly": True},
             "hostname": spec.hostname,
             "mounts": mounts,
             "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
         }
         (bundle / "config.json").write_text(json.dumps(config))
         return bundle
+
+    def _rootfs(self, spec: Spec) -> Path:
+        """The skeleton a minimal root starts from: the exposed folders' mount points and links,
+        and a mount point for everything the spec mounts."""
+        rootfs = self._state / "rootfs"
+        for name, link in exposed():
+            if link is not None and not (rootfs / name).is_symlink():
+                rootfs.mkdir(parents=True, exist_ok=True)
+                (rootfs / name).symlink_to(link)
+            elif link is None:
+                (rootfs / name).mkdir(parents=True, exist_ok=True)
+        for target in ["/proc", "/dev", *(t for t, _ in spec.tmpfs), *(b.target for b in spec.binds),
+                       *(str(p) for p in self._hidden)]:
+            (rootfs / target.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        return rootfs
 
     async def signal(self, container_id: str, pid: int, sig: signal.Signals) -> None:
         """Deliver ``sig`` to the job itself (runsc would die of it rather than forward it)."""
@@ -214,6 +240,21 @@ class Sandbox:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         await proc.wait()
+
+
+EXPOSED = ("bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc")
+
+
+def exposed() -> list[tuple[str, str | None]]:
+    """The host's system folders a minimal root shows: (name, link target or None for a folder)."""
+    found: list[tuple[str, str | None]] = []
+    for name in EXPOSED:
+        path = Path("/") / name
+        if path.is_symlink():
+            found.append((name, os.readlink(path)))
+        elif path.is_dir():
+            found.append((name, None))
+    return found
 
 
 def code_dirs(command: list[str]) -> list[Path]:

@@ -41,7 +41,8 @@ ERROR_SIGNS = (
     ("read_only", (b"Read-only file system", b"Permission denied")),
     ("pids", (b"Resource temporarily unavailable", b"fork: retry")),
     ("network", (b"Network is unreachable", b"Temporary failure in name resolution",
-                 b"Name or service not known", b"No address associated", b"No route to host")),
+                 b"Name or service not known", b"No address associated", b"No route to host",
+                 b"Connection refused")),
 )
 
 
