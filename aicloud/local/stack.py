@@ -7,7 +7,9 @@ home reuses its ports and data.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -139,6 +141,8 @@ class Stack:
                 {"h100-80gb": int(os.environ.get("AICLOUD_LOCAL_GPUS", "16"))})
         if name == "inference-router":
             env.update(self._router_env(prefix, ports))
+        if name == "agent-runtime":
+            env.update(self._agent_runtime_env(prefix, ports))
         if name == "provisioner":
             env[f"{prefix}TEMPORAL_ADDRESS"] = f"127.0.0.1:{ports['temporal']}"
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
@@ -237,6 +241,20 @@ class Stack:
         if "AICLOUD_ANTHROPIC_BASE_URL" not in os.environ:
             env |= {"AICLOUD_ANTHROPIC_BASE_URL": fake, "ANTHROPIC_API_KEY": self.secret("fake-llm-key")}
         return env
+
+    def _agent_runtime_env(self, prefix: str, ports: dict[str, int]) -> dict[str, str]:
+        master_keys = self.home / "run" / "agent-state-master-keys.json"
+        if not master_keys.exists():
+            master_keys.parent.mkdir(parents=True, exist_ok=True)
+            master_keys.write_text(json.dumps({"k1": base64.b64encode(secrets.token_bytes(32)).decode()}))
+            master_keys.chmod(0o600)
+        # Sandbox state must be reachable by the sandboxes' own uids, so it cannot live under a
+        # private home; one folder per home keeps two stacks from reaping each other's boxes.
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+        return {f"{prefix}CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
+                f"{prefix}SANDBOX_DIR": f"/var/tmp/aicloud-sandboxes-{digest}",
+                f"{prefix}STATE_MASTER_KEYS_FILE": str(master_keys),
+                f"{prefix}STATE_ACTIVE_KEY": "k1"}
 
     def secret(self, name: str) -> str:
         """A random secret of this home, made once and kept (0600) under run/."""

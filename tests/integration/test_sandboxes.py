@@ -12,6 +12,7 @@ import base64
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -39,7 +40,12 @@ def safe_children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def sandbox_processes(runtime: Runtime) -> list[psutil.Process]:
-    marker = str(runtime.root)
+    return sandbox_processes_under(runtime.root)
+
+
+def sandbox_processes_under(root: Path) -> list[psutil.Process]:
+    """Host processes of the sandboxes kept under ``root`` (their command lines name it)."""
+    marker = str(root)
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
