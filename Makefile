@@ -43,6 +43,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/router_overhead.py
 	$(BIN)/python bench/ledger_ingest.py
 	$(BIN)/python bench/spend_query.py
+	$(BIN)/python bench/sandbox.py
 
 lint: install
 	$(BIN)/ruff check .

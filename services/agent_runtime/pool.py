@@ -19,6 +19,9 @@ from services.kit.sandbox import Box
 
 log = structlog.get_logger(__name__)
 UID_BASE, UID_SLOTS = 200_000, 10_000
+# A refill waits this long after a hand-over, so the box just handed over runs its first
+# command without a sandbox start competing with it for the CPU.
+REFILL_DELAY_S = 0.25
 Starter = Callable[[str], Awaitable[Box]]
 
 
@@ -79,6 +82,7 @@ class WarmPool:
                     backoff = min(backoff * 2, 30)
             self._wake.clear()
             await self._wake.wait()
+            await asyncio.sleep(REFILL_DELAY_S)
 
     async def close(self) -> list[Box]:
         if self._task is not None:
