@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import time
 from collections import deque
@@ -80,6 +81,8 @@ class FakeLlm:
         await _misbehave(model)
         text = " ".join([*WORDS, model])
         prompt_tokens = _count(body.get("messages"))
+        if body.get("tools") and not body.get("stream"):
+            return web.json_response(agent_turn(body, model, prompt_tokens))
         if not body.get("stream"):
             return web.json_response({
                 "id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion",
@@ -152,6 +155,38 @@ class FakeLlm:
 
     async def get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats)
+
+
+ANALYSIS = """import csv, glob, statistics
+for path in sorted(glob.glob('*.csv')):
+    rows = list(csv.DictReader(open(path)))
+    print(f'{path}: {len(rows)} rows')
+    for column in rows[0]:
+        values = [float(r[column]) for r in rows if r[column]]
+        print(f'  {column}: mean {statistics.mean(values):.2f}, min {min(values):g}, max {max(values):g}')
+"""
+
+
+def agent_turn(body: dict[str, Any], model: str, prompt_tokens: int) -> dict[str, Any]:
+    """A model that uses its first tool once (to analyse the CSV files it was given), then answers
+    from the tool's output; a ``-loop`` model calls the tool forever (for step limits)."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    if last.get("role") == "tool" and not model.endswith("-loop"):
+        content = f"Here is what the data says:\n{last.get('content', '')}"
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        finish, completion = "stop", len(content.split())
+    else:
+        tool = body["tools"][0]["function"]["name"]
+        arguments = json.dumps({"code": ANALYSIS})
+        message = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{len(messages)}", "type": "function",
+             "function": {"name": tool, "arguments": arguments}}]}
+        finish, completion = "tool_calls", len(arguments.split())
+    return {"id": f"chatcmpl-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": prompt_tokens + completion}}
 
 
 def openai_chunks(model: str, usage: dict[str, int] | None) -> Any:

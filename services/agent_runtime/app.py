@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import json
+from typing import Any
 
 import httpx
 import structlog
+from temporalio.client import Client
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
 
 from contracts import CreateSandbox
-from services.agent_runtime import handlers
+from contracts.pricebook import PriceBookError, load_price_book
+from services.agent_runtime import agents_api, handlers
+from services.agent_runtime.activities import AgentActivities
 from services.agent_runtime.api import build_router
 from services.agent_runtime.auth import CatalogKeys, team_dependency
 from services.agent_runtime.crypto import Keyring
@@ -22,6 +31,7 @@ from services.agent_runtime.templates import TemplateError, load_templates
 from services.kit.runtime import Service, run
 from services.kit.sandbox import Sandbox, choose
 from services.kit.settings import ConfigError, load_settings
+from workflows.agent_run import AgentRunWorkflow
 
 log = structlog.get_logger(__name__)
 
@@ -36,12 +46,21 @@ def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None =
         raise ConfigError(f"agent-runtime cannot start: {exc}") from None
     root = settings.sandbox_dir
     sandbox = Sandbox(isolation, state_dir=root / "state", hidden=settings.sandbox_hidden_paths)
-    sandboxes = Sandboxes(sandbox=sandbox, templates=templates, root=root, db=service.db,
-                          outbox=service.outbox, source=settings.service_name,
-                          max_per_team=settings.max_sandboxes_per_team,
-                          max_file_bytes=settings.max_file_bytes, pools=settings.pools)
-    keys = CatalogKeys(catalog or httpx.AsyncClient(base_url=settings.catalog_url, timeout=5.0),
-                       ttl_s=settings.key_cache_ttl_s)
+    sandboxes = Sandboxes(
+        sandbox=sandbox,
+        templates=templates,
+        root=root,
+        db=service.db,
+        outbox=service.outbox,
+        source=settings.service_name,
+        max_per_team=settings.max_sandboxes_per_team,
+        max_file_bytes=settings.max_file_bytes,
+        pools=settings.pools,
+    )
+    keys = CatalogKeys(
+        catalog or httpx.AsyncClient(base_url=settings.catalog_url, timeout=5.0),
+        ttl_s=settings.key_cache_ttl_s,
+    )
     service.sandboxes = sandboxes  # type: ignore[attr-defined]
     service.consume(CreateSandbox, functools.partial(handlers.on_create_sandbox, sandboxes=sandboxes))
     team = team_dependency(keys)
@@ -52,12 +71,73 @@ def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None =
         service.on_start(sweeper.start)
         service.on_stop(sweeper.stop)
     else:
-        log.warning("state.off", detail="no master keys: set AICLOUD_AGENT_RUNTIME_STATE_MASTER_KEYS "
-                    "(or _FILE) and _STATE_ACTIVE_KEY to serve /v1/agents/*/memory and checkpoints")
+        log.warning(
+            "state.off",
+            detail="no master keys: set AICLOUD_AGENT_RUNTIME_STATE_MASTER_KEYS "
+            "(or _FILE) and _STATE_ACTIVE_KEY to serve /v1/agents/*/memory and checkpoints",
+        )
     service.on_start(sandboxes.start)
     service.on_stop(sandboxes.stop)
+    if settings.temporal_address:  # after the sandboxes: the worker starts last and stops first
+        _agent_runs(service, settings, sandboxes, team)
     service.on_stop(keys.aclose)
     return service
+
+
+def _agent_runs(service: Service, settings: AgentRuntimeSettings, sandboxes: Sandboxes, team: Any) -> None:
+    """Agent runs: a Temporal worker for AgentRunWorkflow in this process, and their API."""
+    try:
+        prices = load_price_book(settings.price_book)
+    except PriceBookError as exc:
+        raise ConfigError(f"agent-runtime cannot start: {exc}") from None
+    keys_file = settings.router_keys_file
+    router = httpx.AsyncClient(base_url=settings.router_url, timeout=120)
+    activities = AgentActivities(
+        sandboxes=sandboxes,
+        db=service.db,
+        outbox=service.outbox,
+        router=router,
+        router_keys=json.loads(keys_file.read_text()) if keys_file and keys_file.exists() else {},
+        prices=prices,
+        source=settings.service_name,
+    )
+    state: dict[str, Any] = {}
+
+    async def start() -> None:
+        client = await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=pydantic_data_converter,
+            interceptors=[TracingInterceptor()],
+        )
+        worker = Worker(
+            client, task_queue=settings.task_queue, workflows=[AgentRunWorkflow], activities=activities.all()
+        )
+        state.update(
+            client=client, worker=worker, task=asyncio.create_task(worker.run(), name="agent-worker")
+        )
+
+    async def stop() -> None:
+        if "worker" in state:
+            await state["worker"].shutdown()
+        await router.aclose()
+
+    async def temporal_ready() -> None:
+        await state["client"].service_client.check_health()
+
+    service.on_start(start)
+    service.on_stop(stop)
+    service.add_check("temporal", temporal_ready)
+    service.include_router(
+        agents_api.build_router(
+            db=service.db,
+            outbox=service.outbox,
+            client=lambda: state["client"],
+            task_queue=settings.task_queue,
+            templates=lambda: set(sandboxes.templates),
+            team_dep=team,
+        )
+    )
 
 
 def _keyring(settings: AgentRuntimeSettings) -> Keyring | None:

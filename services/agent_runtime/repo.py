@@ -36,6 +36,36 @@ MIGRATIONS = (
             "CREATE INDEX sandboxes_live ON sandboxes (team) WHERE status = 'running'",
         ),
     ),
+    Migration(
+        3,
+        "agent runs and their steps",
+        (
+            """CREATE TABLE agent_runs (
+                run_id TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                model TEXT NOT NULL,
+                task TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'running',
+                reason TEXT,
+                steps INT NOT NULL DEFAULT 0,
+                cost_usd NUMERIC(18, 8) NOT NULL DEFAULT 0,
+                answer TEXT,
+                created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                finished_at TIMESTAMPTZ)""",
+            """CREATE TABLE agent_steps (
+                run_id TEXT NOT NULL REFERENCES agent_runs (run_id),
+                key TEXT NOT NULL,
+                seq BIGSERIAL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                status TEXT NOT NULL DEFAULT 'ok',
+                duration_ms DOUBLE PRECISION,
+                detail JSONB NOT NULL DEFAULT '{}'::jsonb,
+                at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (run_id, key))""",
+        ),
+    ),
 )
 
 

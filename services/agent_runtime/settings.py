@@ -34,3 +34,10 @@ class AgentRuntimeSettings(ServiceSettings):
     state_master_keys_file: Path | None = Field(default=None, description="Or: a file holding that JSON.")
     state_active_key: str = Field(default="", description="The master key id that wraps new data keys.")
     state_sweep_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    temporal_address: str = Field(default="", description="Temporal frontend; empty: agent runs are off.")
+    temporal_namespace: str = "default"
+    task_queue: str = "aicloud-agents"
+    router_url: str = Field(default="", description="The inference router agents' LLM calls go through.")
+    router_keys_file: Path | None = Field(default=None, description='JSON {"team": "vk_..."}: each '
+                                                                     "team's router key for its agents.")
+    price_book: Path = Field(default=POLICY_DIR / "pricebook.yaml", description="For max_cost.")

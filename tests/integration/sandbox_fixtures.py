@@ -49,6 +49,19 @@ class Runtime:
     client: httpx.AsyncClient
     keys: dict[str, str]
     root: Path
+    server: uvicorn.Server | None = None
+    task: asyncio.Task[None] | None = None
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Stop it as a deploy would (SIGTERM): the HTTP server, then the service."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.server is not None and self.task is not None:
+            self.server.should_exit = True
+            await self.task
+        await self.service.stop()
 
     def headers(self, team: str = "legal") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[team]}"}
@@ -87,7 +100,7 @@ def sandbox_root(prefix: str) -> Path:
 @pytest.fixture
 async def make_runtime(service_env: dict[str, str], prefix: str, tmp_path: Path
                        ) -> AsyncIterator[Callable[..., Awaitable[Runtime]]]:
-    started: list[tuple[Service, uvicorn.Server, asyncio.Task[None]]] = []
+    started: list[Runtime] = []
     clients: list[httpx.AsyncClient] = []
     keys_file = tmp_path / "keys.json"
     catalog = build_catalog(CatalogSettings(**service_env, db_schema=f"{prefix}_catalog",
@@ -108,18 +121,17 @@ async def make_runtime(service_env: dict[str, str], prefix: str, tmp_path: Path
         service = build_runtime(settings, catalog=catalog_client)
         await service.start()
         server, task, port = await serve(service)
-        started.append((service, server, task))
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
         clients.append(client)
-        return Runtime(service, client, json.loads(keys_file.read_text()), root)
+        runtime = Runtime(service, client, json.loads(keys_file.read_text()), root, server, task)
+        started.append(runtime)
+        return runtime
 
     yield make
     for client in clients:
         await client.aclose()
-    for service, server, task in reversed(started):
-        server.should_exit = True
-        await task
-        await service.stop()
+    for runtime in reversed(started):
+        await runtime.stop()
     await catalog.stop()
     for name in ("agents", "catalog"):
         cleanup = Service(CatalogSettings(**service_env, db_schema=f"{prefix}_{name}"))
