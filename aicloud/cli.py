@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aicloud import bill, demo, dev, jobs, policy, router, sandboxes
+from aicloud import agents, bill, demo, dev, jobs, policy, router, sandboxes
 from aicloud.output import console, fail
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(policy.policy_app, name="policy")
 app.add_typer(policy.catalog_app, name="catalog")
 app.add_typer(router.app, name="router")
 app.add_typer(sandboxes.app, name="sandboxes")
+app.add_typer(agents.app, name="agents")
 app.command("bill")(bill.bill)
 app.add_typer(bill.budgets_app, name="budgets")
 app.command("demo")(demo.demo)

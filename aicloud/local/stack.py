@@ -254,7 +254,10 @@ class Stack:
         return {f"{prefix}CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
                 f"{prefix}SANDBOX_DIR": f"/var/tmp/aicloud-sandboxes-{digest}",
                 f"{prefix}STATE_MASTER_KEYS_FILE": str(master_keys),
-                f"{prefix}STATE_ACTIVE_KEY": "k1"}
+                f"{prefix}STATE_ACTIVE_KEY": "k1",
+                f"{prefix}TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
+                f"{prefix}ROUTER_URL": f"http://127.0.0.1:{ports['inference-router']}",
+                f"{prefix}ROUTER_KEYS_FILE": str(self.home / "router-keys.json")}
 
     def secret(self, name: str) -> str:
         """A random secret of this home, made once and kept (0600) under run/."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +58,7 @@ class AgentActivities:
         db: Database,
         outbox: Outbox,
         router: httpx.AsyncClient,
-        router_keys: dict[str, str],
+        router_keys: Callable[[], dict[str, str]],
         prices: PriceBook,
         source: str,
     ) -> None:
@@ -74,7 +75,7 @@ class AgentActivities:
 
     @activity.defn(name="agent_llm_call")
     async def llm_call(self, call: LlmCall) -> LlmReply:
-        key = self._keys.get(call.team)
+        key = self._keys().get(call.team)
         if key is None:
             raise RuntimeError(
                 f"no inference router key for team {call.team}: add it to the router keys file"

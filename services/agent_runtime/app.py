@@ -56,6 +56,7 @@ def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None =
         max_per_team=settings.max_sandboxes_per_team,
         max_file_bytes=settings.max_file_bytes,
         pools=settings.pools,
+        template_cache=settings.template_cache,
     )
     keys = CatalogKeys(
         catalog or httpx.AsyncClient(base_url=settings.catalog_url, timeout=5.0),
@@ -97,7 +98,7 @@ def _agent_runs(service: Service, settings: AgentRuntimeSettings, sandboxes: San
         db=service.db,
         outbox=service.outbox,
         router=router,
-        router_keys=json.loads(keys_file.read_text()) if keys_file and keys_file.exists() else {},
+        router_keys=lambda: json.loads(keys_file.read_text()) if keys_file and keys_file.exists() else {},
         prices=prices,
         source=settings.service_name,
     )

@@ -71,11 +71,12 @@ class Live:
 class Sandboxes:
     def __init__(self, *, sandbox: Sandbox, templates: dict[str, Template], root: Path, db: Database,
                  outbox: Outbox, source: str, max_per_team: int = 20, max_file_bytes: int = 10 << 20,
-                 pools: bool = True) -> None:
+                 pools: bool = True, template_cache: Path | None = None) -> None:
         self.sandbox = sandbox
         self.templates: dict[str, Prepared] = {}
         self._configured = templates
         self._root = root
+        self._cache = template_cache or root / "templates"
         self._use_pools = pools
         self.max_file_bytes = max_file_bytes
         self._ctl = root / "ctl"
@@ -93,11 +94,11 @@ class Sandboxes:
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
         """Prepare the templates, kill what a previous run left, fill the warm pools."""
-        for folder in (self._root, self._ctl, self._root / "templates", self._root / "state"):
+        for folder in (self._root, self._ctl, self._cache, self._root / "state"):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o711)
         for name, template in self._configured.items():
-            self.templates[name] = await prepare(name, template, cache=self._root / "templates")
+            self.templates[name] = await prepare(name, template, cache=self._cache)
         self._pools = {name: WarmPool(name, p.template.pool if self._use_pools else 0, self._starter(p))
                        for name, p in self.templates.items() if p.error is None}
         killed = await reap_orphans(self.sandbox, self._ctl)

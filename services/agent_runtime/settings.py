@@ -20,6 +20,8 @@ class AgentRuntimeSettings(ServiceSettings):
         default=Path("/var/tmp/aicloud-sandboxes"),
         description="Sandbox state: control sockets, gVisor bundles, template packages. Must be "
                     "traversable by the sandboxes' uids (so not under a private home folder).")
+    template_cache: Path = Field(default=Path("/var/tmp/aicloud-templates"),
+                                 description="Templates' installed packages, shared by every runtime here.")
     isolation: str = Field(default="auto", pattern="^(auto|gvisor|bubblewrap|rlimits)$")
     sandbox_hidden_paths: list[Path] = Field(
         default_factory=list, description="Host folders masked with an empty tmpfs inside sandboxes.")

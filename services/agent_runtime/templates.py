@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -124,7 +125,7 @@ async def prepare(name: str, template: Template, *, cache: Path) -> Prepared:
 
 async def _install(template: Template, site: Path) -> str | None:
     version = await _python_version(template.interpreter)
-    partial = site.with_suffix(".partial")
+    partial = site.with_name(f"{site.name}.partial-{os.getpid()}")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
         "--only-binary=:all:", "--python-version", version, "--target", str(partial), *template.pins(),
@@ -134,8 +135,11 @@ async def _install(template: Template, site: Path) -> str | None:
     if proc.returncode != 0:
         return f"installing {', '.join(template.pins())} failed: {out.decode(errors='replace')[-300:]}"
     os.chmod(partial, 0o755)
-    partial.rename(site)
-    (site / ".complete").touch()
+    (partial / ".complete").touch()
+    try:
+        partial.rename(site)
+    except OSError:  # another runtime installed the same pins first: use theirs
+        shutil.rmtree(partial, ignore_errors=True)
     return None
 
 

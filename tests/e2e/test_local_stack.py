@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -344,6 +345,44 @@ def test_a_budget_at_100_percent_with_block_refuses_the_next_job(
 
 
 # Stops the module's stack: keep it the last test here.
+def test_sandboxes_from_the_cli(stack: tuple[Path, dict[str, dict[str, object]]], tmp_path: Path) -> None:
+    home, _ = stack
+    created = aicloud(home, "sandboxes", "create", "--template", "python", "-o", "json")
+    assert created.returncode == 0, created.stderr
+    box = json.loads(created.stdout)["sandbox_id"]
+    (tmp_path / "in.txt").write_text("hello sandbox\n")
+    put = aicloud(home, "sandboxes", "files", box, "in.txt", "--put", str(tmp_path / "in.txt"))
+    assert put.returncode == 0, put.stderr
+    ran = aicloud(home, "sandboxes", "exec", box, "--", "python3", "-c",
+                  "import numpy; print(open('in.txt').read().upper(), numpy.__version__)")
+    assert ran.returncode == 0 and "HELLO SANDBOX" in ran.stdout, ran.stdout + ran.stderr
+    failed = aicloud(home, "sandboxes", "exec", box, "--code", "import sys; sys.exit(7)")
+    assert failed.returncode == 7
+    limited = aicloud(home, "sandboxes", "exec", box, "--timeout", "1", "--", "sleep", "30")
+    assert limited.returncode != 0 and "timeout limit" in limited.stderr
+    assert aicloud(home, "sandboxes", "delete", box).returncode == 0
+    gone = aicloud(home, "sandboxes", "exec", box, "--", "true")
+    assert gone.returncode == 1 and "gone" in gone.stderr
+
+
+def test_the_example_agent_runs_and_its_trace_is_readable(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    env = {**os.environ, "AICLOUD_HOME": str(home)}
+    example = subprocess.run([sys.executable, "examples/data_analysis_agent.py", "--approve"], env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert example.returncode == 0, example.stdout + example.stderr
+    assert "citations: mean" in example.stdout and "approving run_python" in example.stdout
+    run_id = example.stdout.split("agent run ", 1)[1].split()[0]
+    trace = aicloud(home, "agents", "trace", run_id, "-o", "json")
+    steps = json.loads(trace.stdout)["steps"]
+    assert [s["kind"] for s in steps] == ["state", "llm", "approval", "decision", "tool", "llm", "state"]
+    table = aicloud(home, "agents", "trace", run_id)
+    assert "run_python" in table.stdout and "succeeded" in table.stdout
+    via_cli = aicloud(home, "agents", "run", "--max-steps", "1", "Summarise nothing")
+    assert via_cli.returncode == 1 and "stopped (max_steps)" in via_cli.stdout
+
+
 def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     stack: tuple[Path, dict[str, dict[str, object]]],
 ) -> None:
@@ -354,6 +393,9 @@ def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
     assert not [pid for pid in pids if psutil.pid_exists(pid)
                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert processes_under(home) == []
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
+    sandboxes = f"/var/tmp/aicloud-sandboxes-{digest}"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if sandboxes in " ".join(p.info["cmdline"] or [])]
     status = aicloud(home, "dev", "status", "--json")
     assert status.returncode == 1 and json.loads(status.stdout) == []
 

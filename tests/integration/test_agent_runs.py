@@ -97,8 +97,8 @@ async def test_limits_end_a_run_with_the_reason(agents: Callable[..., Any]) -> N
     for run_id, reason in ((steps, "max_steps"), (cost, "max_cost")):
         run = (await run_until(runtime, run_id, done=finished))["run"]
         assert (run["status"], run["reason"]) == ("stopped", reason)
-    bad = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(),
-                                    json={"agent": "analyst", "model": "gpt", "task": "x", "template": "cobol"})
+    body = {"agent": "analyst", "model": "gpt", "task": "x", "template": "cobol"}
+    bad = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(), json=body)
     assert bad.status_code == 422 and "unknown template" in bad.json()["detail"]
     again = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(),
                                       json={"agent": "analyst", "model": "gpt", "task": "x", "run_id": steps})
