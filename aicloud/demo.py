@@ -11,7 +11,7 @@ from typing import Any
 import nats
 import typer
 
-from aicloud import demo_router
+from aicloud import demo_agents, demo_router
 from aicloud.client import ApiError, PlatformClient
 from aicloud.local.stack import Stack, default_home
 from aicloud.output import console, fail
@@ -64,7 +64,10 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.rule("5. one gateway for every model: team keys, streaming, PII guard, fallback, canary, limits")
     demo_router.walk(stack, urls, team)
 
-    console.rule("6. the bill: every GPU-second and token above, priced, per team and kind")
+    console.rule("6. sandboxes for untrusted code, and an agent run that uses one, every step traced")
+    demo_agents.walk(urls, team)
+
+    console.rule("7. the bill: every GPU-second and token above, priced, per team and kind")
     time.sleep(1.5)  # the last usage events are on their way to the ledger
     bill = client.request("GET", "/v1/bill", params=[("by", "kind")])
     for row in bill["rows"]:
@@ -78,6 +81,7 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print(f"   model router     {urls['inference-router']}/v1 (team keys: "
                   f"{stack.home / 'router-keys.json'})")
     console.print(f"   bill dashboard   {urls['cost-ledger']}/bill")
+    console.print(f"   agent runtime    {urls['agent-runtime']}/docs (sandboxes, agent runs, state)")
     console.print(f"   metrics          {urls['observability-collector']}/metrics")
     console.print(f"   traces           {stack.home / 'traces'}/*.jsonl")
     console.print("   stop everything  aicloud dev down")

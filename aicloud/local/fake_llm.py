@@ -162,7 +162,11 @@ for path in sorted(glob.glob('*.csv')):
     rows = list(csv.DictReader(open(path)))
     print(f'{path}: {len(rows)} rows')
     for column in rows[0]:
-        values = [float(r[column]) for r in rows if r[column]]
+        try:
+            values = [float(r[column]) for r in rows if r[column]]
+        except ValueError:
+            print(f'  {column}: text, {len(set(r[column] for r in rows))} distinct values')
+            continue
         print(f'  {column}: mean {statistics.mean(values):.2f}, min {min(values):g}, max {max(values):g}')
 """
 

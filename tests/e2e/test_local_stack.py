@@ -237,6 +237,10 @@ def test_demo_walks_the_golden_path(stack: tuple[Path, dict[str, dict[str, objec
     assert "fell back, served by fake-claude" in out
     assert "[200, 200, 429]" in out
     assert "events for the above: 45" in out
+    for what, limit in (("an outbound connection", "network"), ("a fork bomb", "pids"),
+                        ("a write outside the workspace", "read_only")):
+        assert f"{what} -> exit" in out and f"stopped by the {limit} limit" in out, what
+    assert "succeeded (answered)" in out and "revenue: mean 1112.50" in out
     assert "Temporal UI" in out
 
 
