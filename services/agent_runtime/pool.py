@@ -54,6 +54,7 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
+        self._closed = False
 
     def take(self) -> Box | None:
         while self._ready:
@@ -70,8 +71,8 @@ class WarmPool:
 
     async def _fill(self) -> None:
         backoff = 0.5
-        while True:
-            while len(self._ready) < self.size:
+        while not self._closed:
+            while len(self._ready) < self.size and not self._closed:
                 try:
                     self._ready.append(await self._start(new_id()))
                     backoff = 0.5
@@ -85,10 +86,13 @@ class WarmPool:
             await asyncio.sleep(REFILL_DELAY_S)
 
     async def close(self) -> list[Box]:
+        """Stop refilling and give back the ready boxes. A start under way is waited for, not
+        cancelled: cancelled, its box would run on with nobody holding it."""
+        self._closed = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, timeout=30)
         boxes, self._ready = list(self._ready), deque()
         return boxes
 

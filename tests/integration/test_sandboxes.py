@@ -70,12 +70,17 @@ async def test_create_exec_files_delete(make_runtime: Callable[..., Any], isolat
     runtime: Runtime = await make_runtime(isolation)
     box = await runtime.create(template="python")
     assert box["isolation"] == isolation.value and box["template"] == "python"
-    out, err, end = await runtime.exec(box["sandbox_id"], code="import os, sys\nprint('hi', os.getcwd())\n"
-                                                               "print('oops', file=sys.stderr)\nsys.exit(3)")
+    out, err, end = await runtime.exec(
+        box["sandbox_id"],
+        code="import os, sys\nprint('hi', os.getcwd())\nprint('oops', file=sys.stderr)\nsys.exit(3)",
+    )
     assert (out, err, end["exit_code"], end["limit"]) == ("hi /workspace\n", "oops\n", 3, None)
 
-    put = await runtime.client.put(f"/v1/sandboxes/{box['sandbox_id']}/files/data/in.csv",
-                                   content=b"a,b\n1,2\n", headers=runtime.headers())
+    put = await runtime.client.put(
+        f"/v1/sandboxes/{box['sandbox_id']}/files/data/in.csv",
+        content=b"a,b\n1,2\n",
+        headers=runtime.headers(),
+    )
     assert put.status_code == 200 and put.json()["size"] == 8
     out, _, end = await runtime.exec(box["sandbox_id"], command=["sh", "-c", "wc -l < data/in.csv > n.txt"])
     assert end["exit_code"] == 0
@@ -87,17 +92,20 @@ async def test_create_exec_files_delete(make_runtime: Callable[..., Any], isolat
 
     other = await runtime.client.get(url, headers=runtime.headers("research"))
     assert other.status_code == 404  # another team cannot even see it
-    assert (await runtime.client.delete(f"/v1/sandboxes/{box['sandbox_id']}",
-                                        headers=runtime.headers())).status_code == 200
-    gone = await runtime.client.post(f"/v1/sandboxes/{box['sandbox_id']}/exec", json={"code": "print(1)"},
-                                     headers=runtime.headers())
+    assert (
+        await runtime.client.delete(f"/v1/sandboxes/{box['sandbox_id']}", headers=runtime.headers())
+    ).status_code == 200
+    gone = await runtime.client.post(
+        f"/v1/sandboxes/{box['sandbox_id']}/exec", json={"code": "print(1)"}, headers=runtime.headers()
+    )
     assert gone.status_code == 410 and "deleted" in gone.json()["detail"]
     assert not [p for p in sandbox_processes(runtime) if box["sandbox_id"] in " ".join(p.cmdline())]
 
 
 @pytest.mark.parametrize("isolation", SANDBOXED)
-async def test_each_limit_is_contained_and_named(make_runtime: Callable[..., Any],
-                                                  isolation: Isolation) -> None:
+async def test_each_limit_is_contained_and_named(
+    make_runtime: Callable[..., Any], isolation: Isolation
+) -> None:
     runtime: Runtime = await make_runtime(isolation)
     box = (await runtime.create(template="python"))["sandbox_id"]
     other = (await runtime.create(template="python"))["sandbox_id"]
@@ -139,10 +147,13 @@ async def test_bad_input_gets_clear_errors(make_runtime: Callable[..., Any]) -> 
     unknown = await runtime.client.post("/v1/sandboxes", json={"template": "cobol"}, headers=h)
     assert unknown.status_code == 422 and "use one of numpy, python, shell" in unknown.json()["detail"]
     box = (await runtime.create(template="shell"))["sandbox_id"]
-    for raw, status, words in ((b'{"command": ["echo", "a\\udcffb"]}', 422, "not valid UTF-8"),
-                               (b'{"command": ["echo", "a\xffb"]}', 400, "error parsing the body")):
-        response = await runtime.client.post(f"/v1/sandboxes/{box}/exec", content=raw,
-                                             headers={**h, "content-type": "application/json"})
+    for raw, status, words in (
+        (b'{"command": ["echo", "a\\udcffb"]}', 422, "not valid UTF-8"),
+        (b'{"command": ["echo", "a\xffb"]}', 400, "error parsing the body"),
+    ):
+        response = await runtime.client.post(
+            f"/v1/sandboxes/{box}/exec", content=raw, headers={**h, "content-type": "application/json"}
+        )
         assert response.status_code == status and words in response.json()["detail"], (raw, response.text)
     cases = [
         ({"command": ["echo", "a\x00b"]}, 422, "NUL byte"),
@@ -172,6 +183,7 @@ async def test_ttl_and_idle_reap_and_say_why(make_runtime: Callable[..., Any]) -
     runtime: Runtime = await make_runtime(Isolation.BUBBLEWRAP)
     short = (await runtime.create(template="python", ttl_s=10))["sandbox_id"]
     idle = (await runtime.create(template="shell"))["sandbox_id"]  # idle_s: 6
+
     async def status(sandbox_id: str) -> tuple[int, str]:
         r = await runtime.client.get(f"/v1/sandboxes/{sandbox_id}", headers=runtime.headers())
         return r.status_code, r.json().get("detail", "")
@@ -196,21 +208,39 @@ async def test_the_template_packages_are_pinned_and_importable(make_runtime: Cal
 
 async def test_agent_state_is_served_per_team_and_swept(make_runtime: Callable[..., Any]) -> None:
     master = base64.b64encode(b"k" * 32).decode()
-    runtime: Runtime = await make_runtime(Isolation.BUBBLEWRAP, state_master_keys=json.dumps({"k1": master}),
-                                          state_active_key="k1", state_sweep_interval_s=0.5)
-    put = await runtime.client.put("/v1/agents/analyst/memory/plan", json={"value": {"step": 1}, "ttl_s": 1},
-                                   headers=runtime.headers())
+    runtime: Runtime = await make_runtime(
+        Isolation.BUBBLEWRAP,
+        state_master_keys=json.dumps({"k1": master}),
+        state_active_key="k1",
+        state_sweep_interval_s=0.5,
+    )
+    put = await runtime.client.put(
+        "/v1/agents/analyst/memory/plan", json={"value": {"step": 1}, "ttl_s": 1}, headers=runtime.headers()
+    )
     assert put.status_code == 200, put.text
     got = await runtime.client.get("/v1/agents/analyst/memory/plan", headers=runtime.headers())
     assert got.json()["value"] == {"step": 1}
     other = await runtime.client.get("/v1/agents/analyst/memory/plan", headers=runtime.headers("research"))
     assert other.status_code == 404
     await asyncio.sleep(1.2)
-    assert (await runtime.client.get("/v1/agents/analyst/memory/plan",
-                                     headers=runtime.headers())).status_code in (404, 410)
+    assert (
+        await runtime.client.get("/v1/agents/analyst/memory/plan", headers=runtime.headers())
+    ).status_code in (404, 410)
     async with asyncio.timeout(5):  # the sweeper removes the row itself
         while True:
             async with runtime.service.db.transaction() as session:
                 if not (await session.execute(text("SELECT count(*) FROM agent_memory"))).scalar_one():
                     break
             await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("isolation", SANDBOXED)
+async def test_stopping_mid_refill_leaves_no_sandbox(
+    make_runtime: Callable[..., Any], isolation: Isolation
+) -> None:
+    runtime: Runtime = await make_runtime(isolation)
+    await pool_refilled(runtime)
+    await runtime.create(template="python")  # the pool refills 250 ms later
+    await asyncio.sleep(0.3)  # ... and is starting a sandbox now
+    await runtime.stop()
+    assert sandbox_processes(runtime) == []

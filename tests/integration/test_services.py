@@ -71,6 +71,9 @@ async def make_service(service_env: dict[str, str], prefix: str, temporal_env: A
             overrides["temporal_address"] = temporal_env.client.service_client.config.target_host
             overrides["task_queue"] = f"q-{prefix}"
             overrides["work_dir"] = str(tmp_path / "jobs")
+        if name == "agent-runtime":
+            overrides["sandbox_dir"] = f"/var/tmp/aicloud-tests/{prefix}"
+            overrides["pools"] = False
         service = build(settings_cls(**overrides))
         await service.start()
         started.append(service)
