@@ -139,6 +139,17 @@ def files(
         emit(found, fmt=output, columns=("name", "dir", "size"))
 
 
+@app.command("egress")
+def egress(sandbox_id: str, team: Team = None, output: Output = Format.table) -> None:
+    """The sandbox's allowlist and every outbound connection it asked for, allowed or denied."""
+    found = _with_client(team, lambda c: c.request("GET", f"/v1/sandboxes/{sandbox_id}/egress").json())
+    if output is Format.json:
+        emit(found, fmt=output, columns=())
+        return
+    console.print(f"allowed hosts: {', '.join(found['allow_hosts']) or 'none (no network at all)'}")
+    emit(found["connections"], fmt=output, columns=("host", "port", "allowed", "reason"))
+
+
 @app.command("delete")
 def delete(sandbox_id: str, team: Team = None) -> None:
     """Delete a sandbox now (everything in it is gone)."""

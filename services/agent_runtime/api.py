@@ -102,6 +102,17 @@ def build_router(sandboxes: Sandboxes, team_dep: Callable[..., Awaitable[str]]) 
             raise refusal(exc) from None
         return StreamingResponse(ndjson(first, stream), media_type="application/x-ndjson")
 
+    @router.get("/{sandbox_id}/egress")
+    async def egress(sandbox_id: str, team: Team) -> dict[str, Any]:
+        """The sandbox's allowlist and every connection it asked for, allowed or denied."""
+        try:
+            live = await sandboxes.get(team=team, sandbox_id=sandbox_id)
+        except RuntimeRefusal as exc:
+            raise refusal(exc) from None
+        proxy = sandboxes.egress.get(sandbox_id)
+        decisions = [d.__dict__ for d in proxy.decisions] if proxy else []
+        return {"allow_hosts": list(live.allow_hosts), "connections": decisions}
+
     @router.get("/{sandbox_id}/files")
     async def list_files(sandbox_id: str, team: Team, path: str = ".") -> list[dict[str, Any]]:
         try:

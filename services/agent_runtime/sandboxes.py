@@ -21,9 +21,10 @@ from typing import Any
 
 import structlog
 
-from contracts import SandboxCommandFinished, SandboxCreated, SandboxDeleted
+from contracts import SandboxCommandFinished, SandboxCreated, SandboxDeleted, SandboxEgress
 from contracts.envelope import Event
 from services.agent_runtime import repo
+from services.agent_runtime.egress import Decision, EgressProxy
 from services.agent_runtime.errors import (
     BadPath,
     FileTooLarge,
@@ -88,6 +89,7 @@ class Sandboxes:
         self._uid_of: dict[str, int] = {}
         self._pools: dict[str, WarmPool] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.egress: dict[str, EgressProxy] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.on_deleted: list[Any] = []
 
@@ -144,6 +146,10 @@ class Sandboxes:
                     expires_at=min(now + timedelta(seconds=ttl_s or t.ttl_s), deadline), deadline=deadline,
                     allow_hosts=allow_hosts, pooled=pooled)
         self._live[box.box_id] = live
+        if allow_hosts:
+            proxy = EgressProxy(box, allow_hosts, lambda d: self._spawn(self._egress_event(live, d)))
+            proxy.start()
+            self.egress[box.box_id] = proxy
         ready_ms = round((time.perf_counter() - started) * 1000, 2)
         async with self._db.transaction() as session:
             await repo.record_running(session, sandbox_id=box.box_id, team=team, template=template,
@@ -213,6 +219,8 @@ class Sandboxes:
         self._gone[sandbox_id] = reason
         while len(self._gone) > 10_000:
             self._gone.popitem(last=False)
+        if (proxy := self.egress.pop(sandbox_id, None)) is not None:
+            await proxy.close()
         await self._destroy(live.box)
         async with self._db.transaction() as session:
             if await repo.record_deleted(session, sandbox_id=sandbox_id, reason=reason):
@@ -287,6 +295,12 @@ class Sandboxes:
                 SandboxCommandFinished, live.team, sandbox_id=live.box.box_id, command=program[:200],
                 exit_code=message["exit"], limit=message.get("limit"),
                 duration_ms=message.get("duration_ms", 0.0)))
+
+    async def _egress_event(self, live: Live, decision: Decision) -> None:
+        async with self._db.transaction() as session:
+            await self._outbox.add(session, self._event(
+                SandboxEgress, live.team, sandbox_id=live.box.box_id, host=decision.host[:253],
+                port=decision.port, allowed=decision.allowed))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -244,3 +244,41 @@ async def test_stopping_mid_refill_leaves_no_sandbox(
     await asyncio.sleep(0.3)  # ... and is starting a sandbox now
     await runtime.stop()
     assert sandbox_processes(runtime) == []
+
+
+@pytest.mark.parametrize("isolation", SANDBOXED)
+async def test_egress_only_to_allowed_hosts_and_every_attempt_logged(
+    make_runtime: Callable[..., Any], isolation: Isolation
+) -> None:
+    runtime: Runtime = await make_runtime(isolation)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 14\r\nconnection: close\r\n\r\nhello from out")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    fetch = (
+        f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/x', timeout=5).read())"
+    )
+    try:
+        allowed = (await runtime.create(template="python", allow_hosts=["127.0.0.1"]))["sandbox_id"]
+        out, err, end = await runtime.exec(allowed, code=fetch)
+        assert (out, end["exit_code"]) == ("b'hello from out'\n", 0), err
+        other = (await runtime.create(template="python", allow_hosts=["*.example.com"]))["sandbox_id"]
+        out, err, end = await runtime.exec(other, code=fetch)
+        assert end["exit_code"] == 1 and "403" in err
+        closed = (await runtime.create(template="python"))["sandbox_id"]  # no allowlist: no proxy at all
+        out, err, end = await runtime.exec(
+            closed, code=fetch.replace("urlopen(", "urlopen(", 1), env={"HTTP_PROXY": "http://127.0.0.1:3128"}
+        )
+        assert end["exit_code"] == 1 and end["limit"] == "network", err
+    finally:
+        server.close()
+    log = (await runtime.client.get(f"/v1/sandboxes/{allowed}/egress", headers=runtime.headers())).json()
+    assert [(c["host"], c["port"], c["allowed"]) for c in log["connections"]] == [("127.0.0.1", port, True)]
+    log = (await runtime.client.get(f"/v1/sandboxes/{other}/egress", headers=runtime.headers())).json()
+    assert [(c["host"], c["allowed"]) for c in log["connections"]] == [("127.0.0.1", False)]
+    assert "not on this sandbox's allowlist" in log["connections"][0]["reason"]

@@ -15,8 +15,9 @@ connect), and serves one JSON request per connection, answering with JSON lines:
 When a limit ends a command the exit line says which: ``timeout``, ``cpu_time``, ``pids``,
 ``output``, ``memory``, ``disk``, ``read_only`` or ``network``. The last four are read off the
 command's own error (the kernel refused it and the program said so), the first four are
-enforced here. With an egress socket it also relays 127.0.0.1:3128 to the host's egress proxy,
-the only way out of a sandbox without a network.
+enforced here. With an egress port it also relays 127.0.0.1:3128 to the host's egress proxy
+({"op": "egress"} parks a host connection for it), the only way out of a sandbox without a
+network.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import queue
 import resource
 import selectors
 import signal
@@ -42,7 +44,7 @@ ERROR_SIGNS = (
     ("pids", (b"Resource temporarily unavailable", b"fork: retry")),
     ("network", (b"Network is unreachable", b"Temporary failure in name resolution",
                  b"Name or service not known", b"No address associated", b"No route to host",
-                 b"Connection refused")),
+                 b"Connection refused", b"Connection reset by peer")),
 )
 
 
@@ -52,6 +54,7 @@ class Daemon:
         self.workspace = os.path.realpath(workspace)
         self.active: set[int] = set()
         self.lock = threading.Lock()
+        self.parked: queue.Queue[tuple[socket.socket, threading.Event]] = queue.Queue()
 
     def serve(self) -> None:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -76,6 +79,12 @@ class Daemon:
                     send(conn, {"ok": False, "error": f"{type(exc).__name__}: {exc}"})
                 except OSError:
                     pass
+
+    def op_egress(self, conn: socket.socket, request: dict) -> None:
+        """Park the host's connection until a program inside connects out through it."""
+        done = threading.Event()
+        self.parked.put((conn, done))
+        done.wait()
 
     def op_ping(self, conn: socket.socket, request: dict) -> None:
         send(conn, {"ok": True, "pid": os.getpid(), "uid": os.getuid()})
@@ -255,21 +264,39 @@ def count_processes() -> int:
     return sum(1 for name in os.listdir("/proc") if name.isdigit()) - 1
 
 
-def relay_egress(ctl: str, port: int) -> None:
+def relay_egress(daemon: Daemon, port: int) -> None:
+    """127.0.0.1:``port`` inside, out through a connection the host parked with us: the
+    sandbox cannot dial the host (it has no network, and may not open host sockets); the host
+    dials in, and its proxy decides where each connection may go."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     listener.listen(64)
     while True:
         client, _ = listener.accept()
-        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            upstream.connect(os.path.join(ctl, "egress.sock"))
-        except OSError:
+            upstream, done = daemon.parked.get(timeout=3)
+        except queue.Empty:  # no egress granted to this sandbox
             client.close()
             continue
-        for a, b in ((client, upstream), (upstream, client)):
-            threading.Thread(target=splice, args=(a, b), daemon=True).start()
+        try:
+            upstream.sendall(b"go\n")
+        except OSError:
+            client.close()
+            done.set()
+            continue
+        threads = [threading.Thread(target=splice, args=pair, daemon=True)
+                   for pair in ((client, upstream), (upstream, client))]
+        for thread in threads:
+            thread.start()
+        threading.Thread(target=release, args=(threads, done), daemon=True).start()
+
+
+def release(threads: list[threading.Thread], done: threading.Event) -> None:
+    """Let the parked request end once both directions of its tunnel have."""
+    for thread in threads:
+        thread.join()
+    done.set()
 
 
 def splice(src: socket.socket, dst: socket.socket) -> None:
@@ -284,6 +311,7 @@ def splice(src: socket.socket, dst: socket.socket) -> None:
 
 if __name__ == "__main__":
     ctl_dir, workspace_dir = sys.argv[1], sys.argv[2]
+    daemon = Daemon(ctl_dir, workspace_dir)
     if len(sys.argv) > 3:
-        threading.Thread(target=relay_egress, args=(ctl_dir, int(sys.argv[3])), daemon=True).start()
-    Daemon(ctl_dir, workspace_dir).serve()
+        threading.Thread(target=relay_egress, args=(daemon, int(sys.argv[3])), daemon=True).start()
+    daemon.serve()
