@@ -29,7 +29,7 @@ from services.agent_runtime.state_api import state_routes
 from services.agent_runtime.sweeper import Sweeper
 from services.agent_runtime.templates import TemplateError, load_templates
 from services.kit.runtime import Service, run
-from services.kit.sandbox import Sandbox, choose
+from services.kit.sandbox import Isolation, Sandbox, choose
 from services.kit.settings import ConfigError, load_settings
 from workflows.agent_run import AgentRunWorkflow
 
@@ -41,6 +41,10 @@ def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None =
     try:
         templates = load_templates(settings.templates)
         isolation = choose(settings.isolation)
+        if isolation is Isolation.RLIMITS and settings.isolation == "auto":
+            raise RuntimeError("neither runsc nor bwrap is installed, and agent sandboxes run untrusted "
+                               "code: install one (apt-get install runsc bubblewrap), or set "
+                               "AICLOUD_AGENT_RUNTIME_ISOLATION=rlimits to accept no isolation")
         keyring = _keyring(settings)
     except (TemplateError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"agent-runtime cannot start: {exc}") from None
