@@ -282,3 +282,18 @@ async def test_egress_only_to_allowed_hosts_and_every_attempt_logged(
     log = (await runtime.client.get(f"/v1/sandboxes/{other}/egress", headers=runtime.headers())).json()
     assert [(c["host"], c["allowed"]) for c in log["connections"]] == [("127.0.0.1", False)]
     assert "not on this sandbox's allowlist" in log["connections"][0]["reason"]
+
+
+async def test_output_streams_while_the_command_runs(make_runtime: Callable[..., Any]) -> None:
+    runtime: Runtime = await make_runtime(Isolation.BUBBLEWRAP)
+    box = (await runtime.create(template="python"))["sandbox_id"]
+    code = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.7)"
+    arrivals = []
+    started = asyncio.get_running_loop().time()
+    async with runtime.client.stream("POST", f"/v1/sandboxes/{box}/exec", json={"code": code},
+                                     headers=runtime.headers()) as response:
+        async for line in response.aiter_lines():
+            arrivals.append((asyncio.get_running_loop().time() - started, json.loads(line)))
+    assert [m for _, m in arrivals[:3]] == [{"stdout": "0\n"}, {"stdout": "1\n"}, {"stdout": "2\n"}]
+    assert arrivals[0][0] < 1.0 < arrivals[-1][0]  # the first line came long before the end
+    assert arrivals[-1][1]["exit_code"] == 0
