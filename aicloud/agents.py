@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from aicloud.admin import AdminEndpoint, admin_call
 from aicloud.jobs import Output, Team
 from aicloud.output import Format, console, emit, fail
 from aicloud.sandboxes import _with_client
@@ -17,6 +18,8 @@ app = typer.Typer(
     help="Agent runs: durable, sandboxed, cost-capped, every step traced.", no_args_is_help=True
 )
 TERMINAL = {"succeeded", "failed", "stopped"}
+RUNTIME = AdminEndpoint("agent-runtime", "AICLOUD_SANDBOXES_URL", "AICLOUD_AGENT_RUNTIME_ADMIN_TOKEN",
+                        "agent-runtime-admin-token")
 
 
 @app.command("run")
@@ -132,6 +135,14 @@ def approve_(
     body = {"call_id": call_id, "approved": not deny}
     _with_client(team, lambda c: c.request("POST", f"/v1/agents/runs/{run_id}/approve", json=body))
     console.print(f"{'denied' if deny else 'approved'} {call_id} of {run_id}")
+
+
+@app.command("rotate-keys")
+def rotate_keys() -> None:
+    """Platform engineers: re-wrap every team's agent-state data key with the active master key
+    (set the new key active first, keep the old one until this succeeds). No data is re-encrypted."""
+    done = admin_call(RUNTIME, "POST", "/admin/state/rotate-keys")
+    console.print(f"re-wrapped {done['rewrapped']} data key(s) with master key {done['active_key']}")
 
 
 def _summary(kind: str, detail: dict[str, Any]) -> str:

@@ -255,6 +255,7 @@ class Stack:
                 f"{prefix}SANDBOX_DIR": f"/var/tmp/aicloud-sandboxes-{digest}",
                 f"{prefix}STATE_MASTER_KEYS_FILE": str(master_keys),
                 f"{prefix}STATE_ACTIVE_KEY": "k1",
+                f"{prefix}ADMIN_TOKEN": self.secret("agent-runtime-admin-token"),
                 f"{prefix}TEMPORAL_ADDRESS": f"127.0.0.1:{ports['temporal']}",
                 f"{prefix}ROUTER_URL": f"http://127.0.0.1:{ports['inference-router']}",
                 f"{prefix}ROUTER_KEYS_FILE": str(self.home / "router-keys.json")}

@@ -16,7 +16,7 @@ from temporalio.worker import Worker
 
 from contracts import CreateSandbox
 from contracts.pricebook import PriceBookError, load_price_book
-from services.agent_runtime import agents_api, handlers
+from services.agent_runtime import admin_api, agents_api, handlers
 from services.agent_runtime.activities import AgentActivities
 from services.agent_runtime.api import build_router
 from services.agent_runtime.auth import CatalogKeys, team_dependency
@@ -72,6 +72,9 @@ def build(settings: AgentRuntimeSettings, *, catalog: httpx.AsyncClient | None =
     service.include_router(build_router(sandboxes, team))
     if keyring is not None:
         service.include_router(state_routes(db=service.db, keyring=keyring, team_dep=team))
+        service.include_router(
+            admin_api.build_router(db=service.db, keyring=keyring, admin_token=settings.admin_token)
+        )
         sweeper = Sweeper(service.db, interval_s=settings.state_sweep_interval_s)
         service.on_start(sweeper.start)
         service.on_stop(sweeper.stop)

@@ -35,6 +35,7 @@ class AgentRuntimeSettings(ServiceSettings):
                                 "empty: the state API is off.")
     state_master_keys_file: Path | None = Field(default=None, description="Or: a file holding that JSON.")
     state_active_key: str = Field(default="", description="The master key id that wraps new data keys.")
+    admin_token: str = Field(default="", description="Bearer token for /admin; empty: admin API off.")
     state_sweep_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     temporal_address: str = Field(default="", description="Temporal frontend; empty: agent runs are off.")
     temporal_namespace: str = "default"

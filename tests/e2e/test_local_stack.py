@@ -385,6 +385,8 @@ def test_the_example_agent_runs_and_its_trace_is_readable(
     assert "run_python" in table.stdout and "succeeded" in table.stdout
     via_cli = aicloud(home, "agents", "run", "--max-steps", "1", "Summarise nothing")
     assert via_cli.returncode == 1 and "stopped (max_steps)" in via_cli.stdout
+    rotated = aicloud(home, "agents", "rotate-keys")
+    assert rotated.returncode == 0 and "with master key k1" in rotated.stdout, rotated.stderr
 
 
 def test_down_leaves_nothing_running_and_up_resumes_with_same_data(
