@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,7 @@ class Stack:
             for entry in group:
                 stopped.append(str(entry["name"]))
                 report(f"stopped {entry['name']} (pid {entry['pid']})")
+        self._reap_sandboxes()
         if self.state_file.exists():
             self.state_file.unlink()
         return stopped
@@ -242,6 +244,27 @@ class Stack:
             env |= {"AICLOUD_ANTHROPIC_BASE_URL": fake, "ANTHROPIC_API_KEY": self.secret("fake-llm-key")}
         return env
 
+    @property
+    def sandbox_dir(self) -> Path:
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
+        return Path(f"/var/tmp/aicloud-sandboxes-{digest}")
+
+    def _reap_sandboxes(self) -> None:
+        """Sandboxes outlive an agent runtime that was killed (or stopped before it could clean
+        up): end every one this home's runtime started. Its next start would, too."""
+        marker = str(self.sandbox_dir)
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(marker in arg for arg in proc.info["cmdline"] or ()):
+                    proc.kill()
+        state = self.sandbox_dir / "state"
+        if shutil.which("runsc") and state.is_dir():
+            listed = subprocess.run(["runsc", "--root", str(state), "list", "-quiet"], capture_output=True,
+                                    text=True, check=False)
+            for container in listed.stdout.split():
+                subprocess.run(["runsc", "--root", str(state), "delete", "--force", container],
+                               capture_output=True, check=False)
+
     def _agent_runtime_env(self, prefix: str, ports: dict[str, int]) -> dict[str, str]:
         master_keys = self.home / "run" / "agent-state-master-keys.json"
         if not master_keys.exists():
@@ -250,9 +273,8 @@ class Stack:
             master_keys.chmod(0o600)
         # Sandbox state must be reachable by the sandboxes' own uids, so it cannot live under a
         # private home; one folder per home keeps two stacks from reaping each other's boxes.
-        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
         return {f"{prefix}CATALOG_URL": f"http://127.0.0.1:{ports['catalog']}",
-                f"{prefix}SANDBOX_DIR": f"/var/tmp/aicloud-sandboxes-{digest}",
+                f"{prefix}SANDBOX_DIR": str(self.sandbox_dir),
                 f"{prefix}STATE_MASTER_KEYS_FILE": str(master_keys),
                 f"{prefix}STATE_ACTIVE_KEY": "k1",
                 f"{prefix}ADMIN_TOKEN": self.secret("agent-runtime-admin-token"),
