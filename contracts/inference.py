@@ -29,7 +29,7 @@ class InferenceCompleted(Event):
     status: Literal["ok", "error", "rejected", "cancelled"]
     cost_usd: Decimal | None = None
     cost_flagged: bool = Field(default=False, description="No price for the model: fallback rate.")
-    operation: Literal["chat", "embeddings"] = "chat"
+    operation: Literal["chat", "embeddings", "predict"] = "chat"
     stream: bool = False
     user: str | None = Field(default=None, max_length=256)
     error: str | None = Field(default=None, max_length=2000, description="Why it was not ok.")

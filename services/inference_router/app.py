@@ -13,17 +13,26 @@ import structlog
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from contracts import BudgetChanged, BudgetExhausted, EndpointReady, EndpointRetired
+from contracts import (
+    BudgetChanged,
+    BudgetExhausted,
+    EndpointDeleted,
+    EndpointReady,
+    EndpointRetired,
+    EndpointScaledToZero,
+)
 from contracts.catalog import CatalogDataError, load_org
 from contracts.pricebook import PriceBookError, load_price_book
 from services.inference_router import handlers, keys, repo
 from services.inference_router.config import Route, RouteConfigError, load_config
 from services.inference_router.gateway import Block, Budgets, Gateway
 from services.inference_router.limits import KvBuckets, Limiter
+from services.inference_router.replicas import Sessions
 from services.inference_router.repo import MIGRATIONS
 from services.inference_router.routing import RouteTable
 from services.inference_router.settings import RouterSettings
 from services.inference_router.usage import UsageSink
+from services.inference_router.wake import Waker
 from services.inference_router.web import RouterApi
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
@@ -64,6 +73,8 @@ class Router:
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self.routes.session = self.session
         self.routes.load(self.config)
+        self.routes.endpoints.sessions = Sessions(self.session, per_socket=self.settings.socket_pool_size)
+        self.routes.endpoints.timeout_s = self.settings.endpoint_timeout_s
         js = self.service.bus.js
         prefix = self.service.bus.stream_name("router").lower()
         buckets = await js.create_key_value(KeyValueConfig(
@@ -75,6 +86,8 @@ class Router:
                                                lease_window_s=settings.lease_window_s,
                                                lease_ttl_s=settings.lease_ttl_s),
                                budgets=self.budgets, prices=self.prices,
+                               waker=Waker(self.service.bus.publish, timeout_s=settings.wake_timeout_s,
+                                           source=settings.service_name),
                                queue_timeout_s=settings.queue_timeout_s)
         self.overrides = await js.create_key_value(KeyValueConfig(bucket=f"{prefix}_routes", history=1))
         await self._load_state()
@@ -93,6 +106,7 @@ class Router:
             with contextlib.suppress(Exception):
                 await self.gateway.limiter.return_idle(force=True)
         await self.sink.stop()
+        await self.routes.endpoints.close()
         if self.session is not None:
             await self.session.close()
 
@@ -105,8 +119,8 @@ class Router:
 
     async def _load_state(self) -> None:
         async with self.service.db.transaction() as session:
-            for endpoint, team, version, url in await repo.endpoint_targets(session):
-                self.routes.endpoint_ready(endpoint, team=team, version=version, url=url)
+            for endpoint, serving, known in await repo.platform_endpoints(session):
+                await self.routes.endpoints.restore(endpoint, serving, known)
             period = datetime.now(UTC).strftime("%Y-%m")
             for team, budget_id, per, action, spent, amount in await repo.budget_blocks(
                     session, period=period):
@@ -164,6 +178,9 @@ def build(settings: RouterSettings) -> Service:
     router = Router(service, settings)
     service.consume(EndpointReady, partial(handlers.on_endpoint_ready, routes=router.routes))
     service.consume(EndpointRetired, partial(handlers.on_endpoint_retired, routes=router.routes))
+    service.consume(EndpointScaledToZero,
+                    partial(handlers.on_endpoint_scaled_to_zero, routes=router.routes))
+    service.consume(EndpointDeleted, partial(handlers.on_endpoint_deleted, routes=router.routes))
     service.consume(BudgetExhausted, partial(handlers.on_budget_exhausted, budgets=router.budgets))
     service.consume(BudgetChanged, partial(handlers.on_budget_changed, budgets=router.budgets))
     service.on_start(router.start)

@@ -64,7 +64,7 @@ class Route(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["chat", "embeddings"] = "chat"
+    kind: Literal["chat", "embeddings", "predict"] = "chat"
     targets: tuple[Target, ...] = Field(min_length=1)
     sticky: Literal["none", "user", "conversation"] = Field(
         default="user", description="What keeps a caller on the same target of a weighted split.")

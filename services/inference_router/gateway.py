@@ -22,14 +22,18 @@ from nats.errors import Error as NatsError
 
 from contracts.pricebook import PriceBook
 from services.inference_router import wire
+from services.inference_router.endpoints import Endpoint
 from services.inference_router.guard import Findings, guard_messages
 from services.inference_router.keys import KeyCache, VirtualKey
 from services.inference_router.limits import Limit, Limiter, LimiterBusy
 from services.inference_router.providers import UpstreamError
 from services.inference_router.requests import ApiError, Call
 from services.inference_router.routing import RouteTable, Step
+from services.inference_router.wake import Waker
 
 RESERVE_OUT_DEFAULT = 256
+PATH_OF = {"chat": "/v1/chat/completions", "embeddings": "/v1/embeddings", "predict": "/v1/predict"}
+Wanted = tuple[Limit, float, str, str]  # limit, amount, what (rpm/tpm/budget), whose (for errors)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Admission:
     limits: list[tuple[Limit, float, str]] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
     parallel: bool = False
+    endpoint: Endpoint | None = None  # a platform endpoint's in-flight count this call holds
 
 
 @dataclass
@@ -77,6 +82,7 @@ class Gateway:
     limiter: Limiter
     budgets: Budgets
     prices: PriceBook
+    waker: Waker | None = None
     queue_timeout_s: float = 2.0
     max_waiters: int = 256
     _parallel: dict[str, int] = field(default_factory=dict)
@@ -106,8 +112,8 @@ class Gateway:
                            "not use it; GET /v1/models lists yours", code="model_not_found",
                            param="model")
         if route.kind != call.operation:
-            raise ApiError(400, f"'{call.alias}' is a {route.kind} model; call "
-                           f"{'/v1/embeddings' if route.kind == 'embeddings' else '/v1/chat/completions'}",
+            raise ApiError(400, f"'{call.alias}' is a {route.kind} model, it does not serve "
+                           f"{PATH_OF[call.operation]}; call {PATH_OF[route.kind]}",
                            param="model", code="wrong_operation")
         if not key.may_use(call.alias):
             raise ApiError(403, f"key {key.key_id} may not use '{call.alias}'; it may use: "
@@ -124,26 +130,22 @@ class Gateway:
                            "ask your platform team to raise it", type_="insufficient_quota",
                            code="budget_exhausted")
 
+    async def hold(self, call: Call) -> None:
+        """Wait while a scaled-to-zero endpoint starts; returns at once for anything else."""
+        endpoint = self.routes.endpoints.get(call.alias)
+        if endpoint is not None and endpoint.dormant and self.waker is not None:
+            await self.waker.until_ready(call.alias, endpoint)
+
     async def _take_limits(self, call: Call, key: VirtualKey) -> Admission:
         spec, admission = key.spec, Admission(key)
         if spec.max_parallel is not None and self._parallel.get(key.key_id, 0) >= spec.max_parallel:
             raise ApiError(429, f"key {key.key_id} already has {spec.max_parallel} requests in "
                            "flight, its limit; wait for one to finish", type_="rate_limit_exceeded",
                            code="too_many_parallel", headers={"retry-after": "1"})
-        wanted: list[tuple[Limit, float, str]] = []
-        if spec.budget_usd is not None:
-            period = datetime.now(UTC).strftime("%Y-%m")
-            wanted.append((Limit(f"{key.key_id}.usd.{period.replace('-', '')}",
-                                 float(spec.budget_usd), 0.0), 1e-6, "budget"))
-        if spec.rpm is not None:
-            wanted.append((Limit.per_minute(f"{key.key_id}.rpm", spec.rpm), 1.0, "rpm"))
-        if spec.tpm is not None:
-            reserve = min(len(call.prompt_text()) // 4 + (call.max_tokens or RESERVE_OUT_DEFAULT),
-                          spec.tpm)
-            wanted.append((Limit.per_minute(f"{key.key_id}.tpm", spec.tpm), float(reserve), "tpm"))
+        endpoint = self.routes.endpoints.get(call.alias)
         try:
-            for limit, amount, what in wanted:
-                await self._wait_for(limit, amount, what, key)
+            for limit, amount, what, whose in self._wanted(call, key, endpoint):
+                await self._wait_for(limit, amount, what, whose, key)
                 admission.limits.append((limit, amount, what))
         except (LimiterBusy, NatsError, TimeoutError) as exc:
             self.release(admission, used=None)
@@ -155,9 +157,35 @@ class Gateway:
             raise
         self._parallel[key.key_id] = self._parallel.get(key.key_id, 0) + 1
         admission.parallel = True
+        if endpoint is not None:
+            endpoint.in_flight += 1
+            admission.endpoint = endpoint
         return admission
 
-    async def _wait_for(self, limit: Limit, amount: float, what: str, key: VirtualKey) -> None:
+    def _wanted(self, call: Call, key: VirtualKey, endpoint: Endpoint | None) -> list[Wanted]:
+        """The key's limits, then the endpoint's quota for the key's team (shared by its keys)."""
+        spec, wanted = key.spec, []
+        if spec.budget_usd is not None:
+            period = datetime.now(UTC).strftime("%Y-%m")
+            wanted.append((Limit(f"{key.key_id}.usd.{period.replace('-', '')}",
+                                 float(spec.budget_usd), 0.0), 1e-6, "budget", f"key {key.key_id}"))
+        per_minute = [(f"{key.key_id}", spec.rpm, spec.tpm, f"key {key.key_id}")]
+        if endpoint is not None:
+            per_minute.append((f"endpoint.{call.alias}.{key.team}", endpoint.rpm_limit,
+                               endpoint.tpm_limit, f"team {key.team} on endpoint '{call.alias}'"))
+        reserve: int | None = None
+        for name, rpm, tpm, whose in per_minute:
+            if rpm is not None:
+                wanted.append((Limit.per_minute(f"{name}.rpm", rpm), 1.0, "rpm", whose))
+            if tpm is not None:
+                if reserve is None:
+                    reserve = len(call.prompt_text()) // 4 + (call.max_tokens or RESERVE_OUT_DEFAULT)
+                wanted.append((Limit.per_minute(f"{name}.tpm", tpm), float(min(reserve, tpm)), "tpm",
+                               whose))
+        return wanted
+
+    async def _wait_for(self, limit: Limit, amount: float, what: str, whose: str,
+                        key: VirtualKey) -> None:
         deadline = time.monotonic() + self.queue_timeout_s
         waiting = False
         try:
@@ -171,8 +199,8 @@ class Gateway:
                                    type_="insufficient_quota", code="key_budget_exhausted")
                 if time.monotonic() + wait_s > deadline or (
                         not waiting and self._waiting.get(limit.name, 0) >= self.max_waiters):
-                    raise ApiError(429, f"key {key.key_id} is over its {what.upper()} limit "
-                                   f"({getattr(key.spec, what)}/min); retry after "
+                    raise ApiError(429, f"{whose} is over its {what.upper()} limit "
+                                   f"({limit.capacity:g}/min); retry after "
                                    f"{math.ceil(wait_s)} s", type_="rate_limit_exceeded",
                                    code=f"{what}_limit", headers={"retry-after": str(math.ceil(wait_s))})
                 if not waiting:
@@ -194,6 +222,9 @@ class Gateway:
         if admission.parallel:
             admission.parallel = False
             self._parallel[admission.key.key_id] -= 1
+        if admission.endpoint is not None:
+            admission.endpoint.in_flight -= 1
+            admission.endpoint = None
 
     # -- what leaves for the provider ---------------------------------------------------
     def outbound(self, call: Call, step: Step, admission: Admission) -> dict[str, Any]:
@@ -207,6 +238,9 @@ class Gateway:
                                f"'{call.alias}' does not send personal data to an external "
                                "provider (policy: block). Remove it and try again.",
                                code="pii_blocked")
+        if call.operation == "predict" or (call.operation == "embeddings"
+                                           and body.get("model") == step.target.model):
+            return body  # as the caller sent it: nothing to rename or translate
         if call.operation == "embeddings":
             return {**body, "model": step.target.model}
         if step.provider.format == call.client:

@@ -50,6 +50,9 @@ def spec(models: list[str] | None = None) -> dict[str, Any]:
     embeddings = {"type": "object", "required": ["model", "input"], "properties": {
         "model": model,
         "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}}
+    predict = {"type": "object", "required": ["model", "instances"], "properties": {
+        "model": model,
+        "instances": {"type": "array", "items": {"type": "object"}, "minItems": 1, "maxItems": 64}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "aicloud inference router", "version": "1.0.0",
@@ -59,6 +62,7 @@ def spec(models: list[str] | None = None) -> dict[str, Any]:
             "/v1/chat/completions": _post("Chat completion (OpenAI format)", chat, _ERROR),
             "/v1/messages": _post("Message (Anthropic format)", messages, _ANTHROPIC_ERROR),
             "/v1/embeddings": _post("Embeddings (OpenAI format)", embeddings, _ERROR),
+            "/v1/predict": _post("Predictions from a platform tabular-model endpoint", predict, _ERROR),
             "/v1/models": {"get": {"summary": "Models the caller's key may use",
                                    "security": [{"bearer": []}],
                                    "responses": {"200": {"description": "the list", "content": {

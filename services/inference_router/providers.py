@@ -7,6 +7,7 @@ scrubbed of anything that looks like a secret, so an upstream echoing a key cann
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +20,8 @@ from services.inference_router.wire import Format
 
 ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+PATHS = {"chat": "/chat/completions", "embeddings": "/embeddings", "messages": "/messages",
+         "predict": "/predict"}
 
 
 class UpstreamError(Exception):
@@ -75,20 +78,8 @@ class HttpProvider:
 
     async def open(self, operation: str, body: dict[str, object], *, stream: bool,
                    timeout_s: float) -> aiohttp.ClientResponse:
-        path = {"chat": "/chat/completions", "embeddings": "/embeddings", "messages": "/messages"}
-        timeout = (aiohttp.ClientTimeout(sock_connect=min(timeout_s, 5), sock_read=timeout_s)
-                   if stream else aiohttp.ClientTimeout(total=timeout_s))
-        try:
-            response = await self.session.post(
-                self.spec.base_url.rstrip("/") + path[operation], data=orjson.dumps(body),
-                headers=self._headers(), timeout=timeout)
-        except TimeoutError:
-            raise UpstreamError(504, f"{self.name} did not answer within {timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(0, f"{self.name} is unreachable: {type(exc).__name__}") from None
-        if response.status != 200:
-            raise await _error_of(self.name, response)
-        return response
+        return await post(self.session, self.spec.base_url.rstrip("/") + PATHS[operation], body,
+                          headers=self._headers(), name=self.name, stream=stream, timeout_s=timeout_s)
 
     def _headers(self) -> dict[str, str]:
         headers = {"content-type": "application/json"}
@@ -100,6 +91,29 @@ class HttpProvider:
         elif key:
             headers["authorization"] = f"Bearer {key}"
         return headers
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: dict[str, object], *,
+               headers: dict[str, str], name: str, stream: bool,
+               timeout_s: float) -> aiohttp.ClientResponse:
+    """POST ``body`` to ``url``; the response once its status is 200, else an ``UpstreamError``."""
+    try:
+        response = await session.post(url, data=orjson.dumps(body), headers=headers,
+                                      timeout=_timeout(timeout_s, stream))
+    except TimeoutError:
+        raise UpstreamError(504, f"{name} did not answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(0, f"{name} is unreachable: {type(exc).__name__}") from None
+    if response.status != 200:
+        raise await _error_of(name, response)
+    return response
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(timeout_s: float, stream: bool) -> aiohttp.ClientTimeout:
+    # A stream may run long as long as chunks keep coming; a whole answer has one deadline.
+    return (aiohttp.ClientTimeout(sock_connect=min(timeout_s, 5), sock_read=timeout_s)
+            if stream else aiohttp.ClientTimeout(total=timeout_s))
 
 
 async def _error_of(name: str, response: aiohttp.ClientResponse) -> UpstreamError:

@@ -1,13 +1,15 @@
-"""inference-router's tables: platform endpoints it may route to, teams blocked by budget,
-virtual keys."""
+"""inference-router's tables: platform endpoints it may route to (ready versions, or dormant
+ones it must wake), teams blocked by budget, virtual keys."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.inference_router.endpoints import Dormant, Serving
 from services.kit.db import Migration
 
 MIGRATIONS = (
@@ -46,26 +48,86 @@ MIGRATIONS = (
             "ALTER TABLE budget_blocks ADD COLUMN amount_usd NUMERIC NOT NULL DEFAULT 0",
         ),
     ),
+    Migration(
+        3,
+        "platform endpoints: kind, quota, dormancy; replicas and weight per version",
+        (
+            "ALTER TABLE endpoint_targets ADD COLUMN replicas JSONB NOT NULL DEFAULT '[]'",
+            "ALTER TABLE endpoint_targets ADD COLUMN weight INTEGER NOT NULL DEFAULT 100",
+            """CREATE TABLE platform_endpoints (
+                endpoint TEXT PRIMARY KEY,
+                team TEXT NOT NULL,
+                model TEXT NOT NULL,
+                kind TEXT NOT NULL DEFAULT 'chat',
+                rpm_limit INTEGER,
+                tpm_limit INTEGER,
+                dormant_since TIMESTAMPTZ,
+                updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+            # endpoints that were ready before this migration keep being routed to after it
+            """INSERT INTO platform_endpoints (endpoint, team, model)
+               SELECT DISTINCT ON (endpoint) endpoint, team, model FROM endpoint_targets
+               ORDER BY endpoint, ready_at DESC""",
+        ),
+    ),
 )
 
 
-async def upsert_target(session: AsyncSession, *, endpoint: str, version: str, team: str,
-                        model: str, url: str) -> None:
+async def endpoint_ready(session: AsyncSession, *, endpoint: str, model: str,
+                         serving: Serving) -> None:
     await session.execute(
-        text(
-            "INSERT INTO endpoint_targets (endpoint, version, team, model, url)"
-            " VALUES (:e, :v, :t, :m, :u) ON CONFLICT (endpoint, version)"
-            " DO UPDATE SET url = EXCLUDED.url, model = EXCLUDED.model, ready_at = now()"
-        ),
-        {"e": endpoint, "v": version, "t": team, "m": model, "u": url},
-    )
+        text("INSERT INTO platform_endpoints (endpoint, team, model, kind, rpm_limit, tpm_limit)"
+             " VALUES (:e, :t, :m, :k, :r, :p) ON CONFLICT (endpoint) DO UPDATE SET"
+             " team = EXCLUDED.team, model = EXCLUDED.model, kind = EXCLUDED.kind,"
+             " rpm_limit = EXCLUDED.rpm_limit, tpm_limit = EXCLUDED.tpm_limit,"
+             " dormant_since = NULL, updated_at = now()"),
+        {"e": endpoint, "t": serving.team, "m": model, "k": serving.kind,
+         "r": serving.rpm_limit, "p": serving.tpm_limit})
+    await session.execute(
+        text("INSERT INTO endpoint_targets (endpoint, version, team, model, url, replicas, weight)"
+             " VALUES (:e, :v, :t, :m, :u, CAST(:r AS JSONB), :w) ON CONFLICT (endpoint, version)"
+             " DO UPDATE SET url = EXCLUDED.url, model = EXCLUDED.model, replicas = EXCLUDED.replicas,"
+             " weight = EXCLUDED.weight, ready_at = now()"),
+        {"e": endpoint, "v": serving.version, "t": serving.team, "m": model, "u": serving.url,
+         "r": json.dumps(list(serving.replicas)), "w": serving.weight})
 
 
-async def remove_target(session: AsyncSession, *, endpoint: str, version: str) -> None:
+async def endpoint_retired(session: AsyncSession, *, endpoint: str, version: str,
+                           dormant: bool) -> None:
+    """The same rule as ``EndpointTable.retired``: the last version takes its endpoint along,
+    unless it went because the endpoint scaled to zero."""
+    removed = await session.execute(
+        text("DELETE FROM endpoint_targets WHERE endpoint = :e AND version = :v RETURNING 1"),
+        {"e": endpoint, "v": version})
+    if removed.first() is None or await _has_targets(session, endpoint):
+        return
+    if dormant:
+        await session.execute(text("UPDATE platform_endpoints SET dormant_since = now(),"
+                                   " updated_at = now() WHERE endpoint = :e"), {"e": endpoint})
+    else:
+        await session.execute(text("DELETE FROM platform_endpoints WHERE endpoint = :e"),
+                              {"e": endpoint})
+
+
+async def endpoint_scaled_to_zero(session: AsyncSession, *, endpoint: str, team: str, model: str,
+                                  kind: str) -> None:
+    await session.execute(text("DELETE FROM endpoint_targets WHERE endpoint = :e"), {"e": endpoint})
     await session.execute(
-        text("DELETE FROM endpoint_targets WHERE endpoint = :e AND version = :v"),
-        {"e": endpoint, "v": version},
-    )
+        text("INSERT INTO platform_endpoints (endpoint, team, model, kind, dormant_since)"
+             " VALUES (:e, :t, :m, :k, now()) ON CONFLICT (endpoint) DO UPDATE SET"
+             " team = EXCLUDED.team, kind = EXCLUDED.kind, updated_at = now(),"
+             " dormant_since = COALESCE(platform_endpoints.dormant_since, now())"),
+        {"e": endpoint, "t": team, "m": model, "k": kind})
+
+
+async def endpoint_deleted(session: AsyncSession, *, endpoint: str) -> None:
+    await session.execute(text("DELETE FROM endpoint_targets WHERE endpoint = :e"), {"e": endpoint})
+    await session.execute(text("DELETE FROM platform_endpoints WHERE endpoint = :e"), {"e": endpoint})
+
+
+async def _has_targets(session: AsyncSession, endpoint: str) -> bool:
+    rows = await session.execute(text("SELECT 1 FROM endpoint_targets WHERE endpoint = :e LIMIT 1"),
+                                 {"e": endpoint})
+    return rows.first() is not None
 
 
 async def block_team(session: AsyncSession, *, team: str, budget_id: str, period: str,
@@ -79,10 +141,25 @@ async def block_team(session: AsyncSession, *, team: str, budget_id: str, period
     )
 
 
-async def endpoint_targets(session: AsyncSession) -> list[tuple[str, str, str, str]]:
-    """(endpoint, team, version, url) of every ready platform endpoint version."""
-    rows = await session.execute(text("SELECT endpoint, team, version, url FROM endpoint_targets"))
-    return [(r.endpoint, r.team, r.version, r.url) for r in rows]
+async def platform_endpoints(session: AsyncSession) -> list[tuple[str, Serving | None, Dormant]]:
+    """Every known platform endpoint: (name, one ready version or None when dormant, what it
+    is); an endpoint with several versions comes once per version."""
+    rows = await session.execute(text(
+        "SELECT p.endpoint, p.team, p.kind, p.rpm_limit, p.tpm_limit, t.version, t.url,"
+        " t.replicas, t.weight FROM platform_endpoints p"
+        " LEFT JOIN endpoint_targets t ON t.endpoint = p.endpoint ORDER BY p.endpoint, t.version"))
+    found: list[tuple[str, Serving | None, Dormant]] = []
+    for r in rows:
+        serving = None if r.version is None else Serving(
+            r.team, r.version, r.url, tuple(_json_list(r.replicas)), r.weight, r.kind,
+            r.rpm_limit, r.tpm_limit)
+        found.append((r.endpoint, serving, Dormant(r.team, r.kind, r.rpm_limit, r.tpm_limit)))
+    return found
+
+
+def _json_list(value: object) -> list[str]:
+    decoded = json.loads(value) if isinstance(value, str | bytes) else value
+    return [str(v) for v in decoded] if isinstance(decoded, list) else []
 
 
 async def budget_blocks(session: AsyncSession, *, period: str

@@ -9,7 +9,7 @@ import orjson
 
 from services.inference_router.wire import Format
 
-Operation = Literal["chat", "embeddings"]
+Operation = Literal["chat", "embeddings", "predict"]
 
 
 class ApiError(Exception):
@@ -74,8 +74,11 @@ def parse_call(raw: bytes, *, operation: Operation, client: Format, request_id: 
                        param="model", code="missing_model")
     if operation == "chat":
         _check_messages(body.get("messages"), client)
-    else:
+    elif operation == "embeddings":
         _check_input(body.get("input"))
+    elif not isinstance(body.get("instances"), list) or not body["instances"]:
+        raise ApiError(400, "'instances' must be a non-empty list: the inputs to predict on",
+                       param="instances")
     max_tokens = _max_tokens(body, client, max_tokens_cap)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

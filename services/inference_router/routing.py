@@ -1,8 +1,8 @@
 """Where a request goes: weighted targets with sticky assignment, fallbacks, circuit breakers.
 
 The table is the routes file, overlaid by routes set through the admin API (kept in NATS KV so
-every replica sees them) and by the platform's own endpoints, which come and go with
-``endpoints.ready`` / ``endpoints.retired`` events.
+every replica sees them) and by the platform's own endpoints (endpoints.py), which come and go
+with the ``endpoints.*`` events.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from services.inference_router.config import Provider as ProviderSpec
 from services.inference_router.config import Route, RouterConfig, Target
+from services.inference_router.endpoints import EndpointTable
 from services.inference_router.providers import HttpProvider, Provider
 
 
@@ -67,8 +67,7 @@ class RouteTable:
     session: aiohttp.ClientSession | None = None
     config: RouterConfig = field(default_factory=RouterConfig)
     overrides: dict[str, Route] = field(default_factory=dict)
-    # endpoint name -> (owning team, {version: base url})
-    endpoints: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    endpoints: EndpointTable = field(default_factory=EndpointTable)
     _providers: dict[str, Provider] = field(default_factory=dict)
     _breakers: dict[str, Breaker] = field(default_factory=dict)
 
@@ -80,38 +79,23 @@ class RouteTable:
         self._breakers.clear()
 
     def routes(self) -> dict[str, Route]:
-        merged = {**self.config.models, **self.overrides}
-        for name, (team, versions) in self.endpoints.items():
-            merged[name] = Route(targets=tuple(
-                Target(provider=f"platform/{name}/{v}", model=name, version=v) for v in versions),
-                teams=(team,), pii="allow", retries=0)
-        return merged
+        return {**self.config.models, **self.overrides, **self.endpoints.routes()}
 
     def route(self, alias: str) -> Route | None:
-        if alias in self.endpoints or alias in self.overrides:
-            return self.routes().get(alias)
-        return self.config.models.get(alias)
+        endpoint = self.endpoints.get(alias)
+        if endpoint is not None:
+            return endpoint.route
+        override = self.overrides.get(alias)
+        return override if override is not None else self.config.models.get(alias)
 
     def provider(self, name: str) -> Provider | None:
         if name.startswith("platform/"):
-            _, endpoint, version = name.split("/", 2)
-            url = self.endpoints.get(endpoint, ("", {}))[1].get(version)
-            if url is None:
-                return None
-            spec = ProviderSpec(kind="openai-compatible", base_url=url, external=False)
-            assert self.session is not None
-            return HttpProvider(name, spec, self.session)
+            return self.endpoints.provider(name)
         return self._providers.get(name)
 
-    def endpoint_ready(self, endpoint: str, *, team: str, version: str, url: str) -> None:
-        _, versions = self.endpoints.setdefault(endpoint, (team, {}))
-        versions[version] = url
-
-    def endpoint_retired(self, endpoint: str, *, version: str) -> None:
-        _, versions = self.endpoints.get(endpoint, ("", {}))
-        versions.pop(version, None)
-        if not versions:
-            self.endpoints.pop(endpoint, None)
+    def in_flight(self, endpoint: str) -> int:
+        """Requests for a platform endpoint admitted and not yet finished, held ones included."""
+        return self.endpoints.in_flight(endpoint)
 
     def circuits(self) -> dict[str, str]:
         return {name: breaker.state for name, breaker in self._breakers.items()}
@@ -125,7 +109,7 @@ class RouteTable:
         seen = set()
         for name in (alias, *self._fallbacks(alias)):
             route = self.route(name)
-            if route is None or name in seen:
+            if route is None or name in seen or not route.targets:  # no targets: dormant
                 continue
             seen.add(name)
             target = choose(route, f"{name}:{sticky}" if sticky else None)

@@ -67,10 +67,10 @@ async def execute(gw: Gateway, call: Call, admission: Admission, outcome: Outcom
 
 async def _try(call: Call, step: Step, body: dict[str, Any], outcome: Outcome,
                request: web.Request) -> web.StreamResponse:
-    operation = "embeddings" if call.operation == "embeddings" else (
+    operation = call.operation if call.operation != "chat" else (
         "messages" if step.provider.format == "anthropic" else "chat")
-    if call.operation == "embeddings" and step.provider.format == "anthropic":
-        raise UpstreamError(404, f"{step.provider.name} does not serve embeddings")
+    if call.operation != "chat" and step.provider.format == "anthropic":
+        raise UpstreamError(404, f"{step.provider.name} does not serve {call.operation}")
     timeout = step.target.timeout_s or step.provider.timeout_s
     upstream = await step.provider.open(operation, body, stream=call.stream, timeout_s=timeout)
     outcome.target, outcome.version = step.target.name, step.target.version
@@ -120,7 +120,7 @@ def _whole(call: Call, step: Step, raw: bytes, outcome: Outcome) -> web.Response
         outcome.usage.add_anthropic(payload.get("usage"))
     else:
         outcome.usage = wire.Usage.of_openai(payload.get("usage"))
-    if not outcome.usage.reported:
+    if not outcome.usage.reported and call.operation != "predict":  # predictions count no tokens
         outcome.usage.tokens_in = count_tokens(call.prompt_text())
     choices = payload.get("choices") or [{}]
     outcome.finish = payload.get("stop_reason") or (choices[0] or {}).get("finish_reason")

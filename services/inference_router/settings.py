@@ -29,6 +29,13 @@ class RouterSettings(ServiceSettings):
     lease_window_s: float = Field(default=0.05, gt=0, le=5)
     lease_ttl_s: float = Field(default=1.0, gt=0, le=60)
     reload_interval_s: float = Field(default=1.0, gt=0)
+    wake_timeout_s: float = Field(
+        default=60.0, gt=0, le=900,
+        description="How long a request for a scaled-to-zero endpoint waits for it to start.")
+    endpoint_timeout_s: float = Field(default=60.0, gt=0, le=600,
+                                      description="Answer deadline of a platform endpoint replica.")
+    socket_pool_size: int = Field(default=256, ge=1, le=4096,
+                                  description="Keep-alive connections per replica Unix socket.")
     usage_spool: Path = Field(default=Path("inference-router-usage.spool"),
                               description="Where usage waits when NATS cannot take it.")
     demo_keys_file: Path | None = Field(

@@ -48,6 +48,7 @@ class RouterApi:
         app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/embeddings", self.embeddings)
+        app.router.add_post("/v1/predict", self.predict)
         app.router.add_post("/v1/messages", self.messages)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/openapi.json", self.openapi)
@@ -95,6 +96,10 @@ class RouterApi:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "embeddings", "openai")
 
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        """A platform ``predict`` endpoint: ``{"model", "instances"}`` in, the replica's answer out."""
+        return await self._serve(request, "predict", "openai")
+
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "chat", "anthropic")
 
@@ -109,6 +114,7 @@ class RouterApi:
         admission = None
         try:
             admission = await self.gw.admit(call, key)
+            await self.gw.hold(call)
             return await execute(self.gw, call, admission, outcome, request)
         except ApiError as error:
             outcome.status = "rejected" if error.status < 500 else "error"

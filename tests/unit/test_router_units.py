@@ -9,15 +9,20 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from contracts import WakeEndpoint
 from contracts.pricebook import PriceBookError, load_price_book
 from services.inference_router import wire
 from services.inference_router.config import RouteConfigError, load_config, parse_config
+from services.inference_router.endpoints import EndpointTable, Serving
 from services.inference_router.guard import Findings, guard_messages, luhn, scan
 from services.inference_router.limits import Limit, Limiter, MemoryBuckets, grant, refill
+from services.inference_router.replicas import Sessions
 from services.inference_router.requests import ApiError, parse_call
 from services.inference_router.routing import Breaker, choose
+from services.inference_router.wake import Waker
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +228,57 @@ def test_breaker_opens_after_failures_and_probes_once_half_open() -> None:
     assert breaker.allow() and not breaker.allow()  # one probe at a time
     breaker.record(True)
     assert breaker.state == "closed" and breaker.allow()
+
+
+# -- platform endpoints: dormancy in either event order, sockets closed, one wake per hold ----
+@pytest.mark.parametrize("scaled_first", [True, False])
+async def test_scale_to_zero_keeps_an_endpoint_dormant_in_either_order(scaled_first: bool) -> None:
+    async with aiohttp.ClientSession() as shared:
+        table = EndpointTable(Sessions(shared))
+        await table.ready("e", Serving("legal", "1", "unix:/tmp/e.sock", kind="embeddings"))
+        assert table.sessions is not None and table.sessions.sockets() == {"/tmp/e.sock"}
+        steps = [table.retired("e", version="1", reason="scaled_to_zero"),
+                 table.scaled_to_zero("e", team="legal", kind="embeddings")]
+        for step in steps[::-1] if scaled_first else steps:
+            await step
+        await table.retired("e", version="1", reason="rolled back")  # late, and a no-op
+        endpoint, route = table.get("e"), table.routes()["e"]
+        assert endpoint is not None and endpoint.dormant and route.kind == "embeddings"
+        assert route.targets == () and route.teams == ("legal",) and table.sessions.sockets() == set()
+
+
+async def test_a_last_version_retired_otherwise_takes_its_endpoint_along() -> None:
+    async with aiohttp.ClientSession() as shared:
+        table = EndpointTable(Sessions(shared))
+        await table.ready("e", Serving("legal", "1", "http://a/v1", weight=90))
+        await table.ready("e", Serving("legal", "2", "unix:/tmp/c.sock", ("unix:/tmp/c.sock",), 10))
+        await table.retired("e", version="2", reason="canary rolled back")
+        assert [(t.version, t.weight) for t in table.routes()["e"].targets] == [("1", 90)]
+        assert table.provider("platform/e/2") is None and table.sessions.sockets() == set()  # type: ignore[union-attr]
+        await table.retired("e", version="1", reason="failed")
+        assert table.get("e") is None and table.routes() == {}
+
+
+async def test_held_requests_share_one_wake_and_a_lost_wake_is_asked_again() -> None:
+    asked: list[WakeEndpoint] = []
+
+    async def publish(command: WakeEndpoint) -> None:
+        asked.append(command)
+
+    async with aiohttp.ClientSession() as shared:
+        table, waker = EndpointTable(Sessions(shared)), Waker(publish, timeout_s=0.2)
+        endpoint = await table.scaled_to_zero("e", team="legal", kind="chat")
+        held = [asyncio.create_task(waker.until_ready("e", endpoint)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        await table.ready("e", Serving("legal", "1", "http://a/v1"))
+        await asyncio.wait_for(asyncio.gather(*held), 1)
+        assert [(c.endpoint, c.tenant) for c in asked] == [("e", "legal")]
+        await table.scaled_to_zero("e", team="legal", kind="chat")
+        for _ in range(2):
+            with pytest.raises(ApiError, match="'e' is starting") as error:
+                await waker.until_ready("e", endpoint)
+            assert error.value.status == 503
+        assert len(asked) == 3  # the wake-up after each lost one is asked for again
 
 
 # -- prices -----------------------------------------------------------------------------------
