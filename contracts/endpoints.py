@@ -24,7 +24,7 @@ class EndpointRequested(Event):
     min_replicas: int = Field(default=0, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     canary_percent: int = Field(default=0, ge=0, le=100)
-    source: Literal["registry", "huggingface"] = "registry"
+    model_source: Literal["registry", "huggingface"] = "registry"
     artifact_uri: str = Field(default="", description="Registry models: file:// or s3:// URI of the "
                               "version's artifacts folder; empty for Hugging Face models.")
     scale_to_zero: bool = True
