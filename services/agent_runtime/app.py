@@ -19,7 +19,7 @@ from contracts.pricebook import PriceBookError, load_price_book
 from services.agent_runtime import admin_api, agents_api, handlers
 from services.agent_runtime.activities import AgentActivities
 from services.agent_runtime.api import build_router
-from services.agent_runtime.auth import CatalogKeys, team_dependency
+from services.kit.catalog_keys import CatalogKeys, team_dependency
 from services.agent_runtime.crypto import Keyring
 from services.agent_runtime.repo import MIGRATIONS
 from services.agent_runtime.sandboxes import Sandboxes

@@ -1,4 +1,6 @@
-"""Team API keys, checked with the catalog (which owns them) and remembered for a while.
+"""Team API keys, checked with the catalog (which owns them) and remembered for a while; used by
+every service that authenticates callers but does not own the key table (agent runtime,
+notebook proxy).
 
 The runtime never sees the key table: it asks the catalog's ``/v1/whoami`` with the caller's
 key and caches the answer by the key's digest, so a revoked key stops working within
