@@ -246,19 +246,23 @@ def build_app(model: Model, name: str) -> web.Application:
     return app
 
 
-async def serve(model_dir: Path, socket_path: Path, name: str) -> None:
-    """Serve until SIGTERM or SIGINT, then close the socket."""
+async def serve(model_dir: Path, socket_path: Path | None, name: str, port: int | None = None) -> None:
+    """Serve on the Unix socket (the local backend) or on a TCP port (a Kubernetes pod) until
+    SIGTERM or SIGINT, then close it."""
     model = load_model(model_dir)
     runner = web.AppRunner(build_app(model, name), access_log=None, handle_signals=False,
                            shutdown_timeout=DRAIN_S)
     await runner.setup()
-    await web.UnixSite(runner, str(socket_path)).start()
-    os.chmod(socket_path, 0o666)  # whoever connects on the host (the router) may be another user
+    if socket_path is not None:
+        await web.UnixSite(runner, str(socket_path)).start()
+        os.chmod(socket_path, 0o666)  # whoever connects on the host (the router) may be another user
+    else:
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # all interfaces: the pod's port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _log("modelserver.ready", kind=model.kind, model=name, socket=str(socket_path))
+    _log("modelserver.ready", kind=model.kind, model=name, socket=str(socket_path or ""), port=port)
     await stop.wait()
     await runner.cleanup()
     model.close()
@@ -272,13 +276,17 @@ def _log(event: str, **fields: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--socket", type=Path, required=True)
+    listen = parser.add_mutually_exclusive_group(required=True)
+    listen.add_argument("--socket", type=Path, help="Unix socket path (the local backend).")
+    listen.add_argument("--port", type=int, help="TCP port on all interfaces (a Kubernetes pod).")
     parser.add_argument("--name", required=True)
     args = parser.parse_args(argv)
-    args.socket.unlink(missing_ok=True)  # a previous run's
+    if args.socket is not None:
+        args.socket.unlink(missing_ok=True)  # a previous run's
     try:
-        uvloop.run(serve(args.model_dir, args.socket, args.name))
-        args.socket.unlink(missing_ok=True)
+        uvloop.run(serve(args.model_dir, args.socket, args.name, args.port))
+        if args.socket is not None:
+            args.socket.unlink(missing_ok=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _log("modelserver.failed", error=f"{type(exc).__name__}: {exc}")
         sys.exit(2)
