@@ -47,6 +47,8 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/ledger_ingest.py
 	$(BIN)/python bench/spend_query.py
 	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/endpoint_throughput.py
+	$(BIN)/python bench/scale_from_zero.py
 
 lint: install
 	$(BIN)/ruff check .

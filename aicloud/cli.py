@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aicloud import agents, bill, demo, dev, jobs, policy, router, sandboxes
+from aicloud import agents, bill, demo, dev, endpoints, jobs, policy, router, sandboxes
 from aicloud.output import console, fail
 
 app = typer.Typer(
@@ -24,6 +24,9 @@ app.add_typer(policy.catalog_app, name="catalog")
 app.add_typer(router.app, name="router")
 app.add_typer(sandboxes.app, name="sandboxes")
 app.add_typer(agents.app, name="agents")
+app.add_typer(endpoints.deploy_app, name="deploy")
+app.add_typer(endpoints.endpoints_app, name="endpoints")
+app.add_typer(endpoints.notebooks_app, name="notebooks")
 app.command("bill")(bill.bill)
 app.add_typer(bill.budgets_app, name="budgets")
 app.command("demo")(demo.demo)

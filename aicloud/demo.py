@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nats
 import typer
 
-from aicloud import demo_agents, demo_router
+from aicloud import demo_agents, demo_endpoints, demo_router
 from aicloud.client import ApiError, PlatformClient
 from aicloud.local.stack import Stack, default_home
 from aicloud.output import console, fail
@@ -67,7 +68,21 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.rule("6. sandboxes for untrusted code, and an agent run that uses one, every step traced")
     demo_agents.walk(urls, team)
 
-    console.rule("7. the bill: every GPU-second and token above, priced, per team and kind")
+    console.rule("7. model endpoints (canary, scale to zero) and notebooks that stop themselves")
+
+    def train(**params: str) -> int:
+        trained = _submit(client, f"{name}-v2", gpus=0, command=["python3", str(EXAMPLES / "train.py")],
+                          dataset="projects/legal-rag/datasets/v2", model_name="clause-risk",
+                          params={"epochs": "3", **params})
+        return int(trained["result"]["model"]["version"])
+
+    keys = json.loads((stack.home / "router-keys.json").read_text())
+    with httpx.Client(base_url=urls["inference-router"], timeout=60,
+                      headers={"authorization": f"Bearer {keys[team]}"}) as router:
+        demo_endpoints.walk(client, router, train=train, home=stack.home,
+                            model_version=int(result["model"]["version"]))
+
+    console.rule("8. the bill: every GPU-second and token above, priced, per team and kind")
     time.sleep(1.5)  # the last usage events are on their way to the ledger
     bill = client.request("GET", "/v1/bill", params=[("by", "kind")])
     for row in bill["rows"]:
@@ -82,6 +97,7 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
                   f"{stack.home / 'router-keys.json'})")
     console.print(f"   bill dashboard   {urls['cost-ledger']}/bill")
     console.print(f"   agent runtime    {urls['agent-runtime']}/docs (sandboxes, agent runs, state)")
+    console.print("   endpoints        aicloud endpoints list; notebooks: aicloud notebooks list")
     console.print(f"   metrics          {urls['observability-collector']}/metrics")
     console.print(f"   traces           {stack.home / 'traces'}/*.jsonl")
     console.print("   stop everything  aicloud dev down")

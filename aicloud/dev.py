@@ -81,6 +81,19 @@ def logs(
 
 
 @app.command()
+def restart(
+    name: Annotated[str, typer.Argument(help="Component name, e.g. provisioner.")],
+    home: Home = None,
+) -> None:
+    """Restart one component (stopped if it still runs), keeping the others running."""
+    stack = Stack(home or default_home())
+    try:
+        stack.restart(name, report=lambda line: console.print(f"  [green]✓[/] {line}"))
+    except StackError as exc:
+        raise fail(str(exc), hint="`aicloud dev status` lists the components") from None
+
+
+@app.command()
 def down(home: Home = None) -> None:
     """Stop every component of this home; no process is left behind."""
     stack = Stack(home or default_home())

@@ -131,6 +131,8 @@ class EndpointFailed(Event):
     endpoint: str = Field(pattern=NAME_PATTERN)
     version: str
     reason: str
+    endpoint_gone: bool = Field(default=True, description="No version serves: whatever the "
+                                "endpoint held is released. False when only a new version failed.")
 
 
 class EndpointDeleted(Event):

@@ -1,7 +1,8 @@
 """Train a clause-risk classifier (logistic regression, plain Python) on the job's dataset.
 
 Reads the platform's job environment: AICLOUD_DATASET_DIR, AICLOUD_OUTPUT_DIR,
-AICLOUD_CHECKPOINT_DIR, AICLOUD_METRICS_FILE and AICLOUD_PARAM_* (epochs, lr, seed).
+AICLOUD_CHECKPOINT_DIR, AICLOUD_METRICS_FILE and AICLOUD_PARAM_* (epochs, lr, seed, and
+feature_names: the names the saved model asks its callers for, default the dataset's columns).
 Checkpoints every epoch and resumes from the last one; on SIGTERM it checkpoints and exits.
 """
 
@@ -98,9 +99,12 @@ def main() -> None:
         print(f"epoch {epoch}/{epochs} loss={loss:.4f} accuracy={accuracy:.3f}", flush=True)
         time.sleep(pause)
 
+    names = os.environ.get("AICLOUD_PARAM_FEATURE_NAMES", ",".join(FEATURES)).split(",")
+    if len(names) != len(FEATURES):
+        sys.exit(f"feature_names needs {len(FEATURES)} names, got {names}")
     (out / "model.json").write_text(json.dumps(
-        {"kind": "logistic-regression", "features": FEATURES, "weights": w,
-         "scaling": {"clause_words": 0.01}}, indent=2))
+        {"kind": "logistic-regression", "features": names, "weights": w,
+         "scaling": {names[0]: 0.01}}, indent=2))
     print(f"saved {out / 'model.json'}", flush=True)
 
 

@@ -36,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 QUICK_TIMEOUT = timedelta(seconds=30)
+# the slow activities heartbeat: a provisioner that died mid-deploy is noticed this soon
+HEARTBEAT = timedelta(seconds=10)
 QUICK_RETRY = RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=10))
 
 
@@ -80,7 +82,10 @@ class EndpointWorkflow:
 
     @workflow.signal
     def replicas_lost(self, replica_ids: list[str]) -> None:
-        self._lost.update(replica_ids)
+        # Only replicas this workflow already holds: a start still in flight when the
+        # provisioner died is retried by Temporal and brings back a live replica of its own.
+        known = {r.replica_id for r in self.s.replicas}
+        self._lost.update(set(replica_ids) & known)
         self._dirty = True
 
     @workflow.query
@@ -138,7 +143,8 @@ class EndpointWorkflow:
         s.status = "scanning"
         prepared = await workflow.execute_activity(
             "prepare_endpoint_version", request, result_type=Prepared,
-            start_to_close_timeout=timedelta(minutes=10), retry_policy=RetryPolicy(maximum_attempts=3))
+            start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_attempts=3))
         if not prepared.allowed:
             await self._fail(request.version, prepared.reason)
             return
@@ -187,7 +193,8 @@ class EndpointWorkflow:
             await self._stop_version(stable, f"promoted version {canary.version}")
         else:
             await self._retire_canary(verdict.reason)
-        await self._emit("canary_decided", version=canary.version, reason=verdict.reason, verdict=verdict)
+        await self._emit("canary_decided", version=canary.version, stable=stable.version,
+                         reason=verdict.reason, verdict=verdict)
         s.status = "ready"
 
     async def _roll_back(self, reason: str) -> None:
@@ -198,7 +205,8 @@ class EndpointWorkflow:
             await self._retire_canary(reason)
             verdict = CanaryVerdict(outcome="rolled_back", reason=reason,
                                     stats=CanaryStats.model_validate({"stable": {}, "canary": {}}))
-            await self._emit("canary_decided", version=version, reason=reason, verdict=verdict)
+            await self._emit("canary_decided", version=version, reason=reason, verdict=verdict,
+                             stable=s.stable.version if s.stable else "")
         elif s.previous is not None and s.stable is not None:
             back, current = s.previous, s.stable
             if not await self._start(back, max(1, back.request.min_replicas)):
@@ -288,7 +296,7 @@ class EndpointWorkflow:
                     ReplicaStart(endpoint=s.endpoint, team=s.team, version=spec.version,
                                  replica_id=replica_id, model_dir=spec.model_dir),
                     result_type=ReplicaRef, start_to_close_timeout=timedelta(seconds=180),
-                    retry_policy=RetryPolicy(maximum_attempts=3))
+                    heartbeat_timeout=HEARTBEAT, retry_policy=RetryPolicy(maximum_attempts=3))
             except ActivityError as exc:
                 for replica in started:
                     await self._stop_replica(replica, "deploy failed")
@@ -326,7 +334,7 @@ class EndpointWorkflow:
         s.reason = reason
         if s.stable is None:
             s.status = "failed"
-        await self._emit("failed", version=version, reason=reason)
+        await self._emit("failed", version=version, reason=reason, gone=s.stable is None)
 
     async def _emit(self, kind: str, **fields: Any) -> None:
         s = self._state()

@@ -140,7 +140,9 @@ class EndpointFact(BaseModel):
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     verdict: CanaryVerdict | None = None
+    stable: str = Field(default="", description="canary_decided: the version the canary was judged against.")
     idle_s: float = 0
+    gone: bool = False
 
 
 class VersionStats(BaseModel):

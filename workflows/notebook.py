@@ -60,6 +60,7 @@ class NotebookFact(BaseModel):
     runtime_s: float = 0
 
 
+HEARTBEAT = timedelta(seconds=10)  # a provisioner that died mid-start or mid-save is noticed this soon
 RETRY = RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=10))
 
 
@@ -101,7 +102,8 @@ class NotebookWorkflow:
             try:
                 started = await workflow.execute_activity(
                     "start_notebook", s.request, result_type=NotebookStarted,
-                    start_to_close_timeout=timedelta(minutes=3), retry_policy=RetryPolicy(maximum_attempts=2))
+                    start_to_close_timeout=timedelta(minutes=3), heartbeat_timeout=HEARTBEAT,
+                    retry_policy=RetryPolicy(maximum_attempts=2))
             except ActivityError as exc:
                 s.status, s.reason = "failed", f"the notebook could not start: {exc.cause or exc}"
                 await self._emit(NotebookFact(kind="stopped", request=s.request, reason=s.reason,
@@ -117,7 +119,7 @@ class NotebookWorkflow:
             workflow.continue_as_new(s)
         saved = await workflow.execute_activity(
             "stop_notebook", NotebookStop(request=s.request, started_at_s=s.started_at_s, reason=reason),
-            result_type=list[str], start_to_close_timeout=timedelta(minutes=5),
+            result_type=list[str], start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(maximum_attempts=10))
         s.status, s.reason, s.saved = "stopped", reason, saved
         runtime = workflow.now().timestamp() - s.started_at_s

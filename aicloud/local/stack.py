@@ -44,7 +44,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "nats": 4222, "nats-monitor": 8222, "postgres": 5433, "temporal": 7233, "temporal-ui": 8233,
     "catalog": 8000, "quota": 8001, "provisioner": 8002, "cost-ledger": 8003,
     "inference-router": 8004, "agent-runtime": 8005, "observability-collector": 8006,
-    "fake-llm": 8010,
+    "fake-llm": 8010, "notebook-proxy": 8890,
 }
 # Outside the platform: a fake of OpenAI and Anthropic, so the router has providers offline.
 INFRA = ("nats", "postgres", "temporal", "fake-llm")
@@ -149,6 +149,15 @@ class Stack:
             env[f"{prefix}WORK_DIR"] = str(self.home / "jobs")
             env[f"{prefix}ARTIFACT_ROOT"] = str(self.home / "artifacts")
             env[f"{prefix}SANDBOX_HIDDEN_PATHS"] = json.dumps([str(self.home)])
+            env[f"{prefix}CATALOG_URL"] = f"http://127.0.0.1:{ports['catalog']}"
+            env[f"{prefix}SERVING_ROOT"] = str(self.scratch_dir("serving"))
+            env[f"{prefix}NOTEBOOK_ROOT"] = str(self.scratch_dir("notebooks"))
+            env[f"{prefix}NOTEBOOK_PROXY_PORT"] = str(ports["notebook-proxy"])
+            env[f"{prefix}VOLUME_ROOT"] = str(self.home / "volumes")
+            env[f"{prefix}HF_MIRROR"] = str(self.home / "hf-mirror")
+            # a laptop demo judges canaries on 10 s of traffic (production: 60 s, 20 requests)
+            env[f"{prefix}CANARY_WINDOW_S"] = os.environ.get("AICLOUD_CANARY_WINDOW_S", "10")
+            env[f"{prefix}CANARY_MIN_REQUESTS"] = "10"
         return Component(name, f"http://127.0.0.1:{ports[name]}",
                          [sys.executable, "-m", module], str(self.home / "logs" / f"{name}.log"),
                          env=env)
@@ -216,6 +225,24 @@ class Stack:
             for name, future in futures.items():
                 report(f"{name} ready in {future.result():.1f}s")
 
+    def restart(self, name: str, *, report: Callable[[str], None], grace_s: float = 10.0) -> float:
+        """Stop one component (if it still runs) and start it again with the same settings; the
+        others keep running. Seconds until it is ready again."""
+        state = self.read_state()
+        entry = next((e for e in state if e["name"] == name), None)
+        if entry is None:
+            known = ", ".join(str(e["name"]) for e in state) or "none: run `aicloud dev up`"
+            raise StackError(f"no component {name!r} in this home (components: {known})")
+        if _alive(entry.get("pid")):
+            _terminate_groups([int(entry["pid"])], grace_s)
+            report(f"stopped {name} (pid {entry['pid']})")
+        component = Component.from_state(entry)
+        self.spawn(component)
+        self.write_state([asdict(component) if e is entry else e for e in state])
+        took = self.wait_ready(component, self.probe(component, self.ports(free=False)))
+        report(f"{name} ready in {took:.1f}s (pid {component.pid})")
+        return took
+
     def down(self, *, report: Callable[[str], None], grace_s: float = 10.0) -> list[str]:
         """Stop the services, then the infrastructure (each group at once); nothing is left."""
         state = [e for e in self.read_state() if isinstance(e.get("pid"), int) and _alive(e["pid"])]
@@ -246,19 +273,26 @@ class Stack:
 
     @property
     def sandbox_dir(self) -> Path:
+        return self.scratch_dir("sandboxes")
+
+    def scratch_dir(self, kind: str) -> Path:
+        """Per-home folders outside the home: sandboxes' own uids must reach them, and Unix
+        socket paths inside them must stay under 108 bytes."""
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
-        return Path(f"/var/tmp/aicloud-sandboxes-{digest}")
+        return Path(f"/var/tmp/aicloud-{kind}-{digest}")
 
     def _reap_sandboxes(self) -> None:
-        """Sandboxes outlive an agent runtime that was killed (or stopped before it could clean
-        up): end every one this home's runtime started. Its next start would, too."""
-        marker = str(self.sandbox_dir)
+        """Sandboxes outlive a service that was killed (or stopped before it could clean up):
+        end every agent sandbox, model replica and notebook of this home. The services' next
+        start would, too."""
+        markers = [str(self.scratch_dir(kind)) for kind in ("sandboxes", "serving", "notebooks")]
         for proc in psutil.process_iter(["cmdline"]):
             with contextlib.suppress(psutil.Error):
-                if any(marker in arg for arg in proc.info["cmdline"] or ()):
+                if any(marker in arg for arg in proc.info["cmdline"] or () for marker in markers):
                     proc.kill()
-        state = self.sandbox_dir / "state"
-        if shutil.which("runsc") and state.is_dir():
+        for state in (self.sandbox_dir / "state", self.home / "sandbox"):
+            if not shutil.which("runsc") or not state.is_dir():
+                continue
             listed = subprocess.run(["runsc", "--root", str(state), "list", "-quiet"], capture_output=True,
                                     text=True, check=False)
             for container in listed.stdout.split():
@@ -292,10 +326,11 @@ class Stack:
         return path.read_text().strip()
 
     # -- state --------------------------------------------------------------------------
-    def write_state(self, components: list[Component]) -> None:
+    def write_state(self, components: list[Component] | list[dict[str, Any]]) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(c) for c in components], indent=2))
+        entries = [c if isinstance(c, dict) else asdict(c) for c in components]
+        tmp.write_text(json.dumps(entries, indent=2))
         tmp.chmod(0o600)  # holds each component's environment, secrets included
         tmp.replace(self.state_file)
 

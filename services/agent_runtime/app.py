@@ -19,7 +19,6 @@ from contracts.pricebook import PriceBookError, load_price_book
 from services.agent_runtime import admin_api, agents_api, handlers
 from services.agent_runtime.activities import AgentActivities
 from services.agent_runtime.api import build_router
-from services.kit.catalog_keys import CatalogKeys, team_dependency
 from services.agent_runtime.crypto import Keyring
 from services.agent_runtime.repo import MIGRATIONS
 from services.agent_runtime.sandboxes import Sandboxes
@@ -28,6 +27,7 @@ from services.agent_runtime.state import STATE_MIGRATIONS
 from services.agent_runtime.state_api import state_routes
 from services.agent_runtime.sweeper import Sweeper
 from services.agent_runtime.templates import TemplateError, load_templates
+from services.kit.catalog_keys import CatalogKeys, team_dependency
 from services.kit.runtime import Service, run
 from services.kit.sandbox import Isolation, Sandbox, choose
 from services.kit.settings import ConfigError, load_settings

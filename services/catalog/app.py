@@ -6,8 +6,8 @@ from functools import partial
 from pathlib import Path
 
 from contracts.catalog import CatalogDataError, load_org, load_products
-from services.catalog import handlers, keys
-from services.catalog.api import build_router
+from services.catalog import handlers, keys, workloads, workloads_api
+from services.catalog.api import build_auth, build_router
 from services.catalog.repo import MIGRATIONS
 from services.catalog.settings import CatalogSettings
 from services.kit.runtime import Service, run
@@ -25,6 +25,12 @@ def build(settings: CatalogSettings) -> Service:
     service.include_router(build_router(db=service.db, outbox=service.outbox, products=products,
                                         provisioner_url=settings.provisioner_url,
                                         ledger_url=settings.ledger_url))
+    for endpoint_event in workloads.ENDPOINT_EVENTS:
+        service.consume(endpoint_event, workloads.on_endpoint_event)
+    for notebook_event in workloads.NOTEBOOK_EVENTS:
+        service.consume(notebook_event, workloads.on_notebook_event)
+    service.include_router(workloads_api.build_router(db=service.db, outbox=service.outbox, products=products,
+                                                      authenticate=build_auth(service.db)))
     if settings.demo_keys_file is not None:
         service.on_start(partial(seed_keys, service, settings.demo_keys_file, settings.policy_dir))
     return service

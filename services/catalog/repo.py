@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from services.catalog import registry
+from services.catalog import registry, workloads
 from services.kit.db import Migration
 
 MIGRATIONS = (
@@ -43,6 +43,7 @@ MIGRATIONS = (
         ),
     ),
     Migration(3, "model registry with lineage and aliases", registry.MIGRATION_STATEMENTS),
+    Migration(4, "endpoints and notebooks (read model)", workloads.MIGRATION_STATEMENTS),
 )
 
 

@@ -72,8 +72,8 @@ async def _try(call: Call, step: Step, body: dict[str, Any], outcome: Outcome,
     if call.operation != "chat" and step.provider.format == "anthropic":
         raise UpstreamError(404, f"{step.provider.name} does not serve {call.operation}")
     timeout = step.target.timeout_s or step.provider.timeout_s
+    outcome.target, outcome.version = step.target.name, step.target.version  # also when it refuses
     upstream = await step.provider.open(operation, body, stream=call.stream, timeout_s=timeout)
-    outcome.target, outcome.version = step.target.name, step.target.version
     outcome.provider, outcome.response_model = step.provider.gen_ai_name, step.target.model
     if call.stream:
         first = await _first_chunk(step, upstream)

@@ -27,3 +27,19 @@ class ProvisionerSettings(ServiceSettings):
         default_factory=list, description="More host paths jobs must not see (e.g. $AICLOUD_HOME).")
     isolation: str = Field(default="auto", pattern="^(auto|gvisor|bubblewrap|rlimits)$",
                            description="Sandbox for local jobs; auto picks the strongest available.")
+    # endpoints
+    serving_root: Path = Field(default=Path("/var/tmp/aicloud-serving"), description=(
+        "Model-server replicas' socket folders (short: a Unix socket path has 107 bytes)."))
+    hf_mirror: Path | None = Field(default=None, description=(
+        "Offline Hugging Face mirror (<org>/<name>/ folders); the HF cache and packaged models "
+        "are looked at too. Never downloads."))
+    canary_window_s: int = Field(default=60, gt=0, description="Traffic window per canary verdict.")
+    canary_min_requests: int = Field(default=20, gt=0)
+    # notebooks
+    notebook_root: Path = Field(default=Path("/var/tmp/aicloud-notebooks"),
+                                description="Running notebooks' socket and work folders.")
+    volume_root: Path = Field(default=Path(".aicloud/volumes"),
+                              description="Teams' persistent volumes: notebooks are saved here.")
+    notebook_proxy_host: str = "127.0.0.1"
+    notebook_proxy_port: Port = Field(default=8890, description="Where developers open notebooks.")
+    catalog_url: str = Field(default="", description="Checks team keys at the notebook proxy.")

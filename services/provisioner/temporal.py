@@ -13,7 +13,11 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
+from workflows.endpoint import EndpointWorkflow
 from workflows.job import JobWorkflow
+from workflows.notebook import NotebookWorkflow
+
+WORKFLOWS = [JobWorkflow, EndpointWorkflow, NotebookWorkflow]
 
 
 async def connect(address: str, namespace: str) -> Client:
@@ -30,7 +34,7 @@ class JobWorker:
 
     def __init__(self, client: Client, *, task_queue: str, activities: Sequence[Any]) -> None:
         self.worker = Worker(
-            client, task_queue=task_queue, workflows=[JobWorkflow], activities=list(activities),
+            client, task_queue=task_queue, workflows=WORKFLOWS, activities=list(activities),
             # Cancellation reaches an activity only with a heartbeat; the default throttle
             # (0.8 x heartbeat timeout) would let a job overrun its limit by ~24 s.
             max_heartbeat_throttle_interval=timedelta(seconds=1),

@@ -9,15 +9,20 @@ from contracts import (
     BudgetExhausted,
     BudgetThresholdCrossed,
     CancelJob,
+    EndpointDeleted,
+    EndpointFailed,
+    EndpointRequested,
     JobCompleted,
     JobFailed,
     JobRequested,
     JobTerminated,
+    NotebookRequested,
+    NotebookStopped,
 )
 from contracts.catalog import CatalogDataError, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
-from services.quota import handlers, repo
+from services.quota import entities, handlers, repo
 from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.repo import MIGRATIONS
 from services.quota.settings import QuotaSettings
@@ -46,6 +51,11 @@ def build(settings: QuotaSettings) -> Service:
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))
+    service.consume(EndpointRequested, partial(entities.on_endpoint_requested, rails=rails))
+    service.consume(NotebookRequested, partial(entities.on_notebook_requested, rails=rails))
+    for gone in (EndpointDeleted, EndpointFailed):
+        service.consume(gone, entities.on_endpoint_ended)
+    service.consume(NotebookStopped, entities.on_notebook_stopped)
     service.consume(BudgetExhausted, handlers.on_budget_exhausted)
     service.consume(BudgetChanged, handlers.on_budget_changed)
     service.consume(BudgetThresholdCrossed, handlers.on_budget_changed)

@@ -131,6 +131,20 @@ async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: 
     )
 
 
+async def hold(session: AsyncSession, *, resource_id: str, team: str, gpus: int) -> None:
+    """Like ``allocate``, for resources whose id comes back (an endpoint deleted, then deployed
+    again under its name): a released row is held anew; a held one is left as it is."""
+    await session.execute(
+        text(
+            "INSERT INTO allocations (resource_id, team, gpus) VALUES (:r, :t, :g)"
+            " ON CONFLICT (resource_id) DO UPDATE SET team = EXCLUDED.team, gpus = EXCLUDED.gpus,"
+            " estimate_usd = 0, admitted_at = now(), released_at = NULL"
+            " WHERE allocations.released_at IS NOT NULL"
+        ),
+        {"r": resource_id, "t": team, "g": gpus},
+    )
+
+
 async def set_budgets(session: AsyncSession, budgets: dict[str, float]) -> None:
     for team, amount in budgets.items():
         await session.execute(
@@ -155,6 +169,13 @@ async def budget_of(session: AsyncSession, *, team: str) -> tuple[float | None, 
     )).one()
     amount = None if row[0] is None else float(row[0])
     return amount, float(row[1] or 0), float(row[2])
+
+
+async def holds(session: AsyncSession, *, resource_id: str) -> bool:
+    """Whether the resource already holds an allocation (a redeploy of a live endpoint)."""
+    row = await session.execute(
+        text("SELECT 1 FROM allocations WHERE resource_id = :r AND released_at IS NULL"), {"r": resource_id})
+    return row.first() is not None
 
 
 async def release(session: AsyncSession, *, resource_id: str) -> None:

@@ -14,21 +14,19 @@ per uid). Under plain rlimits it is a limited process on the host paths.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 import structlog
 
 from services.kit.sandbox import Bind, Isolation, Limits, Sandbox, Spec
+from services.provisioner.processes import kill_orphans, stop_tree
 
 log = structlog.get_logger(__name__)
 SERVER = Path(__file__).with_name("modelserver.py")
@@ -39,7 +37,6 @@ SAFE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # tokenizer reserve generously: MiniLM's server peaks near 0.5 GB of it (64 inputs of 256
 # tokens); the default leaves room for larger BERTs.
 DEFAULT_MEMORY = 4 << 30
-STOP_GRACE_S = 5.0
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
        "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "RAYON_NUM_THREADS": "1",
        "MALLOC_ARENA_MAX": "2"}
@@ -98,18 +95,7 @@ class Replica:
         if self._stopped:
             return
         self._stopped = True
-        tree = _tree(self._proc.pid)
-        if self._proc.returncode is None:
-            await self._sandbox.signal(self.container_id, self._proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self._proc.wait(), timeout=STOP_GRACE_S)
-            except TimeoutError:
-                await self._sandbox.signal(self.container_id, self._proc.pid, signal.SIGKILL)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._proc.wait(), timeout=STOP_GRACE_S)
-        await self._sandbox.cleanup(self.container_id)
-        # The launcher exits as soon as the server has: bwrap's inner half may still be exiting.
-        await _until_dead(tree)
+        await stop_tree(self._sandbox, self.container_id, self._proc)
         await self._session.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -189,51 +175,9 @@ def model_mount(model_dir: Path) -> tuple[Path, str]:
 
 async def reap(sandbox: Sandbox, root: Path) -> list[str]:
     """Kill every replica a previous provisioner left under ``root``; their ids."""
-    found = _entries(root)
-    marker = str(root) + os.sep
-    killed = []
-    for proc in psutil.process_iter(["cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(marker in arg for arg in proc.info["cmdline"] or ()):
-                # The server's own command line names only /serve: it dies with its launcher.
-                killed += _tree(proc.pid)
-                proc.send_signal(signal.SIGKILL)
-    await _until_dead(killed)
-    containers = {c.removeprefix(CONTAINER_PREFIX) for c in await sandbox.containers()
-                  if c.startswith(CONTAINER_PREFIX)}
-    for replica_id in sorted(containers):
-        await sandbox.cleanup(CONTAINER_PREFIX + replica_id)
-    reaped = sorted(found | containers)
+    reaped = await kill_orphans(sandbox, root, CONTAINER_PREFIX)
     for replica_id in reaped:
         shutil.rmtree(root / replica_id, ignore_errors=True)
     if reaped:
         log.warning("replica.orphans_reaped", count=len(reaped), ids=reaped[:20])
     return reaped
-
-
-def _entries(folder: Path) -> set[str]:
-    return set(os.listdir(folder)) if folder.is_dir() else set()
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        top = psutil.Process(pid)
-        return [top, *top.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-async def _until_dead(procs: list[psutil.Process]) -> None:
-    deadline = time.monotonic() + STOP_GRACE_S
-    while time.monotonic() < deadline:  # death is not an event one can wait for: poll
-        if not any(_running(p) for p in procs):
-            return
-        await asyncio.sleep(0.005)
-
-
-def _running(proc: psutil.Process) -> bool:
-    """Not yet dead (a zombie is dead: only its parent's wait is missing)."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -1,0 +1,27 @@
+"""Heartbeats around an activity's slow step, so a dead worker is noticed in seconds (the
+workflow's heartbeat timeout) rather than after the whole start-to-close timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from temporalio import activity
+
+T = TypeVar("T")
+EVERY_S = 1.0
+
+
+async def heartbeating(step: Awaitable[T]) -> T:
+    """Await ``step``, heartbeating meanwhile (a no-op outside an activity)."""
+    task = asyncio.ensure_future(step)
+    try:
+        while not task.done():
+            if activity.in_activity():
+                activity.heartbeat()
+            await asyncio.wait([task], timeout=EVERY_S)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return task.result()

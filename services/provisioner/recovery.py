@@ -1,0 +1,58 @@
+"""What a starting provisioner does about the replicas and notebooks a previous process left.
+
+Their host-side handles died with that process, so every sandbox it left is killed (nothing
+runs unaccounted), then each running endpoint workflow is told which of its replicas are
+gone — it starts replacements and announces them — and each running notebook workflow is
+stopped with that reason (its files are on the team's volume; the owner starts a new one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Container
+from pathlib import Path
+
+import structlog
+from temporalio.client import Client
+
+from services.kit.sandbox import Sandbox
+from services.provisioner.entity_handlers import signal
+from services.provisioner.notebooks import reap as reap_notebooks
+from services.provisioner.serving.replica import reap as reap_replicas
+from workflows.endpoint import EndpointWorkflow
+
+log = structlog.get_logger(__name__)
+LOST_NOTEBOOK = "provisioner_restarted"
+
+
+async def reap(*, sandbox: Sandbox, serving_root: Path, notebook_root: Path) -> None:
+    """Kill what a previous process left; before this process starts anything of its own."""
+    replicas = await reap_replicas(sandbox, serving_root)
+    notebooks = await reap_notebooks(sandbox, notebook_root)
+    if replicas or notebooks:
+        log.warning("provisioner.reaped", replicas=replicas, notebooks=notebooks)
+
+
+async def report_lost(client: Client, *, task_queue: str, live: Container[str]) -> None:
+    """Tell the running workflows what was reaped. Needs this process's worker polling: a
+    query is answered by a worker, and the workflows' replacements are started by one.
+    A workflow's replica that is ``live`` (started by this process: a start that was in flight
+    when the last one died, retried here before the query was answered) is not lost."""
+    running = f"ExecutionStatus = 'Running' AND TaskQueue = '{task_queue}'"
+    try:
+        query = f"WorkflowType = 'EndpointWorkflow' AND {running}"
+        endpoints = [e.id async for e in client.list_workflows(query)]
+        await asyncio.gather(*(_report_replicas(client, endpoint, live) for endpoint in endpoints))
+        async for execution in client.list_workflows(f"WorkflowType = 'NotebookWorkflow' AND {running}"):
+            await signal(client, execution.id, "stop", LOST_NOTEBOOK)
+    except Exception:  # runs in the background: say so loudly, the next restart tries again
+        log.exception("provisioner.recovery_failed")
+
+
+async def _report_replicas(client: Client, endpoint: str, live: Container[str]) -> None:
+    # The first query after a worker died waits out its sticky queue (seconds): all at once.
+    state = await client.get_workflow_handle(endpoint).query(EndpointWorkflow.state)
+    lost = [r.replica_id for r in state.replicas if r.replica_id not in live]
+    if lost:
+        log.warning("endpoint.replicas_lost", endpoint=endpoint, replicas=lost, why="provisioner restarted")
+        await signal(client, endpoint, "replicas_lost", lost)

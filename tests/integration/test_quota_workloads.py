@@ -1,0 +1,80 @@
+"""quota on the long-lived workloads, on the real bus and Postgres: notebooks and endpoints
+hold GPUs while they live (an endpoint what autoscaling may reach), get a clear "no" instead of
+a queue, and give the GPUs back when they stop or are deleted — also under a reused name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import pytest
+from sqlalchemy import text
+
+from contracts import (
+    EndpointAdmitted,
+    EndpointDeleted,
+    EndpointRejected,
+    EndpointRequested,
+    NotebookAdmitted,
+    NotebookRejected,
+    NotebookRequested,
+    NotebookStopped,
+)
+from tests.integration.test_services import make_service  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.integration
+
+
+async def held(quota: Any) -> list[tuple[str, int]]:
+    async with quota.db.transaction() as session:
+        rows = (await session.execute(text("SELECT resource_id, gpus FROM allocations"
+                                           " WHERE released_at IS NULL ORDER BY resource_id"))).all()
+    return [tuple(row) for row in rows]
+
+
+async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
+    make_service: Callable[..., Any], nats_url: str, prefix: str  # noqa: F811
+) -> None:
+    quota = await make_service("quota", team_gpu_quotas={"legal": 3})
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    subs = {kind: await js.subscribe(f"{prefix}.{kind.SUBJECT}", ordered_consumer=True)
+            for kind in (NotebookAdmitted, NotebookRejected, EndpointAdmitted, EndpointRejected)}
+
+    async def answer(kind: type[Any]) -> Any:
+        return kind.model_validate_json((await subs[kind].next_msg(timeout=10)).data)
+
+    async def notebook(notebook_id: str, gpus: int) -> None:
+        await quota.bus.publish(NotebookRequested(tenant="legal", notebook_id=notebook_id, gpus=gpus))
+
+    async def endpoint(name: str, gpus: int, max_replicas: int) -> None:
+        await quota.bus.publish(EndpointRequested(tenant="legal", endpoint=name, model="m", gpus=gpus,
+                                                  max_replicas=max_replicas))
+
+    await notebook("nb-a", 1)  # the notebook product allows one GPU
+    assert (await answer(NotebookAdmitted)).notebook_id == "nb-a"
+    await endpoint("emb", 1, 2)  # holds 1 GPU x 2 replicas
+    assert (await answer(EndpointAdmitted)).endpoint == "emb"
+    assert await held(quota) == [("endpoint:emb", 2), ("notebook:nb-a", 1)]
+
+    await notebook("nb-b", 1)
+    refused = await answer(NotebookRejected)
+    assert refused.notebook_id == "nb-b"
+    assert "over quota" in refused.reason and "uses 3 of 3" in refused.reason
+    assert "stop a notebook or endpoint" in refused.reason
+    await notebook("nb-huge", 2)
+    too_big = await answer(NotebookRejected)
+    assert too_big.notebook_id == "nb-huge" and "allows at most 1 GPUs" in too_big.reason
+
+    await quota.bus.publish(NotebookStopped(tenant="legal", notebook_id="nb-a", reason="idle"))
+    await quota.bus.publish(EndpointDeleted(tenant="legal", endpoint="emb", reason="deleted"))
+    await notebook("nb-c", 1)
+    assert (await answer(NotebookAdmitted)).notebook_id == "nb-c"
+    # the name comes back after a delete: it holds GPUs again, counted against the quota
+    await endpoint("emb", 1, 2)
+    assert (await answer(EndpointAdmitted)).endpoint == "emb"
+    assert await held(quota) == [("endpoint:emb", 2), ("notebook:nb-c", 1)]
+    await endpoint("other", 1, 1)
+    assert "uses 3 of 3" in (await answer(EndpointRejected)).reason
+    await nc.close()
