@@ -81,8 +81,9 @@ def main() -> None:
     print(f"\nscale from zero, {ROUNDS} rounds, {isolation} ({os.cpu_count()} CPUs)")
     print(f"{'':28} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
     for label, values in (("request to first response", colds), ("replica start alone (floor)", floor)):
-        print(f"{label:28} {percentile(values, 50):>7.2f} {percentile(values, 95):>7.2f} {max(values):>7.2f}")
-    p50 = percentile(colds, 50)
+        p50, p95 = percentile(values, 0.5), percentile(values, 0.95)
+        print(f"{label:28} {p50:>7.2f} {p95:>7.2f} {max(values):>7.2f}")
+    p50 = percentile(colds, 0.5)
     print(f"scale-to-zero fired {min(lateness):.2f}-{max(lateness):.2f} s after the {IDLE_S} s idle limit")
     print(f"goal: p50 <= 3 s -> {'met' if p50 <= 3 else 'NOT met'} ({p50:.2f} s)")
     print(
@@ -91,8 +92,8 @@ def main() -> None:
                 "bench": "scale_from_zero",
                 "goal_p50_s": 3,
                 "p50_s": round(p50, 3),
-                "p95_s": round(percentile(colds, 95), 3),
-                "floor_p50_s": round(percentile(floor, 50), 3),
+                "p95_s": round(percentile(colds, 0.95), 3),
+                "floor_p50_s": round(percentile(floor, 0.5), 3),
                 "zero_late_max_s": round(max(lateness), 3),
                 "rounds": ROUNDS,
                 "isolation": isolation,
@@ -104,8 +105,8 @@ def main() -> None:
 
 def _isolation(home: Path) -> str:
     for line in (home / "logs" / "provisioner.log").read_text().splitlines():
-        if "endpoint.replica_started" in line and "isolation" in line:
-            return line.split("isolation=")[-1].split()[0].strip("'\"")
+        if '"endpoint.replica_started"' in line:
+            return str(json.loads(line).get("isolation", "unknown"))
     return "unknown"
 
 

@@ -40,15 +40,17 @@ class _Seen:
     signalled_at: float = 0.0
 
 
-class EndpointWatcher:
-    def __init__(self, fleet: Fleet, signal: Signal) -> None:
-        self._fleet = fleet
+class _Watcher:
+    """Polls every POLL_S until stopped; a failed poll is logged and the next one runs."""
+
+    NAME = "watcher"
+
+    def __init__(self, signal: Signal) -> None:
         self._signal = signal
-        self._seen: dict[str, _Seen] = {}
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="endpoint-watcher")
+        self._task = asyncio.create_task(self._loop(), name=self.NAME)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -56,13 +58,25 @@ class EndpointWatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    async def poll(self) -> None:
+        raise NotImplementedError
+
     async def _loop(self) -> None:
         while True:
             try:
                 await self.poll()
             except Exception:  # a watcher must outlive any one bad poll
-                log.exception("endpoint.watch_failed")
+                log.exception("watch_failed", watcher=self.NAME)
             await asyncio.sleep(POLL_S)
+
+
+class EndpointWatcher(_Watcher):
+    NAME = "endpoint-watcher"
+
+    def __init__(self, fleet: Fleet, signal: Signal) -> None:
+        super().__init__(signal)
+        self._fleet = fleet
+        self._seen: dict[str, _Seen] = {}
 
     async def poll(self) -> None:
         now = time.time()
@@ -93,31 +107,15 @@ class EndpointWatcher:
             del self._seen[gone]
 
 
-class NotebookWatcher:
+class NotebookWatcher(_Watcher):
     """Jupyter's activity -> ``activity`` signals, only when it changed."""
 
+    NAME = "notebook-watcher"
+
     def __init__(self, notebooks: dict[str, Any], signal: Signal) -> None:
+        super().__init__(signal)
         self._notebooks = notebooks
-        self._signal = signal
         self._seen: dict[str, tuple[float, bool]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="notebook-watcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.poll()
-            except Exception:
-                log.exception("notebook.watch_failed")
-            await asyncio.sleep(POLL_S)
 
     async def poll(self) -> None:
         for notebook_id, notebook in list(self._notebooks.items()):
