@@ -24,8 +24,8 @@ The container runs ``modelserver.py`` (the image's entrypoint) with ``--port 808
 the local backend's ``--socket``, on the model's files at ``/model`` (baked in from
 ``model_uri``, which is passed as ``AICLOUD_MODEL_URI`` and an annotation, for provenance): the
 root filesystem is read-only and ``HF_HUB_OFFLINE=1``, so nothing is downloaded at start.
-The autoscalers need ``aicloud_requests_in_flight`` in Prometheus (per pod for the HPA, through an adapter); the
-server reports ``in_flight`` on ``/healthz`` but exports no Prometheus metric yet, and waking
+The autoscalers need ``aicloud_requests_in_flight`` in Prometheus (per pod for the HPA, through
+an adapter); the server reports ``in_flight`` on ``/healthz`` but exports no Prometheus metric yet, and waking
 from zero needs the metric while no pod runs (the router, which holds the request, would have
 to export it with the ``endpoint`` and ``version`` labels).
 """
