@@ -22,8 +22,9 @@ def build(settings: CostLedgerSettings) -> Service:
         raise ConfigError(f"cost-ledger cannot start: {exc}") from None
     ledger = Ledger(db=service.db, outbox=service.outbox, prices=prices, teams=teams,
                     pools=dict(settings.pool_gpus))
-    service.consume_batch(UsageRecorded, ledger.ingest, fetch=settings.batch)
-    service.consume_batch(InferenceCompleted, ledger.ingest, fetch=settings.batch)
+    service.consume_batch(UsageRecorded, ledger.ingest, fetch=settings.batch, linger_s=settings.linger_s)
+    service.consume_batch(InferenceCompleted, ledger.ingest, fetch=settings.batch,
+                          linger_s=settings.linger_s)
     service.include_router(build_router(ledger, admin_token=settings.admin_token))
     return service
 

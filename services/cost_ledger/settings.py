@@ -21,3 +21,6 @@ class CostLedgerSettings(ServiceSettings):
         description='GPUs per type in the shared pool, for the idle line, e.g. {"h100-80gb": 16}.')
     batch: int = Field(default=5000, ge=1, le=20_000,
                        description="Events per fetch and ingest transaction (at most).")
+    linger_s: float = Field(default=0.25, ge=0, le=5, description="Caught up, wait this long to "
+                            "gather events into one transaction: a trickle of requests then costs "
+                            "a few transactions a second, not one per request.")

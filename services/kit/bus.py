@@ -214,14 +214,20 @@ class Bus:
         return sub
 
     def subscribe_batch(self, filter_subject: str, process: BatchProcess, *,
-                        message_type: type[Envelope], durable: str | None = None,
-                        fetch: int = 1000) -> Subscription:
+                        message_type: type[Envelope] | None, durable: str | None = None,
+                        fetch: int = 1000, linger_s: float = 0.0) -> Subscription:
         """A durable consumer handled a whole fetch at a time, for high-volume idempotent
         ingestion (one transaction per batch). Invalid messages are dead-lettered first; a
-        failing batch is retried message by message like any handler failure."""
-        sub = self.subscribe(filter_subject, _unused, decode=typed_decoder(message_type),
-                             durable=durable)
+        failing batch is retried message by message like any handler failure. Without a
+        ``message_type`` (a wildcard), each message is decoded by its subject's contract.
+
+        ``linger_s``: when a fetch comes back short (the consumer has caught up), wait this
+        long and top it up once, so a trickle of events costs one batch per ``linger_s``
+        instead of one per event; a full fetch (a backlog) is processed at once."""
+        decode = typed_decoder(message_type) if message_type is not None else catalogue_decoder
+        sub = self.subscribe(filter_subject, _unused, decode=decode, durable=durable)
         sub.process, sub.process_batch, sub.fetch = None, process, fetch
+        sub.linger_s = linger_s
         sub.message_type = message_type
         return sub
 
@@ -257,6 +263,7 @@ class Bus:
                     await asyncio.sleep(0.5)
                     continue
                 if sub.process_batch is not None:
+                    messages += await self._top_up(sub, pull, len(messages))
                     # Pipelined: this batch is decoded while the previous one is being written;
                     # batches are still processed one after the other, in order.
                     await in_flight.acquire()
@@ -276,6 +283,19 @@ class Bus:
         finally:
             if tails:
                 await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    async def _top_up(self, sub: Subscription, pull: JetStreamContext.PullSubscription,
+                      have: int) -> list[Msg]:
+        wanted = (sub.fetch or self._batch) - have
+        if not sub.linger_s or wanted <= 0:
+            return []
+        await asyncio.sleep(sub.linger_s)
+        try:
+            return list(await pull.fetch(wanted, timeout=0.05))
+        except (TimeoutError, NatsTimeout):
+            return []
+        except (nats.errors.ConnectionClosedError, NotFoundError):
+            return []  # the next regular fetch says what is wrong
 
     async def _in_lane(self, before: asyncio.Task[None] | None, sub: Subscription,
                        queue: list[Msg], in_flight: asyncio.Semaphore) -> None:

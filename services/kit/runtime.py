@@ -82,17 +82,26 @@ class Service:
         )
 
     def consume_batch(self, message_type: type[Envelope], handler: BatchProcess, *,
-                      fetch: int = 1000, durable: str | None = None) -> None:
+                      fetch: int = 1000, durable: str | None = None, linger_s: float = 0.0) -> None:
         """Run ``handler(events)`` once per fetch of up to ``fetch`` events; the handler owns
-        idempotency (e.g. a unique key per event in the same transaction as its effect)."""
+        idempotency (e.g. a unique key per event in the same transaction as its effect).
+        ``linger_s`` gathers a trickle into fewer batches (see ``Bus.subscribe_batch``)."""
         self.bus.subscribe_batch(message_type.SUBJECT, handler, message_type=message_type,
-                                 durable=durable, fetch=fetch)
+                                 durable=durable, fetch=fetch, linger_s=linger_s)
 
     def observe(
         self, filter_subject: str, handler: Callable[[Envelope, Delivery], Awaitable[None]]
     ) -> None:
         """Run ``handler(event, delivery)`` for every message on a wildcard, no transaction."""
         self.bus.subscribe(filter_subject, handler)
+
+    def observe_batch(self, filter_subject: str, handler: BatchProcess, *, fetch: int = 1000,
+                      linger_s: float = 0.25) -> None:
+        """Run ``handler(events)`` per fetch on a wildcard: no transaction and no span per
+        message, for consumers that only count (a span and an ack per event cost more than
+        the counting)."""
+        self.bus.subscribe_batch(filter_subject, handler, message_type=None, fetch=fetch,
+                                 linger_s=linger_s)
 
     def include_router(self, router: APIRouter) -> None:
         self.http.include_router(router)

@@ -43,6 +43,7 @@ class Subscription:
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     process_batch: BatchProcess | None = None
     fetch: int | None = None  # messages per fetch, when not the bus's default
+    linger_s: float = 0.0  # batch consumers: wait this long to fill a short batch
     message_type: type[Envelope] | None = None  # validated straight from the bytes when known
 
 

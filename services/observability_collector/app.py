@@ -14,8 +14,8 @@ def build(settings: CollectorSettings) -> Service:
     service = Service(settings, title="aicloud observability collector")
     metrics = PlatformMetrics(service.metrics.registry)
     for domain in DOMAINS:
-        service.observe(f"aicloud.{domain}.>", metrics.on_event)
-    service.observe(f"{DLQ_PREFIX}.>", metrics.on_event)
+        service.observe_batch(f"aicloud.{domain}.>", metrics.on_events)
+    service.observe_batch(f"{DLQ_PREFIX}.>", metrics.on_events)
     return service
 
 

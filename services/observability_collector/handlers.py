@@ -6,7 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
 from contracts import DeadLetter, InferenceCompleted
-from services.kit.bus import Delivery
 
 
 class PlatformMetrics:
@@ -22,12 +21,16 @@ class PlatformMetrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=registry,
         )
 
-    async def on_event(self, event: BaseModel, delivery: Delivery) -> None:
-        if isinstance(event, DeadLetter):
-            self.dead_letters.labels(subject=event.subject, reason=event.reason).inc()
-            return
-        self.events.labels(subject=delivery.subject, tenant=getattr(event, "tenant", "")).inc()
-        if isinstance(event, InferenceCompleted):
-            self.tokens.labels(event.tenant, event.model, "in").inc(event.tokens_in)
-            self.tokens.labels(event.tenant, event.model, "out").inc(event.tokens_out)
-            self.latency.labels(event.model).observe(event.latency_ms / 1000)
+    async def on_events(self, events: list[BaseModel]) -> dict[int, str]:
+        """A fetch of events from one stream: counted, none refused."""
+        for event in events:
+            if isinstance(event, DeadLetter):
+                self.dead_letters.labels(subject=event.subject, reason=event.reason).inc()
+                continue
+            subject = getattr(event, "SUBJECT", type(event).__name__)
+            self.events.labels(subject=subject, tenant=getattr(event, "tenant", "")).inc()
+            if isinstance(event, InferenceCompleted):
+                self.tokens.labels(event.tenant, event.model, "in").inc(event.tokens_in)
+                self.tokens.labels(event.tenant, event.model, "out").inc(event.tokens_out)
+                self.latency.labels(event.model).observe(event.latency_ms / 1000)
+        return {}

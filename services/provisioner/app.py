@@ -143,7 +143,7 @@ def build(settings: ProvisionerSettings) -> Service:
                                                   task_queue=settings.task_queue))
     service.consume(StopNotebook, with_client(entity_handlers.on_stop_notebook))
     service.consume(ExtendNotebook, with_client(entity_handlers.on_extend_notebook))
-    service.consume_batch(InferenceCompleted, book.ingest, fetch=1000)
+    service.consume_batch(InferenceCompleted, book.ingest, fetch=1000, linger_s=0.25)
     service.include_router(build_router(backend))
     return service
 

@@ -269,3 +269,31 @@ async def test_each_tenant_in_order_different_tenants_in_parallel(service: Servi
         order = [n for t, n in seen if t == team]
         assert order == sorted(order), f"{team} processed out of order: {order}"
     assert peak > 1  # tenants did overlap
+
+
+async def test_a_lingering_batch_consumer_gathers_a_trickle_into_few_batches(service: Service) -> None:
+    """40 events 20 ms apart (0.8 s): with a 0.3 s linger they arrive in a handful of batches,
+    in order, each once; without it nearly every event would be its own batch."""
+    batches: list[list[str]] = []
+    observed: list[list[str]] = []
+
+    async def ingest(events: list[Envelope]) -> dict[int, str]:
+        batches.append([e.job_id for e in events])  # type: ignore[attr-defined]
+        return {}
+
+    async def count(events: list[Envelope]) -> dict[int, str]:  # a wildcard: decoded by subject
+        observed.append([type(e).__name__ for e in events])
+        return {}
+
+    service.consume_batch(JobRequested, ingest, fetch=1000, linger_s=0.3)
+    service.observe_batch("aicloud.jobs.>", count, linger_s=0.3)
+    await service.start()
+    for i in range(40):
+        await service.bus.publish(JobRequested(tenant="legal", job_id=f"t-{i}", command=["x"]))
+        await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):
+        while sum(map(len, batches)) < 40 or sum(map(len, observed)) < 40:
+            await asyncio.sleep(0.05)
+    assert [job for batch in batches for job in batch] == [f"t-{i}" for i in range(40)]
+    assert len(batches) <= 8, [len(b) for b in batches]
+    assert {kind for batch in observed for kind in batch} == {"JobRequested"} and len(observed) <= 8
