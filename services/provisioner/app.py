@@ -47,7 +47,11 @@ def build(settings: ProvisionerSettings) -> Service:
     backend = LocalBackend(
         work_dir=Path(settings.work_dir).resolve(), memory_limit_mb=settings.memory_limit_mb,
         dataset_root=settings.dataset_root, artifact_root=settings.artifact_root,
-        isolation=settings.isolation, hidden=settings.sandbox_hidden_paths,
+        isolation=settings.isolation,
+        # jobs must not see other workloads' sockets (a model server, an unauthenticated
+        # Jupyter) or files (running notebooks, the teams' volumes)
+        hidden=[*settings.sandbox_hidden_paths, settings.serving_root, settings.notebook_root,
+                settings.volume_root],
     )
     activities = JobActivities(bus=service.bus, backend=backend)
     state: dict[str, Any] = {}

@@ -334,3 +334,29 @@ def test_a_provisioner_killed_mid_deploy_leaves_one_serving_replica(stack: Runni
     with router(stack) as http:
         answer = http.post("/v1/embeddings", json={"model": "crash-embedder", "input": "still here"})
         assert answer.status_code == 200, answer.text
+
+
+def test_a_job_cannot_see_or_call_the_replicas_and_notebooks_beside_it(stack: Running) -> None:
+    """Jobs share the host's root read-only; the serving and notebook folders are masked, so a
+    job can neither list them nor connect to a model server's (or Jupyter's) Unix socket."""
+    home, _ = stack
+    deployed = aicloud(home, "deploy", "model", "--name", "neighbour", "--hf-model",
+                       "sentence-transformers/all-MiniLM-L6-v2", "--no-scale-to-zero", timeout=240)
+    assert deployed.returncode == 0, deployed.stderr
+    serving, notebooks = (Stack(home).scratch_dir(kind) for kind in ("serving", "notebooks"))
+    sockets = sorted(serving.glob("neighbour-*/model.sock"))
+    assert sockets, "the replica's socket is on the host"
+    probe = (
+        "import os, socket\n"
+        f"for folder in [{str(serving)!r}, {str(notebooks)!r}]:\n"
+        "    print('listed' if os.path.isdir(folder) and os.listdir(folder) else 'hidden', folder)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(sockets[0])!r}); print('connected')\n"
+        "except OSError as exc:\n    print('refused', type(exc).__name__)\n"
+    )
+    job = aicloud(home, "create", "job", "--name", "e2e-snoop", "--wait", "--", "python3", "-c", probe,
+                  timeout=120)
+    assert job.returncode == 0, job.stdout + job.stderr
+    log = aicloud(home, "jobs", "logs", "e2e-snoop").stdout
+    assert log.count("hidden") == 2 and "refused" in log, log
+    assert "listed" not in log and "connected" not in log, log
