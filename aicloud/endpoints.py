@@ -243,13 +243,27 @@ def get_notebook(notebook_id: str, team: Team = None, output: Output = Format.ta
 
 
 @notebooks_app.command("stop")
-def stop_notebook(notebook_id: str, team: Team = None, output: Output = Format.table) -> None:
+def stop_notebook(
+    notebook_id: str,
+    team: Team = None,
+    wait: Annotated[bool, typer.Option(help="Wait until its files are saved and it stopped.")] = True,
+    timeout: Annotated[float, typer.Option()] = 120,
+    output: Output = Format.table,
+) -> None:
     """Save the notebooks to the team's volume and stop the server."""
-    emit(
-        _call(_client(team), "POST", f"/v1/notebooks/{notebook_id}/stop"),
-        fmt=output,
-        columns=NOTEBOOK_COLUMNS,
-    )
+    client = _client(team)
+    notebook = _call(client, "POST", f"/v1/notebooks/{notebook_id}/stop")
+    deadline = time.monotonic() + timeout
+    while wait and notebook["status"] != "stopped":
+        if time.monotonic() > deadline:
+            raise fail(f"notebook {notebook_id} has not stopped after {timeout:.0f} s", code=1,
+                       hint=f"see `aicloud notebooks get {notebook_id}`")
+        time.sleep(0.3)
+        notebook = _call(client, "GET", f"/v1/notebooks/{notebook_id}")
+    emit(notebook, fmt=output, columns=NOTEBOOK_COLUMNS)
+    if output is Format.table and notebook["status"] == "stopped":
+        saved = ", ".join(notebook.get("saved") or []) or "nothing to save"
+        console.print(f"saved to the team's volume: {saved}", highlight=False)
 
 
 @notebooks_app.command("extend")

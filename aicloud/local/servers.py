@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -43,8 +44,27 @@ def postgres_bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out for port 0 is also
+# the kind it hands to outgoing connections, so between choosing it and the server binding it an
+# outgoing connection could take it ("address already in use" at start-up).
+_PICK_FROM = range(20_000, 32_000)
+_HANDED: set[int] = set()  # never the same port twice from one process (a stack asks for 14)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port nobody listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_PICK_FROM)
+        if port in _HANDED:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a crowded range: any port
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
