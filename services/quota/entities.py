@@ -47,14 +47,17 @@ async def decide(uow: UnitOfWork, rails: Guardrails, *, team: str, product: str,
     block = await repo.budget_block(uow.session, team=team, period=_period())
     if block is not None:
         return budget_blocked(team, block)
-    if holds == 0 or await repo.holds(uow.session, resource_id=resource_id):
+    held = await repo.held_gpus(uow.session, resource_id=resource_id) or 0
+    if holds <= held:
         return QuotaDecision(Outcome.ADMIT, (), "no GPUs needed beyond what it already holds")
+    extra = holds - held  # a redeploy with more replicas or GPUs asks only for the difference
     in_use, _ = await repo.team_load(uow.session, team=team)
-    decision = decide_gpus(team=team, requested=holds, in_use=in_use, quota=rails.quota(team))
+    decision = decide_gpus(team=team, requested=extra, in_use=in_use, quota=rails.quota(team))
     if decision.outcome is Outcome.QUEUE:
+        more = f"{extra} more" if held else f"{extra}"
         return QuotaDecision(Outcome.REJECT, decision.policy_ids,
                              f"over quota: team {team} uses {in_use} of {rails.quota(team)} GPUs and "
-                             f"this needs {holds}; stop a notebook or endpoint, or ask for more quota")
+                             f"this needs {more}; stop a notebook or endpoint, or ask for more quota")
     return decision
 
 

@@ -132,14 +132,20 @@ async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: 
 
 
 async def hold(session: AsyncSession, *, resource_id: str, team: str, gpus: int) -> None:
-    """Like ``allocate``, for resources whose id comes back (an endpoint deleted, then deployed
-    again under its name): a released row is held anew; a held one is left as it is."""
+    """Like ``allocate``, for resources that live on and come back: a live one grows to
+    ``gpus`` (never shrinks: its previous version may still run), a released one (an endpoint
+    deleted, then deployed again under its name) is held anew."""
     await session.execute(
         text(
             "INSERT INTO allocations (resource_id, team, gpus) VALUES (:r, :t, :g)"
-            " ON CONFLICT (resource_id) DO UPDATE SET team = EXCLUDED.team, gpus = EXCLUDED.gpus,"
-            " estimate_usd = 0, admitted_at = now(), released_at = NULL"
-            " WHERE allocations.released_at IS NOT NULL"
+            " ON CONFLICT (resource_id) DO UPDATE SET team = EXCLUDED.team,"
+            "  gpus = CASE WHEN allocations.released_at IS NULL"
+            "         THEN greatest(allocations.gpus, EXCLUDED.gpus) ELSE EXCLUDED.gpus END,"
+            "  estimate_usd = CASE WHEN allocations.released_at IS NULL"
+            "                 THEN allocations.estimate_usd ELSE 0 END,"
+            "  admitted_at = CASE WHEN allocations.released_at IS NULL"
+            "                THEN allocations.admitted_at ELSE now() END,"
+            "  released_at = NULL"
         ),
         {"r": resource_id, "t": team, "g": gpus},
     )
@@ -171,11 +177,12 @@ async def budget_of(session: AsyncSession, *, team: str) -> tuple[float | None, 
     return amount, float(row[1] or 0), float(row[2])
 
 
-async def holds(session: AsyncSession, *, resource_id: str) -> bool:
-    """Whether the resource already holds an allocation (a redeploy of a live endpoint)."""
-    row = await session.execute(
-        text("SELECT 1 FROM allocations WHERE resource_id = :r AND released_at IS NULL"), {"r": resource_id})
-    return row.first() is not None
+async def held_gpus(session: AsyncSession, *, resource_id: str) -> int | None:
+    """GPUs the resource holds now (a redeploy of a live endpoint), None when it holds nothing."""
+    row = await session.execute(text(
+        "SELECT gpus FROM allocations WHERE resource_id = :r AND released_at IS NULL"), {"r": resource_id})
+    found = row.first()
+    return None if found is None else int(found[0])
 
 
 async def release(session: AsyncSession, *, resource_id: str) -> None:

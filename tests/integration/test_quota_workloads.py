@@ -77,4 +77,13 @@ async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
     assert await held(quota) == [("endpoint:emb", 2), ("notebook:nb-c", 1)]
     await endpoint("other", 1, 1)
     assert "uses 3 of 3" in (await answer(EndpointRejected)).reason
+    # a redeploy that may reach more replicas asks for the difference only, and is checked
+    await endpoint("emb", 1, 3)
+    assert "this needs 1 more" in (await answer(EndpointRejected)).reason
+    await endpoint("emb", 1, 1)  # fewer: admitted, and what the running version holds stays
+    assert (await answer(EndpointAdmitted)).reason == "no GPUs needed beyond what it already holds"
+    await quota.bus.publish(NotebookStopped(tenant="legal", notebook_id="nb-c", reason="idle"))
+    await endpoint("emb", 1, 3)
+    assert (await answer(EndpointAdmitted)).endpoint == "emb"
+    assert await held(quota) == [("endpoint:emb", 3)]
     await nc.close()
