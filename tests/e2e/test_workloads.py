@@ -47,6 +47,16 @@ def router(stack: Running, team: str = "legal") -> httpx.Client:
     )
 
 
+MINILM = ("--hf-model", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def deploy(home: Path, name: str, *args: str) -> dict[str, Any]:
+    """`aicloud deploy model --name NAME ARGS -o json`, which must succeed; the endpoint."""
+    result = aicloud(home, "deploy", "model", "--name", name, *args, "-o", "json", timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return dict(json.loads(result.stdout))
+
+
 def replicas_of(home: Path, endpoint: str) -> dict[str, list[psutil.Process]]:
     """The endpoint's replicas running on this machine, by replica id, with their processes:
     bubblewrap's name the replica's folder, gVisor's its container."""
@@ -68,22 +78,7 @@ def replicas_of(home: Path, endpoint: str) -> dict[str, list[psutil.Process]]:
 
 def test_a_packaged_hugging_face_model_serves_scales_to_zero_and_back(stack: Running) -> None:
     home, _ = stack
-    deployed = aicloud(
-        home,
-        "deploy",
-        "model",
-        "--hf-model",
-        "sentence-transformers/all-MiniLM-L6-v2",
-        "--name",
-        "embedder",
-        "--idle-timeout",
-        "8",
-        "-o",
-        "json",
-        timeout=240,
-    )
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    endpoint = json.loads(deployed.stdout)
+    endpoint = deploy(home, "embedder", *MINILM, "--idle-timeout", "8")
     assert endpoint["status"] == "ready" and endpoint["kind"] == "embeddings"
     assert endpoint["scan"]["license"] == "apache-2.0" and endpoint["scan"]["allowed"] is True
     assert endpoint["scan"]["format"] == "safetensors", endpoint["scan"]
@@ -147,20 +142,7 @@ CLAUSE = {"clause_words": 362, "citations": 6, "has_indemnity": 1, "has_liabilit
 def test_a_jobs_model_is_served_canaried_rolled_back_and_rolled_back_by_hand(stack: Running) -> None:
     home, _ = stack
     train(home, "e2e-risk-1")
-    deployed = aicloud(
-        home,
-        "deploy",
-        "model",
-        "--name",
-        "clause-risk",
-        "--version",
-        "1",
-        "--no-scale-to-zero",
-        "-o",
-        "json",
-        timeout=240,
-    )
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    deploy(home, "clause-risk", "--version", "1", "--no-scale-to-zero")
     with router(stack) as http:
         predicted = http.post("/v1/predict", json={"model": "clause-risk", "instances": [CLAUSE]})
         assert predicted.status_code == 200, predicted.text
@@ -172,22 +154,7 @@ def test_a_jobs_model_is_served_canaried_rolled_back_and_rolled_back_by_hand(sta
             "--param",
             "feature_names=word_count,citations,has_indemnity,has_liability_cap",
         )
-        canary = aicloud(
-            home,
-            "deploy",
-            "model",
-            "--name",
-            "clause-risk",
-            "--version",
-            "2",
-            "--canary",
-            "50",
-            "-o",
-            "json",
-            timeout=240,
-        )
-        assert canary.returncode == 0, canary.stdout + canary.stderr
-        assert json.loads(canary.stdout)["canary_version"] == "2"
+        assert deploy(home, "clause-risk", "--version", "2", "--canary", "50")["canary_version"] == "2"
         codes = [
             http.post(
                 "/v1/predict", json={"model": "clause-risk", "instances": [CLAUSE], "user": f"u{i}"}
@@ -210,10 +177,7 @@ def test_a_jobs_model_is_served_canaried_rolled_back_and_rolled_back_by_hand(sta
         )
     # a good version 3, then rolled back by hand with one command
     train(home, "e2e-risk-3")
-    assert (
-        aicloud(home, "deploy", "model", "--name", "clause-risk", "--version", "3", timeout=240).returncode
-        == 0
-    )
+    deploy(home, "clause-risk", "--version", "3")
     rolled = aicloud(home, "endpoints", "rollback", "clause-risk")
     assert rolled.returncode == 0 and "serves version 1" in rolled.stdout, rolled.stdout + rolled.stderr
     assert aicloud(home, "endpoints", "delete", "clause-risk").returncode == 0
@@ -225,10 +189,8 @@ def test_bad_deploys_are_refused_with_the_reason_and_leave_nothing(stack: Runnin
     assert unknown.returncode == 1 and "no model 'no-such-model'" in unknown.stderr
     wide = aicloud(home, "deploy", "model", "--name", "embedder", "--hf-model", "x/y", "--canary", "80")
     assert wide.returncode == 2 and "between 1 and 50" in wide.stderr
-    hf = ("--hf-model", "sentence-transformers/all-MiniLM-L6-v2")
-    owned = aicloud(home, "deploy", "model", "--name", "legal-owned", *hf, "--no-wait")
-    assert owned.returncode == 0, owned.stderr
-    taken = aicloud(home, "deploy", "model", "--name", "legal-owned", *hf, "--team", "research")
+    deploy(home, "legal-owned", *MINILM, "--no-wait")
+    taken = aicloud(home, "deploy", "model", "--name", "legal-owned", *MINILM, "--team", "research")
     assert taken.returncode == 2 and "belongs to another team" in taken.stderr
     offline = aicloud(
         home, "deploy", "model", "--name", "ghost", "--hf-model", "acme/never-mirrored", timeout=120
@@ -319,11 +281,7 @@ def test_a_provisioner_killed_mid_deploy_leaves_one_serving_replica(stack: Runni
     home, _ = stack
     status = json.loads(aicloud(home, "dev", "status", "--json").stdout)
     provisioner = psutil.Process(int(next(row["pid"] for row in status if row["name"] == "provisioner")))
-    deployed = aicloud(
-        home, "deploy", "model", "--name", "crash-embedder", "--hf-model",
-        "sentence-transformers/all-MiniLM-L6-v2", "--no-wait",
-    )
-    assert deployed.returncode == 0, deployed.stderr
+    deploy(home, "crash-embedder", *MINILM, "--no-wait")
     deadline = time.monotonic() + 60
     while not (orphans := replicas_of(home, "crash-embedder")):
         assert time.monotonic() < deadline, "no replica was ever started"
@@ -352,9 +310,7 @@ def test_a_job_cannot_see_or_call_the_replicas_and_notebooks_beside_it(stack: Ru
     """Jobs share the host's root read-only; the serving and notebook folders are masked, so a
     job can neither list them nor connect to a model server's (or Jupyter's) Unix socket."""
     home, _ = stack
-    deployed = aicloud(home, "deploy", "model", "--name", "neighbour", "--hf-model",
-                       "sentence-transformers/all-MiniLM-L6-v2", "--no-scale-to-zero", timeout=240)
-    assert deployed.returncode == 0, deployed.stderr
+    deploy(home, "neighbour", *MINILM, "--no-scale-to-zero")
     serving, notebooks = (Stack(home).scratch_dir(kind) for kind in ("serving", "notebooks"))
     sockets = sorted(serving.glob("neighbour-*/model.sock"))
     assert sockets, "the replica's socket is on the host"
