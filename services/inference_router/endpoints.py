@@ -102,6 +102,10 @@ class EndpointTable:
         endpoint = self._endpoints.get(name)
         return endpoint.in_flight if endpoint is not None else 0
 
+    def demand(self) -> dict[str, int]:
+        """``in_flight`` of every endpoint the router knows, dormant ones included."""
+        return {name: e.in_flight for name, e in self._endpoints.items() if not e.removed}
+
     async def ready(self, name: str, serving: Serving) -> None:
         """A version serves (new, or new weight/replicas/limits): route to it, release held calls."""
         assert self.sessions is not None, "set the sessions before routing to endpoints"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from contracts import InferenceCompleted
 from services.inference_router.requests import Call
@@ -40,6 +42,24 @@ class RouterMetrics:
                                 ["team", "model", "status"], registry=registry)
         self.pii = Counter("aicloud_router_pii_findings_total", "PII found in prompts, by kind.",
                            ["team", "kind"], registry=registry)
+
+
+class EndpointDemand:
+    """``aicloud_requests_in_flight{endpoint}``, read from the router's endpoint table at each
+    scrape: requests admitted and not finished, those held while a scaled-to-zero endpoint
+    wakes included. What a Kubernetes autoscaler (KEDA) scales an endpoint on, from zero too."""
+
+    NAME = "aicloud_requests_in_flight"
+
+    def __init__(self, demand: Callable[[], dict[str, int]]) -> None:
+        self._demand = demand
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.NAME, "Requests to a platform endpoint in flight or held "
+                                   "for its wake-up.", labels=["endpoint"])
+        for endpoint, count in sorted(self._demand().items()):
+            family.add_metric([endpoint], count)
+        yield family
 
 
 @dataclass

@@ -22,7 +22,7 @@ from services.inference_router.gateway import Gateway
 from services.inference_router.openapi import spec as openapi_spec
 from services.inference_router.requests import ApiError, Operation, parse_call
 from services.inference_router.serve import execute
-from services.inference_router.telemetry import Outcome, RouterMetrics, finish, start_span
+from services.inference_router.telemetry import EndpointDemand, Outcome, RouterMetrics, finish, start_span
 from services.inference_router.usage import UsageSink
 from services.inference_router.wire import Format
 from services.kit.db import Database
@@ -41,6 +41,7 @@ class RouterApi:
                  max_tokens_cap: int, store_route: RouteStore) -> None:
         self.gw, self.sink, self.metrics, self.db, self.checks = gateway, sink, metrics, db, checks
         self.router_metrics = RouterMetrics(metrics.registry)
+        metrics.registry.register(EndpointDemand(gateway.routes.endpoints.demand))
         self.admin_token, self.max_body, self.max_tokens_cap = admin_token, max_body_bytes, max_tokens_cap
         self.store_route = store_route
 

@@ -237,9 +237,12 @@ async def test_a_scaled_to_zero_endpoint_holds_requests_and_wakes_once(
         await eventually(lambda: len(bus.wakes) >= 1, "a WakeEndpoint")
         await asyncio.sleep(0.3)
         assert not any(task.done() for task in held)
+        # the demand an autoscaler (KEDA) would wake it on: the held requests
+        assert 'aicloud_requests_in_flight{endpoint="embedder"} 3.0' in (await client.get("/metrics")).text
         replica = await replicas("a")  # the woken replica, on the same socket
         await bus.publish(ready("embedder", replica.url))
         answers = await asyncio.wait_for(asyncio.gather(*held), 10)
+        assert 'aicloud_requests_in_flight{endpoint="embedder"} 0.0' in (await client.get("/metrics")).text
     assert [r.status_code for r in answers] == [200, 200, 200], answers[0].text
     assert all(r.json()["data"][0]["embedding"] == [5.0, 0.25] for r in answers)
     assert len(replica.bodies) == 3

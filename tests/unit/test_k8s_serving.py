@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.inference_router.telemetry import EndpointDemand
 from services.provisioner.backends.k8s_serving import (
     METRIC,
     ServingSpec,
@@ -142,8 +143,9 @@ def test_scale_to_zero_is_a_keda_scaled_object() -> None:
     assert body["triggers"]
     trigger = body["triggers"][0]
     assert trigger["type"] == "prometheus"
-    assert METRIC in trigger["metadata"]["query"]
-    assert 'endpoint="legal-embed"' in trigger["metadata"]["query"]
+    # the series the inference router exports (held requests included: wakes from zero)
+    assert EndpointDemand.NAME == METRIC
+    assert trigger["metadata"]["query"] == f'sum({METRIC}{{endpoint="legal-embed"}}) or vector(0)'
     assert trigger["metadata"]["threshold"] == "4"
     assert all(isinstance(v, str) for v in trigger["metadata"].values())  # KEDA wants strings
 

@@ -24,10 +24,10 @@ The container runs ``modelserver.py`` (the image's entrypoint) with ``--port 808
 the local backend's ``--socket``, on the model's files at ``/model`` (baked in from
 ``model_uri``, which is passed as ``AICLOUD_MODEL_URI`` and an annotation, for provenance): the
 root filesystem is read-only and ``HF_HUB_OFFLINE=1``, so nothing is downloaded at start.
-The autoscalers need ``aicloud_requests_in_flight`` in Prometheus (per pod for the HPA, through
-an adapter); the server reports ``in_flight`` on ``/healthz`` but exports no Prometheus metric yet, and waking
-from zero needs the metric while no pod runs (the router, which holds the request, would have
-to export it with the ``endpoint`` and ``version`` labels).
+The ScaledObject scales on ``aicloud_requests_in_flight{endpoint}``, which the inference router
+exports on ``/metrics``: requests in flight or held while the endpoint wakes, so KEDA sees
+demand while no pod runs. The HPA's per-pod metric of the same name needs the model server to
+export it (it reports ``in_flight`` on ``/healthz`` only) and a Prometheus adapter.
 """
 
 from __future__ import annotations
@@ -211,8 +211,9 @@ def build_autoscaler(spec: ServingSpec, *, prometheus: str = PROMETHEUS_URL
                                                  average_value=str(spec.target_in_flight))))],
             ),
         )
-    query = (f'sum({METRIC}{{namespace="{spec.namespace}",endpoint="{spec.endpoint}",'
-             f'version="{spec.version}"}}) or vector(0)')
+    # The router's demand for the endpoint (held requests included, so it wakes from zero); the
+    # router does not know versions while the endpoint sleeps, so the series is per endpoint.
+    query = f'sum({METRIC}{{endpoint="{spec.endpoint}"}}) or vector(0)'
     return {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
         "metadata": to_manifest(_metadata(spec)),
