@@ -27,7 +27,7 @@ class Unbillable(ValueError):
     """An event that cannot be charged as it stands (dead-lettered with this reason)."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Line:
     event_id: UUID
     line: int
@@ -59,23 +59,23 @@ def usage_lines(event: UsageRecorded, prices: PriceBook, *, teams: frozenset[str
     start, end = event.started_at.astimezone(UTC), event.ended_at.astimezone(UTC)
     _check_usage(event, start, end)
     gpus = Decimal(str(max(event.gpus_requested, event.gpus_used)))
-    flags = []
-    if event.tenant not in teams:
-        flags.append("unknown_team")
+    vcpus, memory_gb = Decimal(str(event.vcpus)), Decimal(str(event.memory_gb))
+    flag = None if event.tenant in teams else "unknown_team"
+    unit = "gpu_seconds" if gpus else "seconds"
+    project, user, gpu_type = event.project or "", event.user or "", event.gpu_type or ""
     lines = []
     for i, (a, b) in enumerate(_hours(start, end)):
         seconds = Decimal(str((b - a).total_seconds()))
         charge = prices.compute_charge(
-            gpu_type=event.gpu_type, price_class=event.price_class, gpus=gpus,
-            vcpus=Decimal(str(event.vcpus)), memory_gb=Decimal(str(event.memory_gb)),
-            seconds=seconds, when=a)
-        line_flags = [*flags, "unknown_gpu_type"] if charge.flagged else flags
-        lines.append(Line(event.event_id, i, event.tenant, event.kind, hour_of(a), charge.usd,
-                          quantity=gpus * seconds if gpus else seconds,
-                          unit="gpu_seconds" if gpus else "seconds",
-                          project=event.project or "", user=event.user or "",
-                          resource_id=event.resource_id, gpu_type=event.gpu_type or "",
-                          flag=",".join(line_flags) or None))
+            gpu_type=event.gpu_type, price_class=event.price_class, gpus=gpus, vcpus=vcpus,
+            memory_gb=memory_gb, seconds=seconds, when=a)
+        lines.append(Line(event.event_id, i, event.tenant, event.kind,
+                          a.replace(minute=0, second=0, microsecond=0), charge.usd,
+                          quantity=gpus * seconds if gpus else seconds, unit=unit,
+                          project=project, user=user, resource_id=event.resource_id,
+                          gpu_type=gpu_type,
+                          flag=(f"{flag},unknown_gpu_type" if flag else "unknown_gpu_type")
+                          if charge.flagged else flag))
     return lines
 
 
@@ -114,9 +114,10 @@ def _check_usage(event: UsageRecorded, start: datetime, end: datetime) -> None:
 
 
 def _hours(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    """``start``..``end`` (both UTC) cut at hour boundaries."""
     slices, cursor = [], start
     while cursor < end:
-        nxt = min(hour_of(cursor) + HOUR, end)
+        nxt = min(cursor.replace(minute=0, second=0, microsecond=0) + HOUR, end)
         slices.append((cursor, nxt))
         cursor = nxt
     return slices or [(start, end)]

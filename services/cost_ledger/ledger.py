@@ -79,20 +79,21 @@ class Ledger:
         async with self.db.transaction() as session:
             await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('cost-ledger'))"))
             inserted = await repo.append(session, lines)
-            await self._check_budgets(session, {(team, hour) for team, hour, _ in inserted})
+            await self._check_budgets(session, inserted)
         if inserted:
             await self.live.changed()
         return refused
 
     def lines_of(self, event: Envelope) -> list[Line]:
-        if isinstance(event, InferenceCompleted):
+        if type(event) is InferenceCompleted:  # not isinstance: ABCMeta's check is slow per event
             return domain.inference_lines(event, self.prices, teams=self.teams)
         return domain.usage_lines(event, self.prices, teams=self.teams)  # type: ignore[arg-type]
 
-    async def _check_budgets(self, session: AsyncSession, touched: set[tuple[str, datetime]]) -> None:
+    async def _check_budgets(self, session: AsyncSession, touched: set[tuple[str, str]]) -> None:
+        """Alert for each (team, month) that new lines were charged to."""
         periods: dict[str, set[str]] = {}
-        for team, hour in touched:
-            periods.setdefault(domain.period_of(hour), set()).add(team)
+        for team, period in touched:
+            periods.setdefault(period, set()).add(team)
         found = await repo.budgets(session, teams=sorted({t for t, _ in touched}))
         for period, teams in periods.items():
             start, end = month_bounds(period)

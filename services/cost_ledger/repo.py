@@ -62,14 +62,15 @@ WITH new_lines AS (
         gpu_seconds = spend_team_daily.gpu_seconds + EXCLUDED.gpu_seconds
     RETURNING 1
 )
-SELECT team, hour, usd FROM new_lines
+SELECT DISTINCT team, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM') AS period FROM new_lines
 """
 
 
-async def append(session: AsyncSession, lines: Sequence[Line]) -> list[tuple[str, datetime, Decimal]]:
-    """Insert lines not seen before (by event id and line); returns (team, hour, usd) of those."""
+async def append(session: AsyncSession, lines: Sequence[Line]) -> set[tuple[str, str]]:
+    """Insert lines not seen before (by event id and line); returns the (team, month) pairs they
+    touched, e.g. ``("legal", "2026-11")``: empty when every line was a duplicate."""
     if not lines:
-        return []
+        return set()
     columns: dict[str, list[Any]] = {
         "event_id": [ln.event_id for ln in lines], "line": [ln.line for ln in lines],
         "team": [ln.team for ln in lines], "project": [ln.project for ln in lines],
@@ -79,7 +80,7 @@ async def append(session: AsyncSession, lines: Sequence[Line]) -> list[tuple[str
         "quantity": [ln.quantity for ln in lines], "unit": [ln.unit for ln in lines],
         "usd": [ln.usd for ln in lines], "flag": [ln.flag for ln in lines]}
     rows = await session.execute(text(_INSERT), columns)
-    return [(r.team, r.hour, r.usd) for r in rows]
+    return {(r.team, r.period) for r in rows}
 
 
 async def reverse(session: AsyncSession, *, entry_id: int, reason: str) -> int | None:

@@ -22,7 +22,6 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
 from nats.js.errors import NotFoundError
@@ -33,6 +32,7 @@ from pydantic import ValidationError
 from contracts import DOMAINS, DeadLetter, Envelope, dead_letter_subject
 from contracts.envelope import DLQ_PREFIX
 from services.kit.metrics import Metrics
+from services.kit.pull import Puller, delivery_count
 from services.kit.subscription import (
     BatchProcess,
     Decoder,
@@ -231,7 +231,7 @@ class Bus:
         sub.message_type = message_type
         return sub
 
-    async def _pull_subscription(self, sub: Subscription) -> JetStreamContext.PullSubscription:
+    async def _pull_subscription(self, sub: Subscription) -> Puller:
         config = ConsumerConfig(
             durable_name=sub.durable,
             filter_subject=self.wire(sub.filter_subject),
@@ -242,11 +242,16 @@ class Bus:
             max_ack_pending=4 * (sub.fetch or self._batch),
         )
         stream = self.stream_for(sub.filter_subject)
-        return await self.js.pull_subscribe(
-            self.wire(sub.filter_subject), durable=sub.durable, stream=stream, config=config
-        )
+        try:
+            await self.js.consumer_info(stream, sub.durable)
+        except NotFoundError:
+            await self.js.add_consumer(stream, config=config)
+        assert self._nc is not None
+        puller = Puller(self._nc, stream, sub.durable)
+        await puller.start()
+        return puller
 
-    async def _consume(self, sub: Subscription, pull: JetStreamContext.PullSubscription) -> None:
+    async def _consume(self, sub: Subscription, pull: Puller) -> None:
         """Fetch continuously; tenants are processed concurrently (up to ``max_in_flight`` lanes
         at once), each tenant's messages strictly in arrival order."""
         in_flight = asyncio.Semaphore(self._max_in_flight)
@@ -255,12 +260,12 @@ class Bus:
             while not self._stopping.is_set():
                 try:
                     messages = await pull.fetch(sub.fetch or self._batch,
-                                                timeout=self._fetch_timeout_s)
-                except (TimeoutError, NatsTimeout):
-                    continue
-                except (nats.errors.ConnectionClosedError, NotFoundError) as exc:
+                                                wait_s=self._fetch_timeout_s)
+                except nats.errors.Error as exc:
                     log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
                     await asyncio.sleep(0.5)
+                    continue
+                if not messages:
                     continue
                 if sub.process_batch is not None:
                     messages += await self._top_up(sub, pull, len(messages))
@@ -284,17 +289,15 @@ class Bus:
             if tails:
                 await asyncio.gather(*tails.values(), return_exceptions=True)
 
-    async def _top_up(self, sub: Subscription, pull: JetStreamContext.PullSubscription,
+    async def _top_up(self, sub: Subscription, pull: Puller,
                       have: int) -> list[Msg]:
         wanted = (sub.fetch or self._batch) - have
         if not sub.linger_s or wanted <= 0:
             return []
         await asyncio.sleep(sub.linger_s)
         try:
-            return list(await pull.fetch(wanted, timeout=0.05))
-        except (TimeoutError, NatsTimeout):
-            return []
-        except (nats.errors.ConnectionClosedError, NotFoundError):
+            return await pull.fetch(wanted, wait_s=0.05)
+        except nats.errors.Error:
             return []  # the next regular fetch says what is wrong
 
     async def _in_lane(self, before: asyncio.Task[None] | None, sub: Subscription,
@@ -311,7 +314,7 @@ class Bus:
     async def _decoded(self, sub: Subscription, msg: Msg) -> Any:
         """The message's contract, or None once it was dead-lettered (invalid, or given up)."""
         subject = self.unwire(msg.subject)
-        deliveries = msg.metadata.num_delivered or 1
+        deliveries = delivery_count(msg)
         if sub.message_type is not None:
             return await self._decoded_json(sub, msg, sub.message_type, deliveries)
         try:
@@ -371,7 +374,7 @@ class Bus:
         except Exception as exc:
             log.warning("bus.batch_failed", consumer=sub.durable, size=len(valid), error=str(exc))
             for _, msg in valid:
-                await self._retry_or_dead_letter(sub, msg, msg.metadata.num_delivered or 1, exc)
+                await self._retry_or_dead_letter(sub, msg, delivery_count(msg), exc)
             return
         subject = self.unwire(valid[0][1].subject)
         for i, (_, msg) in enumerate(valid):
@@ -385,7 +388,7 @@ class Bus:
         """Validate, process and settle one message. Never raises."""
         subject = self.unwire(msg.subject)
         headers = dict(msg.headers or {})
-        deliveries = msg.metadata.num_delivered or 1
+        deliveries = delivery_count(msg)
         started = time.perf_counter()
         event = await self._decoded(sub, msg)
         if event is None:
@@ -436,7 +439,7 @@ class Bus:
             consumer=sub.durable,
             reason=reason,
             error=error,
-            deliveries=msg.metadata.num_delivered or 1,
+            deliveries=delivery_count(msg),
             payload=msg.data.decode("utf-8", errors="replace"),
             payload_b64=base64.b64encode(msg.data).decode(),
             headers={k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"},

