@@ -22,7 +22,8 @@ def start_servers(root: Path, database: str) -> tuple[str, str, list[subprocess.
     servers.wait_for_database(pg_port, database)
     while not servers.port_open(nats_port):
         time.sleep(0.05)
-    return f"nats://127.0.0.1:{nats_port}", servers.postgres_url(pg_port, database), [nats_proc, pg_proc]
+    return (f"nats://127.0.0.1:{nats_port}",
+            servers.postgres_url(pg_port, database, socket_dir=layout.socket_dir), [nats_proc, pg_proc])
 
 
 def stop_servers(procs: list[subprocess.Popen[bytes]]) -> None:

@@ -74,8 +74,9 @@ def postgres_port(server_root: Path) -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres_port: int) -> str:
-    return servers.postgres_url(postgres_port, "aicloud_test")
+def database_url(postgres_port: int, server_root: Path) -> str:
+    return servers.postgres_url(postgres_port, "aicloud_test",
+                                socket_dir=server_root / "postgres" / "run")
 
 
 @pytest.fixture(scope="session", autouse=True)

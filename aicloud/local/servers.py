@@ -151,7 +151,13 @@ def postgres_argv(layout: PostgresLayout, *, port: int) -> list[str]:
     ]
 
 
-def postgres_url(port: int, database: str = "aicloud") -> str:
+def postgres_url(port: int, database: str = "aicloud", socket_dir: Path | None = None) -> str:
+    """The URL services use. With ``socket_dir``, over the server's Unix socket there: a
+    round trip costs a third less CPU than over loopback TCP, and quota decides about 20 %
+    more requests per second (``bench/admission.py``). Falls back to TCP when the socket's
+    path would be too long for the kernel (108 bytes)."""
+    if socket_dir is not None and len(str(socket_dir / f".s.PGSQL.{port}")) < 100:
+        return f"postgresql://postgres@:{port}/{database}?host={socket_dir}"
     return f"postgresql://postgres@127.0.0.1:{port}/{database}"
 
 

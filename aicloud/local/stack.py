@@ -126,7 +126,8 @@ class Stack:
     def _service(self, name: str, module: str, prefix: str, ports: dict[str, int]) -> Component:
         env = {
             f"{prefix}NATS_URL": f"nats://127.0.0.1:{ports['nats']}",
-            f"{prefix}DATABASE_URL": servers.postgres_url(ports["postgres"], DATABASE),
+            f"{prefix}DATABASE_URL": servers.postgres_url(
+                ports["postgres"], DATABASE, socket_dir=self.home / "data" / "postgres" / "run"),
             f"{prefix}HTTP_PORT": str(ports[name]),
             f"{prefix}TRACE_FILE": str(self.home / "traces" / f"{name}.jsonl"),
         }

@@ -23,7 +23,7 @@ from contracts import Envelope
 from services.kit.bus import Bus, Delivery, typed_decoder
 from services.kit.db import Database, Migration
 from services.kit.http import ReadinessCheck, create_http_app
-from services.kit.inbox import Handler, Inbox
+from services.kit.inbox import Handler, Inbox, LockKeys
 from services.kit.logging import configure_logging
 from services.kit.metrics import Metrics
 from services.kit.outbox import Outbox
@@ -72,12 +72,14 @@ class Service:
 
     # -- wiring (called from app.py) ----------------------------------------------------
     def consume(
-        self, message_type: type[Envelope], handler: Handler[Any], *, durable: str | None = None
+        self, message_type: type[Envelope], handler: Handler[Any], *, durable: str | None = None,
+        locks: LockKeys[Any] | None = None,
     ) -> None:
-        """Run ``handler(event, uow)`` once per event, in a transaction with the inbox."""
+        """Run ``handler(event, uow)`` once per event, in a transaction with the inbox; with
+        ``locks``, under the advisory locks it names for the event (see ``Inbox.wrap``)."""
         self.bus.subscribe(
             message_type.SUBJECT,
-            self.inbox.wrap(handler),
+            self.inbox.wrap(handler, locks=locks),
             decode=typed_decoder(message_type),
             durable=durable,
         )

@@ -47,7 +47,8 @@ def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
 def build(settings: QuotaSettings) -> Service:
     service = Service(settings, migrations=MIGRATIONS, title="aicloud quota")
     rails = load_guardrails(settings)
-    service.consume(JobRequested, partial(handlers.on_job_requested, rails=rails))
+    service.consume(JobRequested, partial(handlers.on_job_requested, rails=rails),
+                    locks=partial(handlers.decision_locks, rails=rails))
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))

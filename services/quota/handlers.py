@@ -57,31 +57,32 @@ async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guard
     verdict = rails.policies.evaluate_job(
         event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend
     )
-    block = await repo.budget_block(uow.session, team=event.tenant, period=_period())
     if not verdict.admitted:
         decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
-    elif block is not None:
-        decision = budget_blocked(event.tenant, block)
     else:
-        node = await _node(uow, rails)
-        in_use, queued = await repo.team_load(uow.session, team=event.tenant)
-        amount, spent, reserved = await repo.budget_of(uow.session, team=event.tenant)
-        quota = decide_budget(
-            team=event.tenant, estimate=rails.estimate(event), amount=amount, spent=spent,
-            reserved=reserved,
-        ) or decide_gpus(
-            team=event.tenant, requested=event.gpus, in_use=in_use, quota=rails.quota(event.tenant),
-            queued_ahead=queued, node=node,
-        )
-        decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids, quota.reason)
+        facts = await repo.team_facts(uow.session, team=event.tenant, period=_period())
+        node = None if rails.node_gpus is None else (rails.node_gpus, facts.node_held)
+        if facts.block is not None:
+            decision = budget_blocked(event.tenant, facts.block)
+        else:
+            quota = decide_budget(
+                team=event.tenant, estimate=rails.estimate(event), amount=facts.budget,
+                spent=facts.spent, reserved=facts.reserved,
+            ) or decide_gpus(
+                team=event.tenant, requested=event.gpus, in_use=facts.in_use,
+                quota=rails.quota(event.tenant), queued_ahead=facts.queued, node=node,
+            )
+            decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids,
+                                     quota.reason)
+    if decision.outcome is Outcome.ADMIT:
+        await _admit(uow, event, decision, rails, audit_findings=verdict.audit_findings)
+        return
     await repo.log_decision(
         uow.session, resource_id=event.job_id, team=event.tenant, outcome=decision.outcome,
         policy_ids=decision.policy_ids, reason=decision.reason,
         audit_findings=verdict.audit_findings,
     )
-    if decision.outcome is Outcome.ADMIT:
-        await _admit(uow, event, decision, rails)
-    elif decision.outcome is Outcome.QUEUE:
+    if decision.outcome is Outcome.QUEUE:
         position = await repo.enqueue(uow.session, job_id=event.job_id, team=event.tenant,
                                       gpus=event.gpus, request=event.model_dump(mode="json"))
         await uow.outbox.add(uow.session, JobQueued(
@@ -143,23 +144,30 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
             return admitted
         await repo.dequeue(uow.session, job_id=job_id)
         request = JobRequested.model_validate(stored)
-        await repo.log_decision(uow.session, resource_id=job_id, team=team, outcome="admit",
-                                policy_ids=decision.policy_ids,
-                                reason=f"admitted from the queue: {decision.reason}")
-        await _admit(uow, request, decision, rails)
+        await _admit(uow, request, decision, rails, logged_reason=f"admitted from the queue: "
+                     f"{decision.reason}")
         in_use += gpus
         admitted += 1
     return admitted
 
 
 async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision,
-                 rails: Guardrails) -> None:
-    await repo.allocate(uow.session, resource_id=request.job_id, team=request.tenant,
-                        gpus=request.gpus, estimate_usd=rails.estimate(request))
-    await uow.outbox.add(uow.session, JobAdmitted(
-        job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
-        reason=decision.reason, product=rails.products.get(request.product), **_common(request),
-    ))
+                 rails: Guardrails, *, audit_findings: tuple[str, ...] = (),
+                 logged_reason: str | None = None) -> None:
+    """Log the admission, hold the GPUs and stage ``jobs.admitted``."""
+    await repo.admit(
+        uow.session, resource_id=request.job_id, team=request.tenant, gpus=request.gpus,
+        estimate_usd=rails.estimate(request), policy_ids=decision.policy_ids,
+        reason=logged_reason or decision.reason, audit_findings=audit_findings,
+        event=JobAdmitted(
+            job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
+            reason=decision.reason, product=rails.products.get(request.product),
+            **_common(request)))
+
+
+def decision_locks(event: JobRequested, *, rails: Guardrails) -> list[str]:
+    """What ``on_job_requested`` runs under (taken with its inbox row)."""
+    return repo.decision_locks(event.tenant, node=rails.node_gpus is not None)
 
 
 async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
@@ -191,7 +199,8 @@ def budget_blocked(team: str, block: dict[str, Any]) -> QuotaDecision:
 
 
 def _period() -> str:
-    return datetime.now(UTC).strftime("%Y-%m")
+    now = datetime.now(UTC)
+    return f"{now.year:04d}-{now.month:02d}"
 
 
 def _common(event: JobRequested | CancelJob) -> dict[str, str]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.kit.db import Migration
+from contracts import Envelope
+from services.kit.db import Migration, driver
+from services.kit.outbox import outbox_insert, staged
 
 MIGRATIONS = (
     Migration(
@@ -120,14 +123,62 @@ async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def allocate(session: AsyncSession, *, resource_id: str, team: str, gpus: int,
-                   estimate_usd: float = 0.0) -> None:
-    await session.execute(
-        text(
-            "INSERT INTO allocations (resource_id, team, gpus, estimate_usd) VALUES (:r, :t, :g, :e)"
-            " ON CONFLICT (resource_id) DO NOTHING"
-        ),
-        {"r": resource_id, "t": team, "g": gpus, "e": estimate_usd},
+@dataclass(frozen=True)
+class TeamFacts:
+    """What a job decision reads about its team (and the node), in one round trip."""
+
+    in_use: int  # GPUs the team holds
+    queued: int  # jobs waiting in the team's queue
+    budget: float | None  # None when the team has no budget
+    spent: float
+    reserved: float  # worst-case cost of the team's running jobs
+    block: dict[str, Any] | None  # the ledger's budget block for this period, if any
+    node_held: int  # GPUs held on the node by every team
+
+
+def decision_locks(team: str, *, node: bool) -> list[str]:
+    """The advisory locks a job decision holds, in the order every decision takes them (the
+    node's first), so two decisions cannot deadlock: the inbox takes them (``Inbox.wrap``)."""
+    return [NODE_LOCK, team] if node else [team]
+
+
+async def team_facts(session: AsyncSession, *, team: str, period: str) -> TeamFacts:
+    """Everything a job decision reads, under ``decision_locks`` (taken by an earlier
+    statement, so this one's snapshot includes what the previous holder committed)."""
+    row = await (await driver(session)).fetchrow(
+        "SELECT coalesce(sum(gpus) FILTER (WHERE team = $1), 0),"
+        "       coalesce(sum(estimate_usd) FILTER (WHERE team = $1), 0),"
+        "       (SELECT count(*) FROM queue WHERE team = $1),"
+        "       (SELECT amount_usd FROM budgets WHERE team = $1),"
+        "       (SELECT coalesce(spent_usd, 0) FROM budgets WHERE team = $1),"
+        "       (SELECT json_build_object('budget_id', budget_id, 'action', action,"
+        "               'spent_usd', spent_usd, 'amount_usd', amount_usd)"
+        "        FROM budget_blocks WHERE team = $1 AND period = $2),"
+        "       coalesce(sum(gpus), 0)"
+        " FROM allocations WHERE released_at IS NULL",
+        team, period,
+    )
+    block = row[5]
+    if block is not None:
+        block = {**block, "spent_usd": float(block["spent_usd"]),
+                 "amount_usd": float(block["amount_usd"])}
+    return TeamFacts(in_use=int(row[0]), queued=int(row[2]),
+                     budget=None if row[3] is None else float(row[3]), spent=float(row[4] or 0),
+                     reserved=float(row[1]), block=block, node_held=int(row[6]))
+
+
+async def admit(session: AsyncSession, *, resource_id: str, team: str, gpus: int,
+                estimate_usd: float, policy_ids: tuple[str, ...], reason: str,
+                audit_findings: tuple[str, ...], event: Envelope) -> None:
+    """Log the admission, hold the GPUs and stage ``event`` in the outbox: one statement."""
+    await (await driver(session)).execute(
+        "WITH logged AS (INSERT INTO decisions (resource_id, team, admitted, outcome,"
+        "  policy_ids, reason, audit_findings) VALUES ($1, $2, true, 'admit', $5, $6, $7)),"
+        f" staged AS ({outbox_insert(8)})"
+        " INSERT INTO allocations (resource_id, team, gpus, estimate_usd)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (resource_id) DO NOTHING",
+        resource_id, team, gpus, estimate_usd, json.dumps(policy_ids), reason,
+        json.dumps(audit_findings), *staged(event),
     )
 
 
@@ -162,21 +213,6 @@ async def set_budgets(session: AsyncSession, budgets: dict[str, float]) -> None:
         )
 
 
-async def budget_of(session: AsyncSession, *, team: str) -> tuple[float | None, float, float]:
-    """(budget, spent, reserved by running jobs); budget None when the team has none."""
-    row = (await session.execute(
-        text(
-            "SELECT (SELECT amount_usd FROM budgets WHERE team = :t),"
-            "       (SELECT coalesce(spent_usd, 0) FROM budgets WHERE team = :t),"
-            "       (SELECT coalesce(sum(estimate_usd), 0) FROM allocations"
-            "        WHERE team = :t AND released_at IS NULL)"
-        ),
-        {"t": team},
-    )).one()
-    amount = None if row[0] is None else float(row[0])
-    return amount, float(row[1] or 0), float(row[2])
-
-
 async def held_gpus(session: AsyncSession, *, resource_id: str) -> int | None:
     """GPUs the resource holds now (a redeploy of a live endpoint), None when it holds nothing."""
     row = await session.execute(text(
@@ -196,13 +232,11 @@ async def log_decision(
     session: AsyncSession, *, resource_id: str, team: str, outcome: str,
     policy_ids: tuple[str, ...], reason: str, audit_findings: tuple[str, ...] = (),
 ) -> None:
-    await session.execute(
-        text(
-            "INSERT INTO decisions (resource_id, team, admitted, outcome, policy_ids, reason,"
-            " audit_findings) VALUES (:r, :t, :a, :o, CAST(:p AS JSONB), :why, CAST(:f AS JSONB))"
-        ),
-        {"r": resource_id, "t": team, "a": outcome == "admit", "o": outcome,
-         "p": json.dumps(policy_ids), "why": reason, "f": json.dumps(audit_findings)},
+    await (await driver(session)).execute(
+        "INSERT INTO decisions (resource_id, team, admitted, outcome, policy_ids, reason,"
+        " audit_findings) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        resource_id, team, outcome == "admit", outcome, json.dumps(policy_ids), reason,
+        json.dumps(audit_findings),
     )
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from contracts import DeadLetter, Envelope, JobRequested, UsageRecorded
 from services.kit.bus import Bus
+from services.kit.db import driver
 from services.kit.inbox import UnitOfWork, processed_count
 from services.kit.runtime import Service
 from services.kit.settings import ServiceSettings
@@ -297,3 +298,22 @@ async def test_a_lingering_batch_consumer_gathers_a_trickle_into_few_batches(ser
     assert [job for batch in batches for job in batch] == [f"t-{i}" for i in range(40)]
     assert len(batches) <= 8, [len(b) for b in batches]
     assert {kind for batch in observed for kind in batch} == {"JobRequested"} and len(observed) <= 8
+
+
+async def test_driver_statements_share_the_sessions_transaction(service: Service) -> None:
+    """The hot paths' asyncpg statements commit and roll back with the SQLAlchemy session."""
+    await service.db.migrate()
+    kept, dropped = uuid.uuid4(), uuid.uuid4()
+    async with service.db.transaction() as session:
+        await (await driver(session)).execute(
+            "INSERT INTO inbox (consumer, event_id, subject) VALUES ('t', $1, 's')", kept)
+        await session.execute(text("SELECT 1"))  # SQLAlchemy's own statements after it
+    with pytest.raises(RuntimeError, match="handler failed"):
+        async with service.db.transaction() as session:
+            pg = await driver(session)
+            await pg.execute("INSERT INTO inbox (consumer, event_id, subject) VALUES ('t', $1, 's')",
+                             dropped)
+            raise RuntimeError("handler failed")
+    async with service.db.transaction() as session:
+        rows = (await session.execute(text("SELECT event_id FROM inbox WHERE consumer = 't'"))).all()
+    assert [row[0] for row in rows] == [kept]  # outside the transaction, both would be there

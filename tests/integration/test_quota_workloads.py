@@ -4,6 +4,7 @@ a queue, and give the GPUs back when they stop or are deleted — also under a r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,16 @@ async def held(quota: Any) -> list[tuple[str, int]]:
         rows = (await session.execute(text("SELECT resource_id, gpus FROM allocations"
                                            " WHERE released_at IS NULL ORDER BY resource_id"))).all()
     return [tuple(row) for row in rows]
+
+
+async def until_held(quota: Any, expected: list[tuple[str, int]]) -> None:
+    """Releases arrive on their own consumers, concurrently with requests: wait for them
+    before asking, as a developer would see the notebook stopped before starting another."""
+    for _ in range(100):
+        if await held(quota) == expected:
+            return
+        await asyncio.sleep(0.1)
+    assert await held(quota) == expected
 
 
 async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
@@ -69,6 +80,7 @@ async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
 
     await quota.bus.publish(NotebookStopped(tenant="legal", notebook_id="nb-a", reason="idle"))
     await quota.bus.publish(EndpointDeleted(tenant="legal", endpoint="emb", reason="deleted"))
+    await until_held(quota, [])
     await notebook("nb-c", 1)
     assert (await answer(NotebookAdmitted)).notebook_id == "nb-c"
     # the name comes back after a delete: it holds GPUs again, counted against the quota
@@ -83,6 +95,7 @@ async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
     await endpoint("emb", 1, 1)  # fewer: admitted, and what the running version holds stays
     assert (await answer(EndpointAdmitted)).reason == "no GPUs needed beyond what it already holds"
     await quota.bus.publish(NotebookStopped(tenant="legal", notebook_id="nb-c", reason="idle"))
+    await until_held(quota, [("endpoint:emb", 2)])
     await endpoint("emb", 1, 3)
     assert (await answer(EndpointAdmitted)).endpoint == "emb"
     assert await held(quota) == [("endpoint:emb", 3)]
