@@ -31,7 +31,7 @@ from services.quota.app import load_guardrails
 from services.quota.settings import QuotaSettings
 
 N = int(os.environ.get("BENCH_N", "1000"))
-RATE = float(os.environ.get("BENCH_RATE", "600"))  # requests per second offered
+RATES = (500.0, 600.0)  # requests per second offered: the goal's rate, and more
 
 
 def request(i: int) -> JobRequested:
@@ -40,7 +40,8 @@ def request(i: int) -> JobRequested:
                         gpus=16 if i % 10 == 0 else 1)
 
 
-async def admission(nats_url: str, database_url: str) -> dict[str, float]:
+async def admission(nats_url: str, database_url: str, rate: float | None) -> dict[str, float]:
+    """``rate`` requests/s (None: all at once, to measure capacity) into a fresh quota process."""
     prefix = "b" + uuid.uuid4().hex[:8]
     port = free_port()
     env = {**os.environ, "AICLOUD_QUOTA_NATS_URL": nats_url, "AICLOUD_QUOTA_DATABASE_URL": database_url,
@@ -68,14 +69,14 @@ async def admission(nats_url: str, database_url: str) -> dict[str, float]:
         acks = []
         started = time.perf_counter()
         for i in range(N):
-            target = started + i / RATE
-            await asyncio.sleep(max(0.0, target - time.perf_counter()))
+            if rate is not None:
+                await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
             event = request(i)
             sent[event.job_id] = time.perf_counter()
             acks.append(asyncio.ensure_future(js.publish(
                 f"{prefix}.{event.SUBJECT}", event.model_dump_json().encode(),
                 headers={"Nats-Msg-Id": str(event.event_id)})))
-        offered = N / (time.perf_counter() - started)
+        offered = N / max(time.perf_counter() - started, 1e-9)
         await asyncio.gather(*acks)
         await asyncio.wait_for(done.wait(), timeout=120)
         elapsed = time.perf_counter() - started
@@ -120,25 +121,27 @@ def cedar_only(settings: QuotaSettings) -> dict[str, float]:
 
 def main() -> None:
     nats_url, database_url, procs = start_servers(Path(tempfile.mkdtemp(prefix="bench-adm-")), "bench")
+    service = "quota service (bus + inbox + Cedar + quota + outbox)"
     try:
-        results = {
-            "quota service (bus + inbox + Cedar + quota + outbox)": asyncio.run(
-                admission(nats_url, database_url)),
-            "Cedar evaluation alone (in process)": cedar_only(
-                QuotaSettings(nats_url=nats_url, database_url=database_url)),
-        }
+        results = {f"{service}, {rate:.0f}/s": asyncio.run(admission(nats_url, database_url, rate))
+                   for rate in RATES}
+        results[f"{service}, all {N} at once"] = asyncio.run(admission(nats_url, database_url, None))
+        results["Cedar evaluation alone (in process)"] = cedar_only(
+            QuotaSettings(nats_url=nats_url, database_url=database_url))
     finally:
         stop_servers(procs)
-    print(f"admission — {platform.node()}, {os.cpu_count()} cores, {N} requests offered at {RATE:.0f}/s")
-    print(f"{'path':54} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}")
+    print(f"admission — {platform.node()}, {os.cpu_count()} cores, {N} requests per row, one quota "
+          "process; offered rates are the generator's own, in its own process")
+    print(f"{'path':66} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}")
     for name, row in results.items():
-        print(f"{name:54} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['decisions_per_s']:>12}")
-    service = results["quota service (bus + inbox + Cedar + quota + outbox)"]
-    print(f"offered: {service['offered_per_s']}/s (the generator's own rate, in its own process)")
+        print(f"{name:66} {row['p50_ms']:>8} {row['p99_ms']:>8} {row['decisions_per_s']:>12}")
+    at_goal = results[f"{service}, 500/s"]
+    capacity = results[f"{service}, all {N} at once"]["decisions_per_s"]
+    print(f"goal: at 500/s p50 <= 10 ms and p99 <= 50 ms; capacity >= 500 decisions/s ({capacity})")
     print(json.dumps({"benchmark": "admission", "results": results,
                       "goal": {"p50_ms_max": 10, "p99_ms_max": 50, "decisions_per_s_min": 500},
-                      "goal_met": service["p50_ms"] <= 10 and service["p99_ms"] <= 50
-                      and service["decisions_per_s"] >= 500}))
+                      "goal_met": at_goal["p50_ms"] <= 10 and at_goal["p99_ms"] <= 50
+                      and capacity >= 500}))
 
 
 if __name__ == "__main__":

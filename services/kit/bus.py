@@ -37,6 +37,7 @@ from services.kit.subscription import (
     BatchProcess,
     Decoder,
     Delivery,
+    PartialFailure,
     Process,
     Subscription,
     UnknownSubject,
@@ -215,7 +216,8 @@ class Bus:
 
     def subscribe_batch(self, filter_subject: str, process: BatchProcess, *,
                         message_type: type[Envelope] | None, durable: str | None = None,
-                        fetch: int = 1000, linger_s: float = 0.0) -> Subscription:
+                        fetch: int = 1000, linger_s: float = 0.0,
+                        deliveries: bool = False, ahead: int = 1) -> Subscription:
         """A durable consumer handled a whole fetch at a time, for high-volume idempotent
         ingestion (one transaction per batch). Invalid messages are dead-lettered first; a
         failing batch is retried message by message like any handler failure. Without a
@@ -223,12 +225,22 @@ class Bus:
 
         ``linger_s``: when a fetch comes back short (the consumer has caught up), wait this
         long and top it up once, so a trickle of events costs one batch per ``linger_s``
-        instead of one per event; a full fetch (a backlog) is processed at once."""
+        instead of one per event; a full fetch (a backlog) is processed at once.
+
+        ``deliveries``: the handler gets (event, Delivery) pairs, with each message's headers
+        (its trace context), instead of events. It may raise ``PartialFailure`` to have only
+        some messages retried.
+
+        ``ahead``: batches fetched and decoded while one is processed. 1 overlaps decoding
+        with the handler's database waits (throughput); 0 lets every message that arrives
+        during a batch join the very next one (latency)."""
         decode = typed_decoder(message_type) if message_type is not None else catalogue_decoder
         sub = self.subscribe(filter_subject, _unused, decode=decode, durable=durable)
         sub.process, sub.process_batch, sub.fetch = None, process, fetch
         sub.linger_s = linger_s
         sub.message_type = message_type
+        sub.with_deliveries = deliveries
+        sub.ahead = ahead
         return sub
 
     async def _pull_subscription(self, sub: Subscription) -> Puller:
@@ -254,7 +266,11 @@ class Bus:
     async def _consume(self, sub: Subscription, pull: Puller) -> None:
         """Fetch continuously; tenants are processed concurrently (up to ``max_in_flight`` lanes
         at once), each tenant's messages strictly in arrival order."""
-        in_flight = asyncio.Semaphore(self._max_in_flight)
+        # A batch consumer holds at most ``ahead`` batches behind the one being processed:
+        # what arrives meanwhile waits in the puller and makes the next batch bigger, instead
+        # of queueing as many small batches that each pay the whole transaction.
+        in_flight = asyncio.Semaphore(1 + sub.ahead if sub.process_batch is not None
+                                      else self._max_in_flight)
         tails: dict[str, asyncio.Task[None]] = {}
         try:
             while not self._stopping.is_set():
@@ -369,8 +385,16 @@ class Bus:
     async def _process_batch(self, sub: Subscription, valid: list[tuple[Any, Msg]]) -> None:
         assert sub.process_batch is not None
         started = time.perf_counter()
+        failed: dict[int, Exception] = {}
         try:
-            refused = await sub.process_batch([event for event, _ in valid])
+            if sub.with_deliveries:
+                refused = await sub.process_batch([
+                    (event, Delivery(self.unwire(msg.subject), dict(msg.headers or {}),
+                                     delivery_count(msg), sub.durable)) for event, msg in valid])
+            else:
+                refused = await sub.process_batch([event for event, _ in valid])
+        except PartialFailure as partial:
+            refused, failed = {}, partial.failed
         except Exception as exc:
             log.warning("bus.batch_failed", consumer=sub.durable, size=len(valid), error=str(exc))
             for _, msg in valid:
@@ -378,7 +402,9 @@ class Bus:
             return
         subject = self.unwire(valid[0][1].subject)
         for i, (_, msg) in enumerate(valid):
-            if i in refused:
+            if i in failed:
+                await self._retry_or_dead_letter(sub, msg, delivery_count(msg), failed[i])
+            elif i in refused:
                 await self._dead_letter(sub, msg, "rejected", refused[i])
             else:
                 await msg.ack()

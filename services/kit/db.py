@@ -111,6 +111,34 @@ class Database:
         async with self._sessions() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled asyncpg connection outside any transaction: each statement commits on its
+        own (one round trip, no BEGIN and COMMIT), for single idempotent statements."""
+        async with self.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            yield raw.driver_connection
+
+    @asynccontextmanager
+    async def raw_transaction(self, begin_with: str = "") -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection in a transaction of its own (no SQLAlchemy session), for a hot
+        path: committed on success, rolled back on error. ``begin_with``: statements without
+        parameters (e.g. taking advisory locks) sent in the same message as BEGIN, so they
+        cost no round trip of their own."""
+        async with self.engine.connect() as connection:
+            pg = (await connection.get_raw_connection()).driver_connection
+            assert pg is not None
+            await pg.execute(f"BEGIN; {begin_with}" if begin_with else "BEGIN")
+            try:
+                yield pg
+            except BaseException:
+                try:
+                    await pg.execute("ROLLBACK")
+                except BaseException:
+                    await connection.invalidate()  # unusable: never back into the pool
+                raise
+            await pg.execute("COMMIT")
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

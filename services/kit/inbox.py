@@ -6,7 +6,7 @@ without running the handler again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -40,21 +40,12 @@ class Inbox(Generic[E]):
         self._db = db
         self._outbox = outbox
 
-    def wrap(self, handler: Handler[E], *, locks: LockKeys | None = None) -> Process:
-        """``locks``: advisory lock keys (strings) to take, in order, before the handler runs,
-        held until its transaction ends; taken in the inbox's own statement, so serialising
-        handlers costs no extra round trip. The handler's reads then see what the previous
-        holder committed (they are later statements, with later snapshots)."""
+    def wrap(self, handler: Handler[E]) -> Process:
         async def process(event: Envelope, delivery: Delivery) -> None:
             async with self._db.transaction() as session:
-                pg = await driver(session)
-                if locks is None:
-                    first = await pg.fetchval(_INBOX, delivery.consumer, event.event_id,
-                                              delivery.subject)
-                else:
-                    first = await pg.fetchval(_INBOX_LOCKED, delivery.consumer, event.event_id,
-                                              delivery.subject, list(locks(event)))
-                if not first:
+                first = await (await driver(session)).fetchval(
+                    _CLAIM, delivery.consumer, event.event_id, delivery.subject)
+                if first is None:
                     return
                 await handler(event, UnitOfWork(session, self._outbox, delivery))  # type: ignore[arg-type]
             self._outbox.wake()
@@ -62,17 +53,8 @@ class Inbox(Generic[E]):
         return process
 
 
-LockKeys = Callable[[E], Sequence[str]]
-
-_INBOX = ("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3)"
+_CLAIM = ("INSERT INTO inbox (consumer, event_id, subject) VALUES ($1, $2, $3)"
           " ON CONFLICT DO NOTHING RETURNING 1")
-# The keys' locks in the given order (an ordered subquery, scanned in order by the aggregate).
-_INBOX_LOCKED = (
-    f"WITH first AS ({_INBOX}), locked AS ("
-    " SELECT count(pg_advisory_xact_lock(hashtext(k))) AS n"
-    " FROM (SELECT k FROM unnest($4::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i) AS keys)"
-    " SELECT (SELECT count(*) FROM first) FROM locked"
-)
 
 
 async def processed_count(db: Database, *, consumer: str) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Sequence
+from typing import Any
 
 import structlog
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import Envelope
@@ -44,11 +45,50 @@ class Outbox:
         self._batch = batch
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._publishing: asyncio.Task[None] | None = None  # the last publish_soon
+        self._marking: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     async def add(self, session: AsyncSession, event: Envelope) -> None:
         """Stage ``event`` in the caller's transaction; published after it commits."""
         await (await driver(session)).execute(outbox_insert(1), *staged(event))
+
+    def publish_soon(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Publish rows (``staged(event)``) whose transaction has just committed, at once and
+        in the background instead of at the relay's next turn, then mark them published; calls
+        are published in call order. If anything fails, the relay publishes them later; a row
+        published twice (by both) is one message, since its Nats-Msg-Id (the event id)
+        de-duplicates it."""
+        if rows:
+            self._publishing = asyncio.create_task(self._publish(self._publishing, rows))
+
+    async def _publish(self, before: asyncio.Task[None] | None, rows: Sequence[Sequence[Any]]) -> None:
+        if before is not None:
+            await asyncio.wait([before])
+        try:
+            await asyncio.gather(*(self._bus.publish_raw(
+                subject, payload, message_id=str(event_id), headers=json.loads(headers))
+                for event_id, subject, payload, headers in rows))
+        except Exception as exc:
+            log.warning("outbox.publish_soon_failed", rows=len(rows),
+                        error=f"{type(exc).__name__}: {exc}")
+            self.wake()
+            return
+        # Marking them is off the path of the next publish: until it lands, the relay may
+        # publish them again, which the de-duplication absorbs.
+        marking = asyncio.create_task(self._mark_published([row[0] for row in rows]))
+        self._marking.add(marking)
+        marking.add_done_callback(self._marking.discard)
+
+    async def _mark_published(self, event_ids: list[Any]) -> None:
+        try:
+            async with self._db.autocommit() as pg:
+                await pg.execute("UPDATE outbox SET published_at = now()"
+                                 " WHERE event_id = ANY($1::uuid[]) AND published_at IS NULL",
+                                 event_ids)
+        except Exception as exc:
+            log.warning("outbox.mark_published_failed", rows=len(event_ids),
+                        error=f"{type(exc).__name__}: {exc}")
 
     def wake(self) -> None:
         self._wake.set()
@@ -60,6 +100,10 @@ class Outbox:
 
     async def stop(self) -> None:
         """Finish the batch in flight (never cancel mid-transaction), then stop."""
+        if self._publishing is not None:
+            await asyncio.wait([self._publishing], timeout=5)
+        if self._marking:
+            await asyncio.wait(self._marking, timeout=5)
         if self._task is None:
             return
         self._stopping = True
@@ -71,38 +115,37 @@ class Outbox:
         self._task = None
 
     async def relay_once(self) -> int:
-        """Publish up to one batch of pending rows; returns how many were published."""
+        """Publish up to one batch of pending rows; returns how many were published. The rows
+        are marked in the same statement that takes them; if a publish fails, the transaction
+        rolls back and they stay pending."""
         async with self._db.transaction() as session:
-            rows = (
-                await session.execute(
-                    text(
-                        "SELECT id, event_id, subject, payload, headers FROM outbox"
-                        " WHERE published_at IS NULL ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"n": self._batch},
-                )
-            ).all()
+            rows = sorted(await (await driver(session)).fetch(_TAKE, self._batch), key=lambda r: r[0])
             # All at once, each awaiting its ack: written to the connection in row order, so the
             # stream keeps that order, but one ack's round trip is paid per batch, not per row.
             await asyncio.gather(*(self._bus.publish_raw(
-                row.subject, bytes(row.payload), message_id=str(row.event_id),
-                headers=dict(row.headers)) for row in rows))
-            if rows:
-                await session.execute(
-                    text("UPDATE outbox SET published_at = now() WHERE id = ANY(:ids)"),
-                    {"ids": [row.id for row in rows]},
-                )
+                subject, bytes(payload), message_id=str(event_id), headers=json.loads(headers))
+                for _, event_id, subject, payload, headers in rows))
         # Rows beyond this batch are relayed right away (the loop runs while batches are full).
         self._bus.metrics.outbox_pending.set(max(len(rows) - self._batch, 0))
         return len(rows)
 
     async def _run(self) -> None:
         while not self._stopping:
+            # Cleared before relaying: a commit that wakes us while a batch is in flight (its
+            # rows too late for that batch) makes the loop go round again at once.
+            self._wake.clear()
             try:
                 while await self.relay_once() == self._batch:
                     pass
             except Exception as exc:
                 log.error("outbox.relay_failed", error=f"{type(exc).__name__}: {exc}")
-            self._wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+
+_TAKE = """
+UPDATE outbox SET published_at = now()
+WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+RETURNING id, event_id, subject, payload, headers::text
+"""

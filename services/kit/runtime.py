@@ -23,12 +23,12 @@ from contracts import Envelope
 from services.kit.bus import Bus, Delivery, typed_decoder
 from services.kit.db import Database, Migration
 from services.kit.http import ReadinessCheck, create_http_app
-from services.kit.inbox import Handler, Inbox, LockKeys
+from services.kit.inbox import Handler, Inbox
 from services.kit.logging import configure_logging
 from services.kit.metrics import Metrics
 from services.kit.outbox import Outbox
 from services.kit.settings import ServiceSettings
-from services.kit.subscription import BatchProcess
+from services.kit.subscription import BatchProcess, Subscription
 from services.kit.tracing import configure_tracing
 
 log = structlog.get_logger(__name__)
@@ -72,25 +72,25 @@ class Service:
 
     # -- wiring (called from app.py) ----------------------------------------------------
     def consume(
-        self, message_type: type[Envelope], handler: Handler[Any], *, durable: str | None = None,
-        locks: LockKeys[Any] | None = None,
+        self, message_type: type[Envelope], handler: Handler[Any], *, durable: str | None = None
     ) -> None:
-        """Run ``handler(event, uow)`` once per event, in a transaction with the inbox; with
-        ``locks``, under the advisory locks it names for the event (see ``Inbox.wrap``)."""
+        """Run ``handler(event, uow)`` once per event, in a transaction with the inbox."""
         self.bus.subscribe(
             message_type.SUBJECT,
-            self.inbox.wrap(handler, locks=locks),
+            self.inbox.wrap(handler),
             decode=typed_decoder(message_type),
             durable=durable,
         )
 
     def consume_batch(self, message_type: type[Envelope], handler: BatchProcess, *,
-                      fetch: int = 1000, durable: str | None = None, linger_s: float = 0.0) -> None:
+                      fetch: int = 1000, durable: str | None = None, linger_s: float = 0.0,
+                      deliveries: bool = False, ahead: int = 1) -> Subscription:
         """Run ``handler(events)`` once per fetch of up to ``fetch`` events; the handler owns
         idempotency (e.g. a unique key per event in the same transaction as its effect).
         ``linger_s`` gathers a trickle into fewer batches (see ``Bus.subscribe_batch``)."""
-        self.bus.subscribe_batch(message_type.SUBJECT, handler, message_type=message_type,
-                                 durable=durable, fetch=fetch, linger_s=linger_s)
+        return self.bus.subscribe_batch(message_type.SUBJECT, handler, message_type=message_type,
+                                        durable=durable, fetch=fetch, linger_s=linger_s,
+                                        deliveries=deliveries, ahead=ahead)
 
     def observe(
         self, filter_subject: str, handler: Callable[[Envelope, Delivery], Awaitable[None]]

@@ -16,7 +16,17 @@ from contracts.envelope import DLQ_PREFIX
 Process = Callable[[Any, "Delivery"], Awaitable[None]]
 # A batch handler gets every valid message of one fetch, in order, and returns the messages it
 # refuses for good (by position, with the reason), which are dead-lettered; the rest are acked.
+# With ``deliveries=True`` it gets (event, Delivery) pairs instead of events.
 BatchProcess = Callable[[list[Any]], Awaitable[dict[int, str]]]
+
+
+class PartialFailure(Exception):
+    """Raised by a batch handler whose batch succeeded except for some messages (by position,
+    with the exception): those are retried (or dead-lettered) one by one, the rest are acked."""
+
+    def __init__(self, failed: dict[int, Exception]) -> None:
+        super().__init__(f"{len(failed)} message(s) of the batch failed")
+        self.failed = failed
 Decoder = Callable[[str, Any], BaseModel]
 
 
@@ -45,6 +55,8 @@ class Subscription:
     fetch: int | None = None  # messages per fetch, when not the bus's default
     linger_s: float = 0.0  # batch consumers: wait this long to fill a short batch
     message_type: type[Envelope] | None = None  # validated straight from the bytes when known
+    with_deliveries: bool = False  # a batch handler gets (event, Delivery) pairs
+    ahead: int = 1  # batch consumers: batches fetched while one is processed
 
 
 def typed_decoder(message_type: type[Envelope]) -> Decoder:

@@ -23,9 +23,13 @@ from contracts.catalog import CatalogDataError, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
 from services.quota import entities, handlers, repo
+from services.quota.admission import JobAdmission
 from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.repo import MIGRATIONS
 from services.quota.settings import QuotaSettings
+
+# Requests decided together at most: a backlog goes in batches this big, a trickle one by one.
+ADMISSION_BATCH = 200
 
 
 def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
@@ -47,8 +51,9 @@ def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
 def build(settings: QuotaSettings) -> Service:
     service = Service(settings, migrations=MIGRATIONS, title="aicloud quota")
     rails = load_guardrails(settings)
-    service.consume(JobRequested, partial(handlers.on_job_requested, rails=rails),
-                    locks=partial(handlers.decision_locks, rails=rails))
+    # decided a fetch at a time (see services/quota/admission.py)
+    service.consume_batch(JobRequested, JobAdmission(service.db, service.outbox, rails),
+                          fetch=ADMISSION_BATCH, deliveries=True, ahead=0)
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))

@@ -23,7 +23,7 @@ from contracts import (
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
 from services.quota.domain import Outcome, QuotaDecision, decide_gpus
-from services.quota.handlers import SOURCE, Guardrails, _period, budget_blocked
+from services.quota.handlers import SOURCE, Guardrails, budget_blocked, current_period
 
 PRODUCT_POLICY = "quota.product-limits"
 ENDPOINT_PRODUCT, NOTEBOOK_PRODUCT = "real-time-endpoint", "notebook"
@@ -44,7 +44,7 @@ async def decide(uow: UnitOfWork, rails: Guardrails, *, team: str, product: str,
         return QuotaDecision(Outcome.REJECT, (PRODUCT_POLICY,),
                              f"product {product} allows at most {spec.max_gpus} GPUs per replica, "
                              f"{gpus} were asked for")
-    block = await repo.budget_block(uow.session, team=team, period=_period())
+    block = await repo.budget_block(uow.session, team=team, period=current_period())
     if block is not None:
         return budget_blocked(team, block)
     held = await repo.held_gpus(uow.session, resource_id=resource_id) or 0

@@ -14,15 +14,13 @@ from contracts import (
     JobAdmitted,
     JobCompleted,
     JobFailed,
-    JobQueued,
-    JobRejected,
     JobRequested,
     JobTerminated,
 )
 from contracts.catalog import Org, Product
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
-from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
+from services.quota.domain import Outcome, QuotaDecision, decide_gpus
 from services.quota.policy import PolicyEngine
 
 SOURCE = "quota"
@@ -53,47 +51,6 @@ class Guardrails:
         return product.estimate_usd(gpus=request.gpus, runtime_s=runtime)
 
 
-async def on_job_requested(event: JobRequested, uow: UnitOfWork, *, rails: Guardrails) -> None:
-    verdict = rails.policies.evaluate_job(
-        event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend
-    )
-    if not verdict.admitted:
-        decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
-    else:
-        facts = await repo.team_facts(uow.session, team=event.tenant, period=_period())
-        node = None if rails.node_gpus is None else (rails.node_gpus, facts.node_held)
-        if facts.block is not None:
-            decision = budget_blocked(event.tenant, facts.block)
-        else:
-            quota = decide_budget(
-                team=event.tenant, estimate=rails.estimate(event), amount=facts.budget,
-                spent=facts.spent, reserved=facts.reserved,
-            ) or decide_gpus(
-                team=event.tenant, requested=event.gpus, in_use=facts.in_use,
-                quota=rails.quota(event.tenant), queued_ahead=facts.queued, node=node,
-            )
-            decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids,
-                                     quota.reason)
-    if decision.outcome is Outcome.ADMIT:
-        await _admit(uow, event, decision, rails, audit_findings=verdict.audit_findings)
-        return
-    await repo.log_decision(
-        uow.session, resource_id=event.job_id, team=event.tenant, outcome=decision.outcome,
-        policy_ids=decision.policy_ids, reason=decision.reason,
-        audit_findings=verdict.audit_findings,
-    )
-    if decision.outcome is Outcome.QUEUE:
-        position = await repo.enqueue(uow.session, job_id=event.job_id, team=event.tenant,
-                                      gpus=event.gpus, request=event.model_dump(mode="json"))
-        await uow.outbox.add(uow.session, JobQueued(
-            job_id=event.job_id, position=position, reason=decision.reason, **_common(event)))
-    else:
-        await uow.outbox.add(uow.session, JobRejected(
-            job_id=event.job_id, policy_ids=list(decision.policy_ids), reason=decision.reason,
-            **_common(event),
-        ))
-
-
 async def on_job_ended(event: JobCompleted | JobFailed | JobTerminated, uow: UnitOfWork, *,
                        rails: Guardrails) -> None:
     """Every terminal event releases what the job held, then the team's queue moves."""
@@ -109,7 +66,7 @@ async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, rails: Guardrail
     if await repo.dequeue(uow.session, job_id=command.job_id) is None:
         return
     await uow.outbox.add(uow.session, JobTerminated(
-        job_id=command.job_id, duration_s=0, reason="cancelled", **_common(command)))
+        job_id=command.job_id, duration_s=0, reason="cancelled", **event_fields(command)))
     await _drain_queues(uow, team=command.tenant, rails=rails, node_held=node)
 
 
@@ -162,12 +119,7 @@ async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision
         event=JobAdmitted(
             job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
             reason=decision.reason, product=rails.products.get(request.product),
-            **_common(request)))
-
-
-def decision_locks(event: JobRequested, *, rails: Guardrails) -> list[str]:
-    """What ``on_job_requested`` runs under (taken with its inbox row)."""
-    return repo.decision_locks(event.tenant, node=rails.node_gpus is not None)
+            **event_fields(request)))
 
 
 async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
@@ -198,10 +150,10 @@ def budget_blocked(team: str, block: dict[str, Any]) -> QuotaDecision:
         "(aicloud budgets set) or the month ends")
 
 
-def _period() -> str:
+def current_period() -> str:
     now = datetime.now(UTC)
     return f"{now.year:04d}-{now.month:02d}"
 
 
-def _common(event: JobRequested | CancelJob) -> dict[str, str]:
+def event_fields(event: JobRequested | CancelJob) -> dict[str, str]:
     return {"tenant": event.tenant, "correlation_id": event.job_id, "source": SOURCE}

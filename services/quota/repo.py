@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -89,10 +90,22 @@ MIGRATIONS = (
 NODE_LOCK = "aicloud-node"
 
 
+def lock_key(name: str) -> int:
+    """The advisory lock key of a team (or of the node): the same everywhere it is taken, and
+    computed here rather than by the server so that a batch can take its locks in a statement
+    without parameters, sent together with BEGIN (``admission.py``)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def take_locks(names: Sequence[str]) -> str:
+    """Statements taking the locks of ``names``, in that order (no parameters)."""
+    return "; ".join(f"SELECT pg_advisory_xact_lock({lock_key(name)})" for name in names)
+
+
 async def node_load(session: AsyncSession) -> int:
     """GPUs held on the node by every team, after taking the node lock (always before any
     team lock, so decisions cannot deadlock)."""
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": NODE_LOCK})
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(NODE_LOCK)})
     held = await session.execute(
         text("SELECT coalesce(sum(gpus), 0) FROM allocations WHERE released_at IS NULL"))
     return int(held.scalar_one())
@@ -111,7 +124,7 @@ async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
     The lock serialises decisions per team, so two concurrent requests cannot both fit the
     last GPUs; it is held until the transaction ends.
     """
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:t))"), {"t": team})
+    await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(team)})
     row = (await session.execute(
         text(
             "SELECT (SELECT coalesce(sum(gpus), 0) FROM allocations"
@@ -121,50 +134,6 @@ async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
         {"t": team},
     )).one()
     return int(row[0]), int(row[1])
-
-
-@dataclass(frozen=True)
-class TeamFacts:
-    """What a job decision reads about its team (and the node), in one round trip."""
-
-    in_use: int  # GPUs the team holds
-    queued: int  # jobs waiting in the team's queue
-    budget: float | None  # None when the team has no budget
-    spent: float
-    reserved: float  # worst-case cost of the team's running jobs
-    block: dict[str, Any] | None  # the ledger's budget block for this period, if any
-    node_held: int  # GPUs held on the node by every team
-
-
-def decision_locks(team: str, *, node: bool) -> list[str]:
-    """The advisory locks a job decision holds, in the order every decision takes them (the
-    node's first), so two decisions cannot deadlock: the inbox takes them (``Inbox.wrap``)."""
-    return [NODE_LOCK, team] if node else [team]
-
-
-async def team_facts(session: AsyncSession, *, team: str, period: str) -> TeamFacts:
-    """Everything a job decision reads, under ``decision_locks`` (taken by an earlier
-    statement, so this one's snapshot includes what the previous holder committed)."""
-    row = await (await driver(session)).fetchrow(
-        "SELECT coalesce(sum(gpus) FILTER (WHERE team = $1), 0),"
-        "       coalesce(sum(estimate_usd) FILTER (WHERE team = $1), 0),"
-        "       (SELECT count(*) FROM queue WHERE team = $1),"
-        "       (SELECT amount_usd FROM budgets WHERE team = $1),"
-        "       (SELECT coalesce(spent_usd, 0) FROM budgets WHERE team = $1),"
-        "       (SELECT json_build_object('budget_id', budget_id, 'action', action,"
-        "               'spent_usd', spent_usd, 'amount_usd', amount_usd)"
-        "        FROM budget_blocks WHERE team = $1 AND period = $2),"
-        "       coalesce(sum(gpus), 0)"
-        " FROM allocations WHERE released_at IS NULL",
-        team, period,
-    )
-    block = row[5]
-    if block is not None:
-        block = {**block, "spent_usd": float(block["spent_usd"]),
-                 "amount_usd": float(block["amount_usd"])}
-    return TeamFacts(in_use=int(row[0]), queued=int(row[2]),
-                     budget=None if row[3] is None else float(row[3]), spent=float(row[4] or 0),
-                     reserved=float(row[1]), block=block, node_held=int(row[6]))
 
 
 async def admit(session: AsyncSession, *, resource_id: str, team: str, gpus: int,

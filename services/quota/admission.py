@@ -1,0 +1,233 @@
+"""Job requests decided a fetch at a time: four round trips per batch, not several per request.
+
+Per batch, in one transaction: BEGIN together with the decision locks of every team in the
+fetch (the node's first, then the teams in name order; other decisions take one team's lock,
+after the node's), one statement writing the inbox rows and reading those teams' facts, the
+decisions in arrival order in Python (each one seeing the GPUs, budget and queue places the
+earlier ones took), then one statement writing every decision, allocation, queue entry and
+outgoing event, and COMMIT. A request's
+trace goes on: each decision runs in a span under the request's own trace context, and its
+outgoing event carries it.
+
+A batch that fails is decided again one request at a time (each a batch of its own), so one
+request that cannot be decided (a bug, a constraint) never holds up the others; only it is
+retried, and dead-lettered after the bus's max deliveries.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+
+from contracts import Envelope, JobAdmitted, JobQueued, JobRejected, JobRequested
+from services.kit.db import Database
+from services.kit.outbox import Outbox, staged
+from services.kit.subscription import Delivery, PartialFailure
+from services.kit.tracing import extract_context
+from services.quota import handlers, repo
+from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
+from services.quota.handlers import Guardrails, budget_blocked
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("aicloud.quota")
+
+# The inbox rows of the batch and its teams' facts, read after the locks were taken (by an
+# earlier statement, so this one's snapshot has what the previous holder committed).
+_CLAIM_AND_FACTS = """
+WITH fresh AS (
+    INSERT INTO inbox (consumer, event_id, subject)
+    SELECT $1, e, $3 FROM unnest($2::uuid[]) AS e
+    ON CONFLICT DO NOTHING RETURNING event_id
+)
+SELECT t.team,
+       (SELECT coalesce(sum(gpus), 0) FROM allocations a
+        WHERE a.team = t.team AND a.released_at IS NULL),
+       (SELECT coalesce(sum(estimate_usd), 0) FROM allocations a
+        WHERE a.team = t.team AND a.released_at IS NULL),
+       (SELECT count(*) FROM queue q WHERE q.team = t.team),
+       (SELECT amount_usd FROM budgets b WHERE b.team = t.team),
+       (SELECT coalesce(spent_usd, 0) FROM budgets b WHERE b.team = t.team),
+       (SELECT json_build_object('budget_id', budget_id, 'action', action,
+               'spent_usd', spent_usd, 'amount_usd', amount_usd)
+        FROM budget_blocks k WHERE k.team = t.team AND k.period = $5),
+       (SELECT coalesce(sum(gpus), 0) FROM allocations WHERE released_at IS NULL),
+       (SELECT array_agg(event_id) FROM fresh)
+FROM unnest($4::text[]) AS t(team)
+"""
+
+_WRITE = """
+WITH logged AS (
+    INSERT INTO decisions (resource_id, team, admitted, outcome, policy_ids, reason,
+                           audit_findings)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::jsonb[],
+                         $6::text[], $7::jsonb[])
+), held AS (
+    INSERT INTO allocations (resource_id, team, gpus, estimate_usd)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::int[], $11::numeric[])
+    ON CONFLICT (resource_id) DO NOTHING
+), queued AS (
+    INSERT INTO queue (job_id, team, gpus, request)
+    SELECT j, t, g, r FROM unnest($12::text[], $13::text[], $14::int[], $15::jsonb[])
+        WITH ORDINALITY AS u(j, t, g, r, i) ORDER BY i
+    ON CONFLICT (job_id) DO NOTHING
+)
+INSERT INTO outbox (event_id, subject, payload, headers)
+SELECT e, s, p, h FROM unnest($16::uuid[], $17::text[], $18::bytea[], $19::jsonb[])
+    WITH ORDINALITY AS u(e, s, p, h, i) ORDER BY i
+"""
+
+
+@dataclass
+class Facts:
+    in_use: int
+    reserved: float
+    queued: int
+    budget: float | None
+    spent: float
+    block: dict[str, Any] | None
+
+
+@dataclass
+class Writes:
+    """Everything a batch's decisions write, column by column (as ``_WRITE`` takes it)."""
+
+    decisions: tuple[list[Any], ...] = ()
+    allocations: tuple[list[Any], ...] = ()
+    queue: tuple[list[Any], ...] = ()
+    outbox: tuple[list[Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.decisions = ([], [], [], [], [], [], [])
+        self.allocations = ([], [], [], [])
+        self.queue = ([], [], [], [])
+        self.outbox = ([], [], [], [])
+
+    def add(self, table: tuple[list[Any], ...], *row: Any) -> None:
+        for column, value in zip(table, row, strict=True):
+            column.append(value)
+
+    def stage(self, event: Envelope) -> None:
+        self.add(self.outbox, *staged(event))
+
+    def parameters(self) -> list[Any]:
+        return [column for table in (self.decisions, self.allocations, self.queue, self.outbox)
+                for column in table]
+
+
+class JobAdmission:
+    """The batch handler for ``jobs.requested`` (``Service.consume_batch(deliveries=True)``)."""
+
+    def __init__(self, db: Database, outbox: Outbox, rails: Guardrails) -> None:
+        self._db, self._outbox, self._rails = db, outbox, rails
+
+    async def __call__(self, batch: list[tuple[JobRequested, Delivery]]) -> dict[int, str]:
+        try:
+            writes = await self._decide_batch(batch)
+        except Exception as exc:
+            log.warning("admission.batch_failed", size=len(batch), error=f"{type(exc).__name__}: {exc}")
+            await self._one_by_one(batch)
+            self._outbox.wake()
+            return {}
+        # The decisions go out now, not at the relay's next turn (it is the safety net).
+        self._outbox.publish_soon(list(zip(*writes.outbox, strict=True)))
+        return {}
+
+    async def _decide_batch(self, batch: list[tuple[JobRequested, Delivery]]) -> Writes:
+        """Decide and commit in four round trips: BEGIN with the locks, the inbox rows with the
+        facts, the writes, COMMIT. Returns what was written (nothing for redeliveries)."""
+        rails = self._rails
+        teams = sorted({event.tenant for event, _ in batch})
+        locks = ([repo.NODE_LOCK] if rails.node_gpus is not None else []) + teams
+        writes = Writes()
+        async with self._db.raw_transaction(begin_with=repo.take_locks(locks)) as pg:
+            rows = await pg.fetch(_CLAIM_AND_FACTS, batch[0][1].consumer,
+                                  [event.event_id for event, _ in batch], batch[0][1].subject,
+                                  teams, handlers.current_period())
+            fresh = set(rows[0][8] or ())
+            if not fresh:
+                return writes  # every request was decided before (a redelivery)
+            facts = {row[0]: _facts(row) for row in rows}
+            node_held = int(rows[0][7])
+            for event, delivery in batch:
+                if event.event_id not in fresh:
+                    continue
+                fresh.discard(event.event_id)  # the same event twice in one fetch: once
+                with tracer.start_as_current_span(
+                        f"{delivery.subject} process", context=extract_context(delivery.headers),
+                        kind=SpanKind.CONSUMER, attributes={"aicloud.tenant": event.tenant,
+                                                            "messaging.message.id": str(event.event_id)}):
+                    node_held = self._decide(event, facts[event.tenant], node_held, writes)
+            await pg.execute(_WRITE, *writes.parameters())
+        return writes
+
+    def _decide(self, event: JobRequested, facts: Facts, node_held: int, writes: Writes) -> int:
+        """Decide one request against ``facts`` (updated for the next request); returns the
+        node's GPUs in use after it."""
+        rails = self._rails
+        verdict = rails.policies.evaluate_job(
+            event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend)
+        if not verdict.admitted:
+            decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
+        elif facts.block is not None:
+            decision = budget_blocked(event.tenant, facts.block)
+        else:
+            node = None if rails.node_gpus is None else (rails.node_gpus, node_held)
+            estimate = rails.estimate(event)
+            quota = decide_budget(
+                team=event.tenant, estimate=estimate, amount=facts.budget, spent=facts.spent,
+                reserved=facts.reserved,
+            ) or decide_gpus(
+                team=event.tenant, requested=event.gpus, in_use=facts.in_use,
+                quota=rails.quota(event.tenant), queued_ahead=facts.queued, node=node)
+            decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids,
+                                     quota.reason)
+        common = handlers.event_fields(event)
+        writes.add(writes.decisions, event.job_id, event.tenant, decision.outcome is Outcome.ADMIT,
+                   str(decision.outcome), json.dumps(decision.policy_ids), decision.reason,
+                   json.dumps(verdict.audit_findings))
+        if decision.outcome is Outcome.ADMIT:
+            estimate = rails.estimate(event)
+            writes.add(writes.allocations, event.job_id, event.tenant, event.gpus, estimate)
+            writes.stage(JobAdmitted(
+                job_id=event.job_id, request=event, policy_ids=list(decision.policy_ids),
+                reason=decision.reason, product=rails.products.get(event.product), **common))
+            facts.in_use += event.gpus
+            facts.reserved += estimate
+            return node_held + event.gpus
+        if decision.outcome is Outcome.QUEUE:
+            facts.queued += 1
+            writes.add(writes.queue, event.job_id, event.tenant, event.gpus,
+                       event.model_dump_json())
+            writes.stage(JobQueued(job_id=event.job_id, position=facts.queued,
+                                   reason=decision.reason, **common))
+        else:
+            writes.stage(JobRejected(job_id=event.job_id, policy_ids=list(decision.policy_ids),
+                                     reason=decision.reason, **common))
+        return node_held
+
+    async def _one_by_one(self, batch: list[tuple[JobRequested, Delivery]]) -> None:
+        """Each request as a batch of its own; raises PartialFailure naming those that failed
+        again (the bus retries only them)."""
+        failed: dict[int, Exception] = {}
+        for i, item in enumerate(batch):
+            try:
+                await self._decide_batch([item])
+            except Exception as exc:
+                failed[i] = exc
+        if failed:
+            raise PartialFailure(failed)
+
+
+def _facts(row: Any) -> Facts:
+    block = row[6]
+    if block is not None:
+        block = {**block, "spent_usd": float(block["spent_usd"]),
+                 "amount_usd": float(block["amount_usd"])}
+    return Facts(in_use=int(row[1]), reserved=float(row[2]), queued=int(row[3]),
+                 budget=None if row[4] is None else float(row[4]), spent=float(row[5] or 0),
+                 block=block)
