@@ -30,6 +30,8 @@ log = structlog.get_logger(__name__)
 LOST_REQUEST_GRACE_S = 1.0
 # After the server refused a request (409, 503), wait this long before asking again.
 REFUSED_PAUSE_S = 0.05
+# While a burst is arriving, wait at most this long for its next message.
+SETTLE_WAIT_S = 0.02
 
 
 class Puller:
@@ -98,7 +100,7 @@ class Puller:
     async def fetch(self, n: int, wait_s: float) -> list[Msg]:
         """Up to ``n`` messages: those already delivered, else whatever arrives first within
         ``wait_s`` (an empty list when nothing does). A burst that is still arriving is
-        collected whole, so a backlog comes back in full batches."""
+        collected whole (see ``_settle``), so a backlog comes back in full batches."""
         if self._sub is None:
             raise RuntimeError("Puller.fetch before start()")
         deadline = time.monotonic() + wait_s
@@ -128,12 +130,24 @@ class Puller:
                 return []
 
     async def _settle(self, n: int) -> None:
-        """Let a burst that is still arriving finish: yield while each turn brings more."""
-        while self._open and len(self._buffer) < n:
-            before = len(self._buffer)
-            await asyncio.sleep(0)
-            if len(self._buffer) == before:
-                return
+        """Let a burst that is still arriving finish, so a backlog comes back in full batches:
+        each message says how many more the stream holds for this consumer (``pending`` in
+        its ack subject), so wait while the last one says more are coming and the open
+        request may still bring them (at most ``SETTLE_WAIT_S`` for each next message)."""
+        while self._open and len(self._buffer) < n and pending_after(self._buffer[-1]) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), SETTLE_WAIT_S)
+            except TimeoutError:
+                return  # held back (max_ack_pending reached): take what is here
+
+
+def pending_after(msg: Msg) -> int:
+    """Messages the stream holds for this consumer after ``msg``, when it was delivered."""
+    tokens = msg.reply.split(".") if msg.reply else []
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[8])
+    return msg.metadata.num_pending
 
 
 def delivery_count(msg: Msg) -> int:
