@@ -32,6 +32,7 @@ from services.kit.tracing import extract_context
 from services.quota import handlers, repo
 from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
 from services.quota.handlers import Guardrails, budget_blocked
+from services.quota.policy import PolicyDecision
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("aicloud.quota")
@@ -141,6 +142,10 @@ class JobAdmission:
         """Decide and commit in four round trips: BEGIN with the locks, the inbox rows with the
         facts, the writes, COMMIT. Returns what was written (nothing for redeliveries)."""
         rails = self._rails
+        # Cedar first, for the whole batch in one call, and before any lock is held.
+        verdicts = dict(zip((event.event_id for event, _ in batch), rails.policies.evaluate_jobs(
+            [event for event, _ in batch], org=rails.org, products=rails.products,
+            backend=rails.backend), strict=True))
         teams = sorted({event.tenant for event, _ in batch})
         locks = ([repo.NODE_LOCK] if rails.node_gpus is not None else []) + teams
         writes = Writes()
@@ -161,16 +166,16 @@ class JobAdmission:
                         f"{delivery.subject} process", context=extract_context(delivery.headers),
                         kind=SpanKind.CONSUMER, attributes={"aicloud.tenant": event.tenant,
                                                             "messaging.message.id": str(event.event_id)}):
-                    node_held = self._decide(event, facts[event.tenant], node_held, writes)
+                    node_held = self._decide(event, verdicts[event.event_id], facts[event.tenant],
+                                             node_held, writes)
             await pg.execute(_WRITE, *writes.parameters())
         return writes
 
-    def _decide(self, event: JobRequested, facts: Facts, node_held: int, writes: Writes) -> int:
-        """Decide one request against ``facts`` (updated for the next request); returns the
-        node's GPUs in use after it."""
+    def _decide(self, event: JobRequested, verdict: PolicyDecision, facts: Facts, node_held: int,
+                writes: Writes) -> int:
+        """Decide one request (its policies' ``verdict`` given) against ``facts``, updated for
+        the next request; returns the node's GPUs in use after it."""
         rails = self._rails
-        verdict = rails.policies.evaluate_job(
-            event, org=rails.org, product=rails.products.get(event.product), backend=rails.backend)
         if not verdict.admitted:
             decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
         elif facts.block is not None:

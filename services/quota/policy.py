@@ -80,35 +80,51 @@ class PolicyEngine:
 
     def evaluate_job(self, request: JobRequested, *, org: Org, product: Product | None,
                      backend: str = "local") -> PolicyDecision:
-        team = org.team(request.tenant)
-        entities = [{"uid": {"type": "Team", "id": request.tenant},
-                     "attrs": {"projects": list(team.projects) if team else []}, "parents": []}]
-        query = {
-            "principal": {"type": "Team", "id": request.tenant},
-            "action": {"type": "Action", "id": "SubmitJob"},
-            "resource": {"type": "Job", "id": request.job_id},
-            "context": job_context(request, product, backend),
-        }
-        admitted, ids, reasons = self._run("enforced", self._enforced, query, entities)
-        findings: tuple[str, ...] = ()
-        if self._audit is not None:
-            allowed, audit_ids, _ = self._run("audit", self._audit, query, entities)
-            findings = () if allowed else tuple(audit_ids)
-        if admitted:
-            return PolicyDecision(True, ids, "all policies passed", findings)
-        return PolicyDecision(False, ids, "; ".join(reasons) or "denied by policy", findings)
+        products = {request.product: product} if product is not None else {}
+        return self.evaluate_jobs([request], org=org, products=products, backend=backend)[0]
 
-    def _run(self, name: str, policy_set: cedarpy.PolicySet | None, query: dict[str, Any],
-             entities: list[dict[str, Any]]) -> tuple[bool, tuple[str, ...], list[str]]:
+    def evaluate_jobs(self, requests: list[JobRequested], *, org: Org, products: dict[str, Product],
+                      backend: str = "local") -> list[PolicyDecision]:
+        """Decide many requests in one call to Cedar per policy set (a batch of admissions)."""
+        entities = []
+        for tenant in sorted({r.tenant for r in requests}):
+            team = org.team(tenant)
+            entities.append({"uid": {"type": "Team", "id": tenant},
+                             "attrs": {"projects": list(team.projects) if team else []},
+                             "parents": []})
+        queries = [{
+            "principal": {"type": "Team", "id": r.tenant},
+            "action": {"type": "Action", "id": "SubmitJob"},
+            "resource": {"type": "Job", "id": r.job_id},
+            "context": job_context(r, products.get(r.product), backend),
+        } for r in requests]
+        enforced = self._run("enforced", self._enforced, queries, entities)
+        audited = (self._run("audit", self._audit, queries, entities) if self._audit is not None
+                   else [(True, (), [])] * len(requests))
+        decisions = []
+        for (admitted, ids, reasons), (allowed, audit_ids, _) in zip(enforced, audited, strict=True):
+            findings = () if allowed else tuple(audit_ids)
+            if admitted:
+                decisions.append(PolicyDecision(True, ids, "all policies passed", findings))
+            else:
+                decisions.append(PolicyDecision(False, ids, "; ".join(reasons) or "denied by policy",
+                                                findings))
+        return decisions
+
+    def _run(self, name: str, policy_set: cedarpy.PolicySet | None, queries: list[dict[str, Any]],
+             entities: list[dict[str, Any]]) -> list[tuple[bool, tuple[str, ...], list[str]]]:
         if policy_set is None:
-            return False, (), ["no policies are loaded: nothing permits the request"]
-        result = cedarpy.is_authorized(query, policy_set, entities)
-        if result.diagnostics.errors:
-            raise PolicyError(f"policy evaluation failed: {result.diagnostics.errors}")
+            return [(False, (), ["no policies are loaded: nothing permits the request"])] * len(queries)
         order = list(self._by_cedar_id[name])
-        cedar_ids = sorted((r for r in result.diagnostics.reasons if r in order), key=order.index)
-        matched = [self._by_cedar_id[name][r] for r in cedar_ids]
-        return result.allowed, tuple(p.id for p in matched), [p.reason or p.id for p in matched]
+        outcomes = []
+        for result in cedarpy.is_authorized_batch(queries, policy_set, entities):
+            if result.diagnostics.errors:
+                raise PolicyError(f"policy evaluation failed: {result.diagnostics.errors}")
+            cedar_ids = sorted((r for r in result.diagnostics.reasons if r in order), key=order.index)
+            matched = [self._by_cedar_id[name][r] for r in cedar_ids]
+            outcomes.append((result.allowed, tuple(p.id for p in matched),
+                             [p.reason or p.id for p in matched]))
+        return outcomes
 
 
 def job_context(request: JobRequested, product: Product | None, backend: str) -> dict[str, Any]:
