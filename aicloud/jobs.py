@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import typer
@@ -106,20 +107,32 @@ def wait_job(
 
 
 def _wait(client: PlatformClient, job_id: str, *, timeout: float | None, quiet: bool) -> dict[str, Any]:
-    """Poll until the job ends, printing each state change (to stderr, so -o json stays clean)."""
+    """Poll until the job ends, printing every status it goes through (from the job's own
+    history, so a short one is not skipped between polls) to stderr, so -o json stays clean."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    started, last = time.monotonic(), None
+    shown = 0
     while True:
         job = _call(client, "GET", f"/v1/jobs/{job_id}")
-        if job["status"] != last:
-            last = job["status"]
-            if not quiet:
-                errors.print(f"  [{time.monotonic() - started:5.1f}s] {job_id}: {last}")
+        history = job.get("history") or [{"status": job["status"], "at": None, "reason": ""}]
+        if not quiet:
+            for entry in history[shown:]:
+                errors.print(_status_line(job_id, entry, history[0]))
+        shown = len(history)
         if job["status"] in TERMINAL:
             return dict(job)
         if deadline is not None and time.monotonic() > deadline:
             raise fail(f"{job_id} is still {job['status']} after {timeout}s", code=2)
         time.sleep(0.25)
+
+
+def _status_line(job_id: str, entry: dict[str, Any], first: dict[str, Any]) -> str:
+    """``  [  1.2s] job: running``, the time counted from the job's request."""
+    offset = ""
+    if entry.get("at") and first.get("at"):
+        seconds = (datetime.fromisoformat(entry["at"]) - datetime.fromisoformat(first["at"])).total_seconds()
+        offset = f"[{seconds:5.1f}s] "
+    why = f" ({entry['reason']})" if entry.get("reason") else ""
+    return f"  {offset}{job_id}: {entry['status']}{why}"
 
 
 @jobs_app.command("cancel")

@@ -65,8 +65,17 @@ class JobQueued(Event):
     reason: str = Field(description="Why it waits, and for what.")
 
 
+class JobProvisioning(Event):
+    """The provisioner is preparing the job's workload (sandbox or Kubernetes Job)."""
+
+    SUBJECT: ClassVar[str] = subject("jobs", "provisioning")
+
+    job_id: str = Field(pattern=ID_PATTERN)
+
+
 class JobStarted(Event):
-    """The job's workload is running."""
+    """The job's workload is running: its process was started in its sandbox (the job's
+    status becomes ``running``)."""
 
     SUBJECT: ClassVar[str] = subject("jobs", "started")
 

@@ -54,7 +54,7 @@ class JobOutputs(BaseModel):
 class EmitInput(BaseModel):
     """One lifecycle fact for the activity to turn into a contract and publish."""
 
-    kind: str  # started | completed | failed | terminated | usage
+    kind: str  # provisioning | started | completed | failed | terminated | usage
     request: JobRequested
     event_id: str
     backend: str = ""
@@ -74,6 +74,9 @@ class JobOutcome(BaseModel):
     reason: str = ""
 
 
+JOB_STATUS_PATCH = "job-status-provisioning-running"
+
+
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow:
     def __init__(self) -> None:
@@ -86,6 +89,12 @@ class JobWorkflow:
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
         request = job.request
+        # Workflows started after this change announce provisioning, and run_job announces
+        # that the process runs; older histories replay the old way (one "started" here).
+        status_v2 = workflow.patched(JOB_STATUS_PATCH)
+        if status_v2:
+            await self._emit(EmitInput(kind="provisioning", request=request,
+                                       event_id=str(workflow.uuid4())))
         try:
             backend = await workflow.execute_activity(
                 "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
@@ -98,8 +107,9 @@ class JobWorkflow:
             await self._emit(EmitInput(kind="failed", request=request, event_id=str(workflow.uuid4()),
                                        started_at_s=now, ended_at_s=now, reason=reason))
             return JobOutcome(job_id=request.job_id, status="failed", reason=reason)
-        await self._emit(EmitInput(kind="started", request=request, backend=backend,
-                                   event_id=str(workflow.uuid4())))
+        if not status_v2:
+            await self._emit(EmitInput(kind="started", request=request, backend=backend,
+                                       event_id=str(workflow.uuid4())))
         started = workflow.now().timestamp()
         outputs = None
         try:

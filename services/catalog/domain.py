@@ -7,8 +7,8 @@ from typing import Final
 TERMINAL: Final = frozenset({"completed", "failed", "terminated", "rejected"})
 
 _ORDER: Final = {
-    "requested": 0, "queued": 1, "admitted": 2, "rejected": 2, "started": 3,
-    "completed": 4, "failed": 4, "terminated": 4,
+    "requested": 0, "queued": 1, "admitted": 2, "rejected": 2, "provisioning": 3, "running": 4,
+    "completed": 5, "failed": 5, "terminated": 5,
 }
 
 

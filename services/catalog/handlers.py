@@ -6,6 +6,7 @@ from contracts import (
     JobAdmitted,
     JobCompleted,
     JobFailed,
+    JobProvisioning,
     JobQueued,
     JobRejected,
     JobRequested,
@@ -17,14 +18,16 @@ from services.catalog.domain import next_status
 from services.kit.inbox import UnitOfWork
 
 LifecycleEvent = (
-    JobQueued | JobAdmitted | JobRejected | JobStarted | JobCompleted | JobFailed | JobTerminated
+    JobQueued | JobAdmitted | JobRejected | JobProvisioning | JobStarted | JobCompleted | JobFailed
+    | JobTerminated
 )
 
 STATUS_OF: dict[type[LifecycleEvent], str] = {
     JobQueued: "queued",
     JobAdmitted: "admitted",
     JobRejected: "rejected",
-    JobStarted: "started",
+    JobProvisioning: "provisioning",
+    JobStarted: "running",
     JobCompleted: "completed",
     JobFailed: "failed",
     JobTerminated: "terminated",

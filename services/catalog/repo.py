@@ -44,6 +44,12 @@ MIGRATIONS = (
     ),
     Migration(3, "model registry with lineage and aliases", registry.MIGRATION_STATEMENTS),
     Migration(4, "endpoints and notebooks (read model)", workloads.MIGRATION_STATEMENTS),
+    Migration(5, "job status 'started' is now 'running' (with 'provisioning' before it); each "
+                 "job keeps the history of its statuses",
+              ("UPDATE jobs SET status = 'running' WHERE status = 'started'",
+               "ALTER TABLE jobs ADD COLUMN history JSONB NOT NULL DEFAULT '[]'::jsonb",
+               "UPDATE jobs SET history = jsonb_build_array(jsonb_build_object("
+               "'status', status, 'at', updated_at, 'reason', reason))")),
 )
 
 
@@ -54,6 +60,8 @@ class JobPublic(SQLModel):
     reason: str = ""
     request: dict[str, Any] = Field(default_factory=dict)
     result: dict[str, Any] = Field(default_factory=dict)
+    history: list[dict[str, Any]] = Field(
+        default_factory=list, description="Every status the job went through: status, at, reason.")
     created_at: datetime
     updated_at: datetime
 
@@ -62,7 +70,9 @@ async def insert_job(session: AsyncSession, *, job_id: str, team: str, request: 
     """Insert a new job; False when the id is already taken."""
     inserted = await session.execute(
         text(
-            "INSERT INTO jobs (job_id, team, status, request) VALUES (:j, :t, 'requested', CAST(:r AS JSONB))"
+            "INSERT INTO jobs (job_id, team, status, request, history)"
+            " VALUES (:j, :t, 'requested', CAST(:r AS JSONB),"
+            "  jsonb_build_array(jsonb_build_object('status', 'requested', 'at', now(), 'reason', '')))"
             " ON CONFLICT (job_id) DO NOTHING RETURNING 1"
         ),
         {"j": job_id, "t": team, "r": json.dumps(request)},
@@ -89,7 +99,10 @@ async def set_status(
     await session.execute(
         text(
             "UPDATE jobs SET status = :s, reason = CASE WHEN :why = '' THEN reason ELSE :why END,"
-            " result = result || CAST(:res AS JSONB), updated_at = now() WHERE job_id = :j"
+            " result = result || CAST(:res AS JSONB), updated_at = now(),"
+            " history = CASE WHEN status = :s THEN history ELSE history || jsonb_build_array("
+            "   jsonb_build_object('status', CAST(:s AS TEXT), 'at', now(), 'reason', CAST(:why AS TEXT)))"
+            " END WHERE job_id = :j"
         ),
         {"j": job_id, "s": status, "why": reason, "res": json.dumps(result or {})},
     )

@@ -17,6 +17,7 @@ from contracts import (
     Envelope,
     JobCompleted,
     JobFailed,
+    JobProvisioning,
     JobRequested,
     JobStarted,
     JobTerminated,
@@ -67,6 +68,7 @@ class JobActivities:
             activity.heartbeat()
             await asyncio.wait([starting], timeout=0.5)
         job = starting.result()
+        await self._announce_running(run.request)
         try:
             while (code := await job.wait()) is None:
                 activity.heartbeat()
@@ -75,6 +77,21 @@ class JobActivities:
             log.info("job.stopped", job_id=run.request.job_id, exit_code=code)
             raise
         return RunResult(exit_code=code, started_at_s=started, ended_at_s=time.time())
+
+    async def _announce_running(self, request: JobRequested) -> None:
+        """``jobs.started`` (status ``running``) once the process runs: from here, not from the
+        workflow, so it means the process started, not that it is about to. Its event id is
+        fixed per attempt (a retried publish is one message; a resumed job announces again).
+        A failed publish only delays the status, never the job."""
+        info = activity.info()
+        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"aicloud:{info.workflow_id}:{info.workflow_run_id}:"
+                                                  f"{info.activity_id}:{info.attempt}:started")
+        try:
+            await self._bus.publish(JobStarted(
+                event_id=event_id, tenant=request.tenant, source=SOURCE,
+                correlation_id=request.job_id, job_id=request.job_id, backend=self._backend.name))
+        except Exception as exc:
+            log.warning("job.started_not_published", job_id=request.job_id, error=str(exc))
 
     @activity.defn(name="teardown_job")
     async def teardown_job(self, request: JobRequested) -> None:
@@ -93,7 +110,9 @@ def to_event(fact: EmitInput) -> Envelope:
         "correlation_id": request.job_id, "job_id": request.job_id,
     }
     duration = max(fact.ended_at_s - fact.started_at_s, 0.0)
-    if fact.kind == "started":
+    if fact.kind == "provisioning":
+        return JobProvisioning(**common)
+    if fact.kind == "started":  # workflows started before run_job announced it (patch below)
         return JobStarted(backend=fact.backend, **common)
     if fact.kind == "completed":
         outputs = fact.outputs or JobOutputs()

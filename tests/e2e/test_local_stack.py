@@ -100,6 +100,12 @@ def test_golden_path_trains_and_registers_a_model_with_lineage(
     assert job["status"] == "completed" and job["result"]["exit_code"] == 0
     assert job["result"]["model"] == {"name": "clause-risk", "version": 1}
     assert "epoch 3/3" in (home / "jobs" / "legal" / "e2e-train" / "job.log").read_text()
+    # every status it went through, in order, each once, from the job's own history
+    waited = aicloud(home, "jobs", "wait", "e2e-train")
+    assert waited.returncode == 0, waited.stderr
+    lines = [line.split("e2e-train: ")[1].split(" (")[0] for line in waited.stderr.splitlines()
+             if "e2e-train: " in line]
+    assert lines == ["requested", "admitted", "provisioning", "running", "completed"], waited.stderr
 
     model = json.loads(aicloud(home, "models", "get", "clause-risk", "-o", "json").stdout)
     [version] = model["versions"]
@@ -211,7 +217,7 @@ def test_job_logs_follow_and_cancel(stack: tuple[Path, dict[str, dict[str, objec
 
     assert aicloud(home, "create", "job", "--name", "e2e-cancel", "--", "sleep", "300").returncode == 0
     deadline = time.monotonic() + 30
-    while json.loads(aicloud(home, "jobs", "get", "e2e-cancel", "-o", "json").stdout)["status"] != "started":
+    while json.loads(aicloud(home, "jobs", "get", "e2e-cancel", "-o", "json").stdout)["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
     cancelled = aicloud(home, "jobs", "cancel", "e2e-cancel", "-o", "json")

@@ -25,8 +25,10 @@ def test_gpu_quota_admits_queues_or_rejects_with_a_reason() -> None:
 
 @pytest.mark.parametrize(
     ("current", "incoming", "expected"),
-    [("requested", "admitted", "admitted"), ("started", "admitted", "started"),
-     ("completed", "started", "completed"), ("rejected", "admitted", "rejected"),
+    [("requested", "admitted", "admitted"), ("running", "admitted", "running"),
+     ("admitted", "provisioning", "provisioning"), ("provisioning", "running", "running"),
+     ("running", "provisioning", "running"),  # a resumed job's late "provisioning"
+     ("completed", "running", "completed"), ("rejected", "admitted", "rejected"),
      ("admitted", "failed", "failed")],
 )
 def test_job_status_never_moves_backwards(current: str, incoming: str, expected: str) -> None:
