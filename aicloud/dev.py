@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 
 from aicloud.local.servers import MissingBinary
@@ -91,6 +92,32 @@ def restart(
         stack.restart(name, report=lambda line: console.print(f"  [green]✓[/] {line}"))
     except StackError as exc:
         raise fail(str(exc), hint="`aicloud dev status` lists the components") from None
+
+
+@app.command()
+def preempt(
+    job_id: Annotated[str, typer.Argument(help="The running job to preempt.")],
+    reason: Annotated[str, typer.Option(help="Why, as the job's log and the workflow show it.")] = (
+        "spot capacity reclaimed (simulated)"),
+    home: Home = None,
+) -> None:
+    """Simulate a spot interruption: the job is stopped (SIGTERM, grace, kill) and runs again,
+    resuming from its last checkpoint; the fourth preemption ends it (reason: preempted)."""
+    stack = Stack(home or default_home())
+    if not stack.read_state() or "provisioner" in stack.exited():
+        raise fail("the local stack's provisioner is not running", hint="start it with `aicloud dev up`")
+    port = stack.ports(free=False)["provisioner"]
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/internal/jobs/{job_id}/preempt",
+                              json={"reason": reason}, timeout=10)
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach the provisioner on port {port}: {exc}",
+                   hint="`aicloud dev status` shows whether it is healthy") from None
+    if response.status_code == 404:
+        raise fail(f"no running job {job_id!r}", hint="`aicloud jobs list` shows your jobs", code=1)
+    if response.status_code >= 400:
+        raise fail(f"the provisioner refused: {response.text}", code=1)
+    console.print(f"  [yellow]preempted[/] {job_id} ({reason}): it resumes from its checkpoint")
 
 
 @app.command()

@@ -75,16 +75,26 @@ class JobOutcome(BaseModel):
 
 
 JOB_STATUS_PATCH = "job-status-provisioning-running"
+PREEMPTED = "preempted"
+MAX_PREEMPTIONS = 3  # preemptions a job survives; the next one ends it
 
 
 @workflow.defn(name="JobWorkflow")
 class JobWorkflow:
     def __init__(self) -> None:
         self._cancel_reason: str | None = None
+        self._preempt_reason: str | None = None
 
     @workflow.signal
     def cancel(self, reason: str) -> None:
         self._cancel_reason = reason or "cancelled"
+
+    @workflow.signal
+    def preempt(self, reason: str) -> None:
+        """The job's capacity was taken back (a spot interruption): stop it (SIGTERM, grace,
+        kill) and run it again, resuming from its checkpoint; after MAX_PREEMPTIONS it ends
+        with reason ``preempted``."""
+        self._preempt_reason = reason or "capacity reclaimed"
 
     @workflow.run
     async def run(self, job: JobInput) -> JobOutcome:
@@ -112,8 +122,20 @@ class JobWorkflow:
                                        event_id=str(workflow.uuid4())))
         started = workflow.now().timestamp()
         outputs = None
+        preempted: list[tuple[float, float]] = []  # the runs a preemption ended: (start, end)
         try:
-            result, stopped, failure = await self._run_until_limit(job)
+            while True:
+                segment = workflow.now().timestamp()
+                result, stopped, failure = await self._run_until_limit(
+                    job, limit_s=job.max_runtime_s - (segment - started))
+                if stopped != PREEMPTED or len(preempted) >= MAX_PREEMPTIONS:
+                    break
+                # Run again on the same workspace: the job resumes from its last checkpoint
+                # (AICLOUD_CHECKPOINT_DIR), within what is left of its max runtime.
+                preempted.append((segment, workflow.now().timestamp()))
+                workflow.logger.info("job %s preempted (%s), resuming from its checkpoint",
+                                     request.job_id, self._preempt_reason)
+                self._preempt_reason = None
             kind, exit_code, reason = _verdict(result, stopped, failure)
             if kind == "completed":  # collected before teardown releases the workspace
                 outputs = await workflow.execute_activity(
@@ -127,20 +149,25 @@ class JobWorkflow:
                 retry_policy=RetryPolicy(maximum_attempts=10),
             )
         ended = workflow.now().timestamp()
+        last_start = preempted[-1][1] if preempted else started
         if result is not None:
-            started, ended = result.started_at_s, result.ended_at_s
-        await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
-                                   started_at_s=started, ended_at_s=ended, gpu_type=job.gpu_type,
-                                   price_class=job.price_class))
+            last_start, ended = result.started_at_s, result.ended_at_s
+        for run_start, run_end in [*preempted, (last_start, ended)]:  # each run is billed
+            await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
+                                       started_at_s=run_start, ended_at_s=run_end,
+                                       gpu_type=job.gpu_type, price_class=job.price_class))
+        if not preempted:
+            started = last_start
         await self._emit(EmitInput(kind=kind, request=request, event_id=str(workflow.uuid4()),
                                    exit_code=exit_code, started_at_s=started, ended_at_s=ended,
                                    reason=reason, outputs=outputs))
         return JobOutcome(job_id=request.job_id, status=kind, exit_code=exit_code, reason=reason)
 
     async def _run_until_limit(
-        self, job: JobInput
+        self, job: JobInput, *, limit_s: float
     ) -> tuple[RunResult | None, str | None, str | None]:
-        """Run the job; stop it at max runtime or on a cancel signal (SIGTERM, grace, kill)."""
+        """Run the job for at most ``limit_s``; stop it then, or on a cancel or preempt signal
+        (SIGTERM, grace, kill). Returns (result, why it was stopped, why it failed)."""
         handle = workflow.start_activity(
             "run_job",
             RunInput(request=job.request, grace_period_s=job.grace_period_s),
@@ -152,8 +179,9 @@ class JobWorkflow:
         )
         try:
             await workflow.wait_condition(
-                lambda: handle.done() or self._cancel_reason is not None,
-                timeout=timedelta(seconds=job.max_runtime_s),
+                lambda: handle.done() or self._cancel_reason is not None
+                or self._preempt_reason is not None,
+                timeout=timedelta(seconds=max(limit_s, 0.001)),
             )
         except TimeoutError:
             self._cancel_reason = "max_runtime"
@@ -167,7 +195,7 @@ class JobWorkflow:
             await handle
         except (ActivityError, CancelledError):
             pass
-        return None, self._cancel_reason, None
+        return None, self._cancel_reason or PREEMPTED, None
 
     async def _emit(self, fact: EmitInput) -> None:
         await workflow.execute_activity(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.provisioner.backends.local import LocalBackend
 
@@ -17,8 +18,24 @@ class LogChunk(BaseModel):
     next_offset: int
 
 
-def build_router(backend: LocalBackend) -> APIRouter:
+class Preemption(BaseModel):
+    reason: str = Field(default="spot capacity reclaimed (simulated)", min_length=1, max_length=200)
+
+
+Preempt = Callable[[str, str], Awaitable[bool]]
+
+
+def build_router(backend: LocalBackend, preempt: Preempt) -> APIRouter:
     router = APIRouter(prefix="/internal", tags=["internal"])
+
+    @router.post("/jobs/{job_id}/preempt", status_code=202)
+    async def preempt_job(job_id: str, body: Preemption | None = None) -> dict[str, str]:
+        """Preempt a running job, as a spot interruption would (a node termination handler
+        may call this): it is stopped, then resumes from its checkpoint."""
+        reason = (body or Preemption()).reason
+        if not await preempt(job_id, reason):
+            raise HTTPException(404, detail=f"no running job {job_id!r}")
+        return {"job_id": job_id, "preempted": reason}
 
     @router.get("/jobs/{team}/{job_id}/logs", response_model=LogChunk)
     async def job_logs(team: str, job_id: str,

@@ -148,7 +148,10 @@ def build(settings: ProvisionerSettings) -> Service:
     service.consume(StopNotebook, with_client(entity_handlers.on_stop_notebook))
     service.consume(ExtendNotebook, with_client(entity_handlers.on_extend_notebook))
     service.consume_batch(InferenceCompleted, book.ingest, fetch=1000, linger_s=0.25)
-    service.include_router(build_router(backend))
+    async def preempt(job_id: str, reason: str) -> bool:
+        return await handlers.preempt_job(state["client"], job_id=job_id, reason=reason)
+
+    service.include_router(build_router(backend, preempt))
     return service
 
 

@@ -52,6 +52,20 @@ async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, client: Client) 
             raise
 
 
+async def preempt_job(client: Client, *, job_id: str, reason: str) -> bool:
+    """Tell a running job its capacity is gone (a spot interruption): it is stopped and run
+    again from its checkpoint. False when no such job is running."""
+    handle: WorkflowHandle[JobWorkflow, object] = client.get_workflow_handle_for(
+        JobWorkflow.run, job_id)
+    try:
+        await handle.signal(JobWorkflow.preempt, reason)
+    except RPCError as exc:
+        if "not found" in str(exc).lower() or "already completed" in str(exc).lower():
+            return False
+        raise
+    return True
+
+
 BUDGET_EXHAUSTED = "budget_exhausted"
 
 

@@ -228,6 +228,28 @@ def test_job_logs_follow_and_cancel(stack: tuple[Path, dict[str, dict[str, objec
     assert again.returncode == 2 and "already ended" in again.stderr
 
 
+def test_a_preempted_spot_job_resumes_from_its_checkpoint(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    created = aicloud(home, "create", "job", "--name", "e2e-spot", "--dataset",
+                      "projects/legal-rag/datasets/v2", "--param", "epochs=25",
+                      "--param", "epoch_pause=0.1", "--", "python3", str(ROOT / "examples" / "train.py"))
+    assert created.returncode == 0, created.stderr
+    checkpoint = home / "jobs" / "legal" / "e2e-spot" / "checkpoints" / "checkpoint.json"
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists() or json.loads(checkpoint.read_text())["epoch"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    preempted = aicloud(home, "dev", "preempt", "e2e-spot")
+    assert preempted.returncode == 0 and "resumes from its checkpoint" in " ".join(preempted.stdout.split())
+    done = aicloud(home, "jobs", "wait", "e2e-spot", "-o", "json")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "completed", done.stderr
+    log = (home / "jobs" / "legal" / "e2e-spot" / "job.log").read_text()
+    assert "resuming from checkpoint at epoch" in log and log.count("epoch 25/25") == 1
+    missing = aicloud(home, "dev", "preempt", "no-such-job")
+    assert missing.returncode == 1 and "no running job 'no-such-job'" in missing.stderr
+
+
 def test_demo_walks_the_golden_path(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, _ = stack
     result = aicloud(home, "demo", timeout=180)

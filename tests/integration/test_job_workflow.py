@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,12 +13,12 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from contracts import JobCompleted, JobRequested, JobTerminated, UsageRecorded
+from contracts import JobCompleted, JobRequested, JobStarted, JobTerminated, UsageRecorded
 from services.kit.bus import Bus
 from services.provisioner.activities import JobActivities
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.temporal import JobWorker
-from workflows.job import JobInput, JobWorkflow
+from workflows.job import MAX_PREEMPTIONS, JobInput, JobWorkflow
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -159,3 +160,58 @@ async def test_missing_dataset_fails_fast_with_the_reason(client: Client, worker
     )
     assert outcome.status == "failed"
     assert "dataset 'projects/legal-rag/datasets/v9' does not exist" in outcome.reason
+
+
+async def wait_for_log(log: Path, text: str, count: int = 1) -> None:
+    async with asyncio.timeout(60):
+        while (log.read_text() if log.exists() else "").count(text) < count:
+            await asyncio.sleep(0.05)
+
+
+async def test_a_preempted_job_resumes_from_its_checkpoint_and_each_run_is_billed(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    job = JobInput(request=JobRequested(
+        tenant="legal", job_id="wf-spot", gpus=1, product="fine-tune",
+        dataset="projects/legal-rag/datasets/v2", params={"epochs": "30", "epoch_pause": "0.1"},
+        command=["python3", str(ROOT / "examples" / "train.py")]), grace_period_s=2)
+    handle = await client.start_workflow(JobWorkflow.run, job, id=f"wf-spot-{prefix}",
+                                         task_queue=worker)
+    checkpoint = tmp_path / "legal" / "wf-spot" / "checkpoints" / "checkpoint.json"
+    async with asyncio.timeout(60):
+        while not checkpoint.exists() or json.loads(checkpoint.read_text())["epoch"] < 3:
+            await asyncio.sleep(0.05)
+    await handle.signal(JobWorkflow.preempt, "spot capacity reclaimed (test)")
+    outcome = await asyncio.wait_for(handle.result(), timeout=90)
+    assert outcome.status == "completed", outcome.reason
+    job_log = (tmp_path / "legal" / "wf-spot" / "job.log").read_text()
+    resumed_at = int(job_log.split("resuming from checkpoint at epoch ")[1].split()[0])
+    assert resumed_at >= 3 and job_log.count("epoch 30/30") == 1  # not from scratch
+    usage = sorted((UsageRecorded.model_validate_json(d)
+                    for d in await collect(nats_url, prefix, UsageRecorded.SUBJECT)),
+                   key=lambda u: u.started_at)
+    assert len(usage) == 2  # each run billed once, the gap between them not at all
+    assert usage[0].ended_at <= usage[1].started_at
+    started = await collect(nats_url, prefix, JobStarted.SUBJECT)
+    assert len(started) == 2  # "running" announced by each run, once its process started
+
+
+async def test_the_fourth_preemption_ends_the_job(
+    client: Client, worker: str, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    script = "import time; print('ready', flush=True); time.sleep(1000)"
+    job = JobInput(request=request("wf-evicted", "python3", "-c", script), grace_period_s=1)
+    handle = await client.start_workflow(JobWorkflow.run, job, id=f"wf-evicted-{prefix}",
+                                         task_queue=worker)
+    log = tmp_path / "legal" / "wf-evicted" / "job.log"
+    for run in range(1, MAX_PREEMPTIONS + 2):
+        await wait_for_log(log, "ready", run)
+        await handle.signal(JobWorkflow.preempt, f"reclaimed #{run}")
+    outcome = await asyncio.wait_for(handle.result(), timeout=60)
+    assert (outcome.status, outcome.reason) == ("terminated", "preempted")
+    assert log.read_text().count("ready") == MAX_PREEMPTIONS + 1
+    terminated = [JobTerminated.model_validate_json(d)
+                  for d in await collect(nats_url, prefix, JobTerminated.SUBJECT)]
+    assert [(e.job_id, e.reason) for e in terminated] == [("wf-evicted", "preempted")]
+    usage = await collect(nats_url, prefix, UsageRecorded.SUBJECT)
+    assert len(usage) == MAX_PREEMPTIONS + 1
