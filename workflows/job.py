@@ -30,11 +30,13 @@ class JobInput(BaseModel):
     gpu_type: str | None = None
     price_class: str = "on-demand"
     heartbeat_timeout_s: int = Field(default=30, gt=0, description="How soon a dead worker is noticed.")
+    egress: bool = Field(default=False, description="The product allows the job network egress.")
 
 
 class RunInput(BaseModel):
     request: JobRequested
     grace_period_s: int
+    egress: bool = False
 
 
 class RunResult(BaseModel):
@@ -170,7 +172,7 @@ class JobWorkflow:
         (SIGTERM, grace, kill). Returns (result, why it was stopped, why it failed)."""
         handle = workflow.start_activity(
             "run_job",
-            RunInput(request=job.request, grace_period_s=job.grace_period_s),
+            RunInput(request=job.request, grace_period_s=job.grace_period_s, egress=job.egress),
             result_type=RunResult,
             start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
             heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),

@@ -63,7 +63,7 @@ class JobActivities:
         started = time.time()
         # Heartbeat from the first moment: ending a dead worker's attempt and starting the
         # sandbox must not look like a dead worker themselves.
-        starting = asyncio.create_task(self._backend.start(run.request))
+        starting = asyncio.create_task(self._backend.start(run.request, egress=run.egress))
         while not starting.done():
             activity.heartbeat()
             await asyncio.wait([starting], timeout=0.5)

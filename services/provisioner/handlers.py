@@ -38,6 +38,7 @@ def job_input(event: JobAdmitted) -> JobInput:
         max_runtime_s=min(request.max_runtime_s or limit, limit),
         gpu_type=product.gpu_types[0] if product and product.gpu_types and request.gpus else None,
         price_class=product.price_class if product else "on-demand",
+        egress=product is not None and product.network == "egress",
     )
 
 

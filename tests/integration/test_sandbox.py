@@ -30,10 +30,10 @@ def backend_for(isolation: Isolation, tmp_path: Path, hidden: list[Path] | None 
 
 
 async def run(backend: LocalBackend, script: str, *, dataset: str | None = None,
-              job_id: str = "probe") -> tuple[int, str]:
+              job_id: str = "probe", egress: bool = False) -> tuple[int, str]:
     request = JobRequested(tenant="legal", job_id=job_id, command=["python3", "-c", script],
                            dataset=dataset)
-    job = await backend.start(request)
+    job = await backend.start(request, egress=egress)
     async with asyncio.timeout(60):
         while (code := await job.wait()) is None:
             pass
@@ -78,6 +78,25 @@ for name, action in [
         assert f"{name} blocked" in log, log
     assert (tmp_path / "jobs" / "legal" / "probe" / "output" / "ok.txt").read_text() == "written"
     assert not (ROOT / "escape.txt").exists() and not Path("/etc/aicloud-escape").exists()
+
+
+@pytest.mark.parametrize("isolation", SANDBOXED)
+async def test_a_product_that_allows_egress_gets_the_network_and_nothing_else(
+        isolation: Isolation, tmp_path: Path, listener: int) -> None:
+    backend = backend_for(isolation, tmp_path)
+    script = f"""
+import socket
+socket.create_connection(('127.0.0.1', {listener}), timeout=5).close()
+print('connected')
+try:
+    open('/etc/probe', 'w')
+    print('root writable')
+except OSError:
+    print('root read-only')
+"""
+    code, log = await run(backend, script, job_id="egress", egress=True)
+    assert code == 0, log
+    assert "connected" in log and "root read-only" in log  # the network, not a weaker sandbox
 
 
 @pytest.mark.parametrize("isolation", [*SANDBOXED, Isolation.RLIMITS])

@@ -64,6 +64,11 @@ def test_job_runs_under_the_products_limit_or_the_users_if_shorter() -> None:
     assert (job.max_runtime_s, job.gpu_type, job.price_class) == (600, "a100-80gb", "spot")
     cpu = job_input(admitted("cpu-small"))
     assert (cpu.max_runtime_s, cpu.gpu_type, cpu.price_class) == (12 * 3600, None, "on-demand")
+    assert not cpu.egress  # every shipped product keeps jobs off the network
+    open_product = products["cpu-small"].model_copy(update={"network": "egress"})
+    request = JobRequested(tenant="legal", job_id="j", command=["x"], product="cpu-small")
+    assert job_input(JobAdmitted(tenant="legal", job_id="j", request=request,
+                                 product=open_product)).egress
 
 
 def test_budget_pre_authorisation() -> None:

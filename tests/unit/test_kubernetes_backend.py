@@ -69,6 +69,13 @@ def test_network_policy_denies_everything() -> None:
     assert manifest["spec"]["ingress"] == [] and manifest["spec"]["egress"] == []
 
 
+def test_a_product_that_allows_egress_opens_outbound_only() -> None:
+    manifest = to_manifest(build_network_policy(request(), egress=True))
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    assert manifest["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert manifest["spec"]["ingress"] == [] and manifest["spec"]["egress"] == [{}]  # any destination
+
+
 @pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="needs a cluster: set KUBECONFIG")
 def test_job_is_accepted_by_a_live_cluster() -> None:
     from kubernetes import client, config

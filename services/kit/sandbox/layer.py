@@ -96,6 +96,8 @@ class Spec:
     uid: int | None = None
     host_uds: bool = False
     hostname: str = "sandbox"
+    network: bool = False
+    """The host's network (for products that allow egress); by default the sandbox has none."""
     minimal_root: bool = False
     """A fresh read-only root with only the host's system folders (EXPOSED) in it, instead of
     the whole host root: nothing of /home, /root, /var or /run is there to read, and mount
@@ -121,22 +123,25 @@ class Sandbox:
         return WORKSPACE, DATA if dataset else None
 
     def launch(self, *, container_id: str, command: list[str], env: dict[str, str], workspace: Path,
-               dataset: Path | None, limits: Limits) -> Launch:
-        """A job: its workspace read-write, its dataset and script folders read-only."""
+               dataset: Path | None, limits: Limits, network: bool = False) -> Launch:
+        """A job: its workspace read-write, its dataset and script folders read-only; the
+        host's network only with ``network`` (its product allows egress)."""
         if self.isolation is Isolation.RLIMITS:
             return Launch(command, _rlimits(limits))
         binds = [*(Bind(d, str(d)) for d in code_dirs(command)), Bind(workspace, WORKSPACE, writable=True)]
         if dataset is not None:
             binds.append(Bind(dataset, DATA))
         return self.launch_spec(container_id, Spec(command=command, env=env, cwd=WORKSPACE,
-                                                   binds=tuple(binds), limits=limits, hostname="job"))
+                                                   binds=tuple(binds), limits=limits, hostname="job",
+                                                   network=network))
 
     def launch_spec(self, container_id: str, spec: Spec) -> Launch:
         if self.isolation is Isolation.GVISOR:
             bundle = self._write_bundle(container_id, spec)
             # A minimal root's mounts are the host's system folders, read-only and not changed
             # under a running sandbox: gVisor may cache them (Python starts 25 % faster).
-            argv = ["runsc", "--root", str(self._state), "--network=none", "--ignore-cgroups",
+            argv = ["runsc", "--root", str(self._state),
+                    "--network=host" if spec.network else "--network=none", "--ignore-cgroups",
                     *(["--host-uds=create"] if spec.host_uds else []),
                     *(["--file-access-mounts=exclusive"] if spec.minimal_root else []),
                     "run", "--bundle", str(bundle), container_id]
@@ -161,7 +166,8 @@ class Sandbox:
                 *[a for b in spec.binds
                   for a in ("--bind" if b.writable else "--ro-bind", str(b.source), b.target)],
                 *(["--remount-ro", "/"] if spec.minimal_root else []),
-                "--unshare-all", "--die-with-parent", "--hostname", spec.hostname,
+                "--unshare-all", *(["--share-net"] if spec.network else []), "--die-with-parent",
+                "--hostname", spec.hostname,
                 "--chdir", spec.cwd, "--clearenv",
                 *[arg for k, v in spec.env.items() for arg in ("--setenv", k, v)], "--", *spec.command]
 
@@ -188,7 +194,8 @@ class Sandbox:
             "root": {"path": str(self._rootfs(spec)) if spec.minimal_root else "/", "readonly": True},
             "hostname": spec.hostname,
             "mounts": mounts,
-            "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")]},
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")
+                                     if t != "network" or not spec.network]},
         }
         (bundle / "config.json").write_text(json.dumps(config))
         return bundle

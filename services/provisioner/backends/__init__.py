@@ -38,7 +38,8 @@ class ComputeBackend(Protocol):
         """Prepare the job's workspace; idempotent."""
         ...
 
-    async def start(self, request: JobRequested) -> RunningJob:
+    async def start(self, request: JobRequested, *, egress: bool = False) -> RunningJob:
+        """Run the job; with ``egress`` (its product allows it) it may reach the network."""
         ...
 
     async def teardown(self, request: JobRequested) -> None:

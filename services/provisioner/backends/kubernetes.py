@@ -96,16 +96,18 @@ def build_job(spec: JobSpec) -> client.V1Job:
     )
 
 
-def build_network_policy(request: JobRequested, *, namespace: str = "aicloud-jobs"
-                         ) -> client.V1NetworkPolicy:
-    """Default deny, both ways, for the job's pods."""
+def build_network_policy(request: JobRequested, *, namespace: str = "aicloud-jobs",
+                         egress: bool = False) -> client.V1NetworkPolicy:
+    """Default deny, both ways, for the job's pods; with ``egress`` (the product allows it)
+    outbound traffic is allowed, inbound still denied."""
     return client.V1NetworkPolicy(
         api_version="networking.k8s.io/v1", kind="NetworkPolicy",
         metadata=client.V1ObjectMeta(name=f"{job_name(request)}-deny", namespace=namespace,
                                      labels=labels(request)),
         spec=client.V1NetworkPolicySpec(
             pod_selector=client.V1LabelSelector(match_labels={"aicloud.io/job": request.job_id}),
-            policy_types=["Ingress", "Egress"], ingress=[], egress=[],
+            policy_types=["Ingress", "Egress"], ingress=[],
+            egress=[client.V1NetworkPolicyEgressRule()] if egress else [],
         ),
     )
 

@@ -88,7 +88,7 @@ class LocalBackend:
             (workspace / sub).mkdir(parents=True, exist_ok=True)
         return workspace
 
-    async def start(self, request: JobRequested) -> LocalProcess:
+    async def start(self, request: JobRequested, *, egress: bool = False) -> LocalProcess:
         workspace = await self.provision(request)
         await self._end_previous_attempt(workspace)
         # A fresh id per attempt: an orphan of a dead worker must never share state with it.
@@ -98,7 +98,7 @@ class LocalBackend:
         launch = self.sandbox.launch(
             container_id=container_id, command=request.command,
             env=job_env(request, workspace=inside_workspace, data=inside_data),
-            workspace=workspace, dataset=dataset, limits=self._limits,
+            workspace=workspace, dataset=dataset, limits=self._limits, network=egress,
         )
         with (workspace / "job.log").open("ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
