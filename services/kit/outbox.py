@@ -31,6 +31,16 @@ def outbox_insert(first: int) -> str:
     return f"INSERT INTO outbox (event_id, subject, payload, headers) VALUES ({params})"
 
 
+def outbox_insert_many(first: int) -> str:
+    """Like ``outbox_insert`` for many events at once: its parameters, numbered from
+    ``$first``, are four arrays (the columns of ``staged(event)`` for each event), and the
+    rows keep the arrays' order (so the relay publishes them in that order)."""
+    e, s, p, h = (f"${first + i}" for i in range(4))
+    return ("INSERT INTO outbox (event_id, subject, payload, headers) SELECT e, s, p, h FROM"
+            f" unnest({e}::uuid[], {s}::text[], {p}::bytea[], {h}::jsonb[])"
+            " WITH ORDINALITY AS u(e, s, p, h, i) ORDER BY i")
+
+
 def staged(event: Envelope) -> tuple[object, ...]:
     """The parameters of ``outbox_insert`` for ``event``."""
     return (event.event_id, event.SUBJECT, event.model_dump_json().encode(),

@@ -5,9 +5,8 @@ fetch (the node's first, then the teams in name order; other decisions take one 
 after the node's), one statement writing the inbox rows and reading those teams' facts, the
 decisions in arrival order in Python (each one seeing the GPUs, budget and queue places the
 earlier ones took), then one statement writing every decision, allocation, queue entry and
-outgoing event, and COMMIT. A request's
-trace goes on: each decision runs in a span under the request's own trace context, and its
-outgoing event carries it.
+outgoing event, and COMMIT. A request's trace goes on: each decision runs in a span under
+the request's own trace context, and its outgoing event carries it.
 
 A batch that fails is decided again one request at a time (each a batch of its own), so one
 request that cannot be decided (a bug, a constraint) never holds up the others; only it is
@@ -17,7 +16,7 @@ retried, and dead-lettered after the bus's max deliveries.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,7 +25,7 @@ from opentelemetry.trace import SpanKind
 
 from contracts import Envelope, JobAdmitted, JobQueued, JobRejected, JobRequested
 from services.kit.db import Database
-from services.kit.outbox import Outbox, staged
+from services.kit.outbox import Outbox, outbox_insert_many, staged
 from services.kit.subscription import Delivery, PartialFailure
 from services.kit.tracing import extract_context
 from services.quota import handlers, repo
@@ -61,7 +60,7 @@ SELECT t.team,
 FROM unnest($4::text[]) AS t(team)
 """
 
-_WRITE = """
+_WRITE = f"""
 WITH logged AS (
     INSERT INTO decisions (resource_id, team, admitted, outcome, policy_ids, reason,
                            audit_findings)
@@ -77,9 +76,7 @@ WITH logged AS (
         WITH ORDINALITY AS u(j, t, g, r, i) ORDER BY i
     ON CONFLICT (job_id) DO NOTHING
 )
-INSERT INTO outbox (event_id, subject, payload, headers)
-SELECT e, s, p, h FROM unnest($16::uuid[], $17::text[], $18::bytea[], $19::jsonb[])
-    WITH ORDINALITY AS u(e, s, p, h, i) ORDER BY i
+{outbox_insert_many(16)}
 """
 
 
@@ -93,20 +90,18 @@ class Facts:
     block: dict[str, Any] | None
 
 
+def _columns(count: int) -> tuple[list[Any], ...]:
+    return tuple([] for _ in range(count))
+
+
 @dataclass
 class Writes:
     """Everything a batch's decisions write, column by column (as ``_WRITE`` takes it)."""
 
-    decisions: tuple[list[Any], ...] = ()
-    allocations: tuple[list[Any], ...] = ()
-    queue: tuple[list[Any], ...] = ()
-    outbox: tuple[list[Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        self.decisions = ([], [], [], [], [], [], [])
-        self.allocations = ([], [], [], [])
-        self.queue = ([], [], [], [])
-        self.outbox = ([], [], [], [])
+    decisions: tuple[list[Any], ...] = field(default_factory=lambda: _columns(7))
+    allocations: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
+    queue: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
+    outbox: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
 
     def add(self, table: tuple[list[Any], ...], *row: Any) -> None:
         for column, value in zip(table, row, strict=True):
