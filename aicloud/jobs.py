@@ -55,6 +55,9 @@ def create_job(
     param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter, repeatable.")] = None,
     model_name: Annotated[str | None, typer.Option(
         help="Register the job's output directory as a new version of this model.")] = None,
+    image: Annotated[str | None, typer.Option(
+        help="Container image on the kubernetes backend, pinned by digest "
+             "(registry/name@sha256:...) and scanned (policies/image-attestations.yaml).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the job ends.")] = False,
     output: Output = Format.table,
 ) -> None:
@@ -67,7 +70,7 @@ def create_job(
         params[key] = value
     body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
             "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params,
-            "model_name": model_name}
+            "model_name": model_name, "image": image}
     client = _client(team)
     job = _call(client, "POST", "/v1/jobs", json=body)
     if output is Format.table:

@@ -9,7 +9,7 @@ import typer
 
 from aicloud.output import Format, console, emit, fail
 from contracts import JobRequested
-from contracts.catalog import CatalogDataError, load_org, load_products
+from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
 from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.settings import POLICY_DIR
 
@@ -28,6 +28,7 @@ def test(
     dataset: Annotated[str | None, typer.Option()] = None,
     max_runtime: Annotated[int | None, typer.Option(min=1, help="Seconds.")] = None,
     backend: Annotated[str, typer.Option(help="local or kubernetes")] = "local",
+    image: Annotated[str | None, typer.Option(help="registry/name@sha256:... (kubernetes)")] = None,
     policy_dir: PolicyDir = POLICY_DIR,
     output: Output = Format.table,
 ) -> None:
@@ -39,11 +40,13 @@ def test(
         request = JobRequested(
             tenant=team, job_id="dry-run", command=["true"], gpus=gpus, dataset=dataset,
             product=product or ("fine-tune" if gpus else "cpu-small"), max_runtime_s=max_runtime,
+            image=image,
         )
+        attestations = load_attestations(policy_dir / "image-attestations.yaml")
     except (PolicyError, CatalogDataError, ValueError) as exc:
         raise fail(str(exc), code=2) from None
     decision = engine.evaluate_job(request, org=org, product=products.get(request.product),
-                                   backend=backend)
+                                   backend=backend, attestations=attestations)
     row = {"decision": "allow" if decision.admitted else "deny",
            "policy_ids": list(decision.policy_ids), "reason": decision.reason,
            "audit_findings": list(decision.audit_findings)}

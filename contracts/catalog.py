@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,6 +83,40 @@ def dataset_project(path: str) -> str | None:
     """The project a dataset path belongs to, or None when the path is not a dataset path."""
     match = DATASET_PATH.match(path)
     return match["project"] if match and ".." not in path else None
+
+
+IMAGE_DIGEST = re.compile(r"^[^@\s]+@(?P<digest>sha256:[0-9a-f]{64})$")
+
+
+class ImageAttestation(BaseModel):
+    """A scanner's verdict on one image digest (``policies/image-attestations.yaml``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    verdict: Literal["passed", "failed"]
+    scanner: str = Field(min_length=1, description="What scanned it, e.g. trivy 0.58.")
+    scanned_at: str = Field(min_length=1, description="When, ISO 8601.")
+    image: str = Field(default="", description="The image's name, for people reading the file.")
+
+
+def image_digest(image: str) -> str | None:
+    """``sha256:...`` when ``image`` is pinned by digest (``name@sha256:<64 hex>``), else None."""
+    match = IMAGE_DIGEST.match(image)
+    return match["digest"] if match else None
+
+
+def load_attestations(path: Path) -> dict[str, ImageAttestation]:
+    """Scan verdicts by digest; none when the file does not exist."""
+    if not path.exists():
+        return {}
+    raw = _read(path)
+    try:
+        entries: Any = raw.get("attestations") or []
+        found = [ImageAttestation(**spec) for spec in entries]
+    except (ValidationError, TypeError) as exc:
+        raise CatalogDataError(f"{path}: {exc}") from None
+    return {a.digest: a for a in found}
 
 
 def load_products(path: Path) -> dict[str, Product]:

@@ -26,6 +26,10 @@ class JobRequested(Event):
     command: list[str] = Field(min_length=1, description="Command to run, argv style.")
     params: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters.")
     max_runtime_s: int | None = Field(default=None, gt=0, description="Requested runtime cap.")
+    image: str | None = Field(
+        default=None, min_length=1, max_length=512,
+        description="Container image on the kubernetes backend, pinned by digest "
+                    "(registry/name@sha256:<64 hex>) and with a passed scan attestation.")
     requested_by: str = Field(default="unknown", description="User or key that asked.")
     model_name: str | None = Field(
         default=None, pattern=ID_PATTERN,

@@ -53,6 +53,8 @@ class JobCreate(BaseModel):
     params: dict[str, str] = Field(default_factory=dict)
     max_runtime_s: int | None = None
     model_name: str | None = Field(default=None, description="Register the output as this model.")
+    image: str | None = Field(default=None, description="Container image (kubernetes backend), "
+                              "pinned by digest: registry/name@sha256:<64 hex>.")
 
 
 def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],

@@ -140,7 +140,7 @@ class JobAdmission:
         # Cedar first, for the whole batch in one call, and before any lock is held.
         verdicts = dict(zip((event.event_id for event, _ in batch), rails.policies.evaluate_jobs(
             [event for event, _ in batch], org=rails.org, products=rails.products,
-            backend=rails.backend), strict=True))
+            backend=rails.backend, attestations=rails.attestations), strict=True))
         teams = sorted({event.tenant for event, _ in batch})
         locks = ([repo.NODE_LOCK] if rails.node_gpus is not None else []) + teams
         writes = Writes()

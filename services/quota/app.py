@@ -19,7 +19,7 @@ from contracts import (
     NotebookRequested,
     NotebookStopped,
 )
-from contracts.catalog import CatalogDataError, load_org, load_products
+from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
 from services.quota import entities, handlers, repo
@@ -43,6 +43,7 @@ def load_guardrails(settings: QuotaSettings) -> handlers.Guardrails:
             default_quota=settings.default_gpu_quota,
             backend=settings.backend,
             node_gpus=settings.node_gpus,
+            attestations=load_attestations(settings.policy_dir / "image-attestations.yaml"),
         )
     except (PolicyError, CatalogDataError) as exc:
         raise ConfigError(f"quota cannot load its guardrails: {exc}") from None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ from contracts import (
     JobRequested,
     JobTerminated,
 )
-from contracts.catalog import Org, Product
+from contracts.catalog import ImageAttestation, Org, Product
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
 from services.quota.domain import Outcome, QuotaDecision, decide_gpus
@@ -38,6 +39,7 @@ class Guardrails:
     default_quota: int
     backend: str = "local"
     node_gpus: int | None = None
+    attestations: Mapping[str, ImageAttestation] = field(default_factory=dict)  # by digest
 
     def quota(self, team: str) -> int:
         return self.quota_for.get(team, self.default_quota)

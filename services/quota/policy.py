@@ -8,6 +8,7 @@ their ``@reason`` text.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import cedarpy
 
 from contracts import JobRequested
-from contracts.catalog import Org, Product, dataset_project
+from contracts.catalog import ImageAttestation, Org, Product, dataset_project, image_digest
 
 ALLOW_ALL = '@id("audit.baseline")\npermit (principal, action, resource);'
 
@@ -79,12 +80,16 @@ class PolicyEngine:
         return cedarpy.PolicySet.from_str(text)
 
     def evaluate_job(self, request: JobRequested, *, org: Org, product: Product | None,
-                     backend: str = "local") -> PolicyDecision:
+                     backend: str = "local",
+                     attestations: Mapping[str, ImageAttestation] | None = None) -> PolicyDecision:
         products = {request.product: product} if product is not None else {}
-        return self.evaluate_jobs([request], org=org, products=products, backend=backend)[0]
+        return self.evaluate_jobs([request], org=org, products=products, backend=backend,
+                                  attestations=attestations)[0]
 
     def evaluate_jobs(self, requests: list[JobRequested], *, org: Org, products: dict[str, Product],
-                      backend: str = "local") -> list[PolicyDecision]:
+                      backend: str = "local",
+                      attestations: Mapping[str, ImageAttestation] | None = None
+                      ) -> list[PolicyDecision]:
         """Decide many requests in one call to Cedar per policy set (a batch of admissions)."""
         entities = []
         for tenant in sorted({r.tenant for r in requests}):
@@ -96,7 +101,7 @@ class PolicyEngine:
             "principal": {"type": "Team", "id": r.tenant},
             "action": {"type": "Action", "id": "SubmitJob"},
             "resource": {"type": "Job", "id": r.job_id},
-            "context": job_context(r, products.get(r.product), backend),
+            "context": job_context(r, products.get(r.product), backend, attestations or {}),
         } for r in requests]
         enforced = self._run("enforced", self._enforced, queries, entities)
         audited = (self._run("audit", self._audit, queries, entities) if self._audit is not None
@@ -127,8 +132,12 @@ class PolicyEngine:
         return outcomes
 
 
-def job_context(request: JobRequested, product: Product | None, backend: str) -> dict[str, Any]:
-    """The facts policies decide on. Unknown products get limits that nothing satisfies."""
+def job_context(request: JobRequested, product: Product | None, backend: str,
+                attestations: Mapping[str, ImageAttestation] | None = None) -> dict[str, Any]:
+    """The facts policies decide on. Unknown products get limits that nothing satisfies; an
+    image counts as scanned only with a "passed" attestation for its digest."""
+    digest = image_digest(request.image) if request.image else None
+    attestation = (attestations or {}).get(digest) if digest else None
     max_runtime = product.max_runtime_s if product else 0
     context: dict[str, Any] = {
         "gpus": request.gpus,
@@ -140,8 +149,8 @@ def job_context(request: JobRequested, product: Product | None, backend: str) ->
         "max_runtime_s": request.max_runtime_s or max_runtime,
         "manager_approved": False,
         "backend": backend,
-        "image_pinned": False,
-        "scan_passed": False,
+        "image_pinned": digest is not None,
+        "scan_passed": attestation is not None and attestation.verdict == "passed",
     }
     if request.dataset is not None:
         context["dataset_project"] = dataset_project(request.dataset) or ""

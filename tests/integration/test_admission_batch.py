@@ -41,8 +41,10 @@ async def quota_factory(service_env: dict[str, str], prefix: str
     await made[0].db.dispose()
 
 
-def job(job_id: str, gpus: int, team: str = "legal", product: str = "fine-tune") -> JobRequested:
-    return JobRequested(tenant=team, job_id=job_id, command=["x"], gpus=gpus, product=product)
+def job(job_id: str, gpus: int, team: str = "legal", product: str = "fine-tune",
+        image: str | None = None) -> JobRequested:
+    return JobRequested(tenant=team, job_id=job_id, command=["x"], gpus=gpus, product=product,
+                        image=image)
 
 
 async def collect(nc: nats.NATS, prefix: str, kind: type[Any], count: int) -> list[Any]:
@@ -113,4 +115,23 @@ async def test_a_request_that_cannot_be_decided_fails_alone(
         decided = (await session.execute(text(
             "SELECT resource_id FROM decisions ORDER BY resource_id"))).all()
     assert [row[0] for row in decided] == ["ok-1", "ok-2"]  # each once; nothing for boom
+    await nc.close()
+
+
+async def test_on_kubernetes_only_pinned_and_scanned_images_are_admitted(
+        quota_factory: Callable[..., tuple[Service, Service]], nats_url: str, prefix: str) -> None:
+    quota, feeder = quota_factory(backend="kubernetes")
+    scanned = "registry.example.com/aicloud/python-job@sha256:" + (
+        "3f1e7c5a9b2d4e6f8a0c1b3d5e7f9a2c4b6d8e0f1a3c5e7b9d2f4a6c8e0b1d3f")  # policies/ file
+    await feeder.bus.connect()
+    await feeder.bus.publish(job("k-ok", 0, product="cpu-small", image=scanned))
+    await feeder.bus.publish(job("k-tag", 0, product="cpu-small",
+                                 image="registry.example.com/aicloud/python-job:latest"))
+    await quota.start()
+    nc = await nats.connect(nats_url)
+    [admitted] = await collect(nc, prefix, JobAdmitted, 1)
+    [rejected] = await collect(nc, prefix, JobRejected, 1)
+    assert admitted.job_id == "k-ok" and admitted.request.image == scanned
+    assert rejected.job_id == "k-tag" and rejected.policy_ids == ["jobs.image-pinned-and-scanned"]
+    assert "pinned by digest" in rejected.reason
     await nc.close()

@@ -62,6 +62,14 @@ def test_cpu_job_has_no_gpu_limits_or_selector() -> None:
     assert "nodeSelector" not in pod
 
 
+def test_the_requests_own_image_is_the_one_run() -> None:
+    pinned = "registry.example.com/legal/trainer@sha256:" + "a" * 64
+    job = request().model_copy(update={"image": pinned})
+    manifest = to_manifest(build_job(JobSpec(request=job, product=PRODUCTS["cpu-small"], image=IMAGE)))
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    assert manifest["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+
+
 def test_network_policy_denies_everything() -> None:
     manifest = to_manifest(build_network_policy(request()))
     kubernetes_validate.validate(manifest, "1.30", strict=True)

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from contracts import JobRequested
-from contracts.catalog import CatalogDataError, dataset_project, load_org, load_products
+from contracts.catalog import (
+    CatalogDataError,
+    dataset_project,
+    load_attestations,
+    load_org,
+    load_products,
+)
 from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.settings import POLICY_DIR
 
@@ -77,10 +83,39 @@ def test_unknown_product_and_gpu_range(engine: PolicyEngine) -> None:
     assert not admitted and ids == ("jobs.product-gpu-range",)
 
 
-def test_kubernetes_images_must_be_pinned_and_scanned(engine: PolicyEngine) -> None:
-    admitted, ids, _ = evaluate(engine, backend="kubernetes", product="cpu-small")
-    assert not admitted and ids == ("jobs.image-pinned-and-scanned",)
-    assert evaluate(engine, backend="local", product="cpu-small")[0]
+SCANNED = "registry.example.com/aicloud/python-job@sha256:" + (
+    "3f1e7c5a9b2d4e6f8a0c1b3d5e7f9a2c4b6d8e0f1a3c5e7b9d2f4a6c8e0b1d3f")
+FAILED_SCAN = "registry.example.com/research/old-trainer@sha256:" + (
+    "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b")
+
+
+@pytest.mark.parametrize(("image", "allowed"), [
+    (None, False),  # no image named
+    ("registry.example.com/aicloud/python-job:latest", False),  # a tag can move: not pinned
+    ("registry.example.com/aicloud/python-job@sha256:" + "0" * 64, False),  # pinned, never scanned
+    (FAILED_SCAN, False),  # scanned, and it failed
+    (SCANNED, True),
+])
+def test_kubernetes_images_must_be_pinned_and_scanned(engine: PolicyEngine, image: str | None,
+                                                      allowed: bool) -> None:
+    attestations = load_attestations(POLICY_DIR / "image-attestations.yaml")
+    request = JobRequested(tenant="legal", job_id="j1", command=["x"], product="cpu-small", image=image)
+    decision = engine.evaluate_job(request, org=load_org(POLICY_DIR / "org.yaml"),
+                                   product=load_products(POLICY_DIR / "products.yaml")["cpu-small"],
+                                   backend="kubernetes", attestations=attestations)
+    assert decision.admitted is allowed, decision.reason
+    if not allowed:
+        assert decision.policy_ids == ("jobs.image-pinned-and-scanned",)
+        assert "pinned by digest" in decision.reason
+    assert evaluate(engine, backend="local", product="cpu-small", image=image)[0]  # local: no images
+
+
+def test_a_broken_attestation_file_is_refused_with_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "image-attestations.yaml"
+    bad.write_text("attestations:\n  - digest: sha256:abc\n    verdict: passed\n"
+                   "    scanner: x\n    scanned_at: now\n")
+    with pytest.raises(CatalogDataError, match="digest"):
+        load_attestations(bad)
 
 
 def test_audit_mode_logs_without_enforcing(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ SPOT_TAINT = "aicloud.io/spot"
 class JobSpec:
     request: JobRequested
     product: Product
-    image: str
+    image: str  # the platform's default; the request's own (pinned, scanned) image wins
     namespace: str = "aicloud-jobs"
     gpu_type: str | None = None
     cpu: str = "2"
@@ -64,7 +64,7 @@ def build_job(spec: JobSpec) -> client.V1Job:
         volumes.append(client.V1Volume(name="dataset", persistent_volume_claim=(
             client.V1PersistentVolumeClaimVolumeSource(claim_name=spec.dataset_claim, read_only=True))))
     container = client.V1Container(
-        name="job", image=spec.image, command=request.command, env=env, working_dir="/workspace",
+        name="job", image=request.image or spec.image, command=request.command, env=env, working_dir="/workspace",
         resources=client.V1ResourceRequirements(limits=limits, requests=limits),
         volume_mounts=mounts,
         security_context=client.V1SecurityContext(
