@@ -64,7 +64,8 @@ def build_job(spec: JobSpec) -> client.V1Job:
         volumes.append(client.V1Volume(name="dataset", persistent_volume_claim=(
             client.V1PersistentVolumeClaimVolumeSource(claim_name=spec.dataset_claim, read_only=True))))
     container = client.V1Container(
-        name="job", image=request.image or spec.image, command=request.command, env=env, working_dir="/workspace",
+        name="job", image=request.image or spec.image, command=request.command, env=env,
+        working_dir="/workspace",
         resources=client.V1ResourceRequirements(limits=limits, requests=limits),
         volume_mounts=mounts,
         security_context=client.V1SecurityContext(
