@@ -266,11 +266,10 @@ class Bus:
     async def _consume(self, sub: Subscription, pull: Puller) -> None:
         """Fetch continuously; tenants are processed concurrently (up to ``max_in_flight`` lanes
         at once), each tenant's messages strictly in arrival order."""
-        # A batch consumer holds at most ``ahead`` batches behind the one being processed:
-        # what arrives meanwhile waits in the puller and makes the next batch bigger, instead
-        # of queueing as many small batches that each pay the whole transaction.
-        in_flight = asyncio.Semaphore(1 + sub.ahead if sub.process_batch is not None
-                                      else self._max_in_flight)
+        if sub.process_batch is not None:
+            await self._consume_batches(sub, pull)
+            return
+        in_flight = asyncio.Semaphore(self._max_in_flight)
         tails: dict[str, asyncio.Task[None]] = {}
         try:
             while not self._stopping.is_set():
@@ -283,16 +282,6 @@ class Bus:
                     continue
                 if not messages:
                     continue
-                if sub.process_batch is not None:
-                    messages += await self._top_up(sub, pull, len(messages))
-                    # Pipelined: this batch is decoded while the previous one is being written;
-                    # batches are still processed one after the other, in order.
-                    await in_flight.acquire()
-                    task = asyncio.create_task(
-                        self._dispatch_batch(sub, messages, tails.get(""), in_flight))
-                    tails[""] = task
-                    task.add_done_callback(partial(forget_tail, tails, ""))
-                    continue
                 lanes: dict[str, list[Msg]] = {}
                 for msg in messages:
                     lanes.setdefault(tenant_of(msg.data), []).append(msg)
@@ -304,6 +293,34 @@ class Bus:
         finally:
             if tails:
                 await asyncio.gather(*tails.values(), return_exceptions=True)
+
+    async def _consume_batches(self, sub: Subscription, pull: Puller) -> None:
+        """Batches one after the other, in order. A slot is taken before fetching: at most
+        ``ahead`` batches are fetched (and decoded) while one is processed, and what arrives
+        meanwhile waits in the puller to join the next batch, rather than queueing as many
+        small batches that each pay a whole transaction (or waiting behind one fetched too
+        early)."""
+        slots = asyncio.Semaphore(1 + sub.ahead)
+        tail: asyncio.Task[None] | None = None
+        try:
+            while not self._stopping.is_set():
+                await slots.acquire()
+                try:
+                    messages = await pull.fetch(sub.fetch or self._batch,
+                                                wait_s=self._fetch_timeout_s)
+                except nats.errors.Error as exc:
+                    slots.release()
+                    log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
+                    await asyncio.sleep(0.5)
+                    continue
+                if not messages:
+                    slots.release()
+                    continue
+                messages += await self._top_up(sub, pull, len(messages))
+                tail = asyncio.create_task(self._dispatch_batch(sub, messages, tail, slots))
+        finally:
+            if tail is not None:
+                await asyncio.gather(tail, return_exceptions=True)
 
     async def _top_up(self, sub: Subscription, pull: Puller,
                       have: int) -> list[Msg]:
