@@ -32,13 +32,17 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.rule("1. fine-tune on the team's dataset; the result is registered with its lineage")
     console.print("   aicloud create job --type fine-tune --gpus 1 \\")
     console.print("       --dataset projects/legal-rag/datasets/v2 --model-name clause-risk \\")
-    console.print("       -- python3 examples/train.py")
+    console.print("       --param tracking=mlflow -- python3 examples/train.py")
     job = _submit(client, name, gpus=1, command=["python3", str(EXAMPLES / "train.py")],
                   dataset="projects/legal-rag/datasets/v2", model_name="clause-risk",
-                  params={"epochs": "15"})
+                  params={"epochs": "15", "tracking": "mlflow"})
     result = job["result"]
     console.print(f"   {name}: [bold]{job['status']}[/] -> model clause-risk v{result['model']['version']}")
     console.print(f"   metrics: {result.get('metrics')}")
+    if tracked := result.get("tracking"):
+        logged = ", ".join(f"{k}={v}" for k, v in sorted((result.get("logged_params") or {}).items()))
+        console.print(f"   MLflow: params {logged}; run {tracked['run_id']} in "
+                      f"experiment aicloud/{team} at {tracked['uri']}")
     console.print(f"   trace: {client.trace_id} (grep it in the traces folder)")
     console.print(f"   workflow: {urls['temporal']}/namespaces/default/workflows/{name}")
     console.print("   lineage: aicloud models get clause-risk -o json")

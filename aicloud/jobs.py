@@ -188,8 +188,10 @@ def get_model(name: str, team: Team = None, output: Output = Format.table) -> No
              "dataset": f"{v['lineage']['dataset']['path']} "
                         f"({(v['lineage']['dataset']['sha256'] or '')[:12]})",
              "metrics": ", ".join(f"{k}={val:g}" for k, val in sorted(v["metrics"].items())),
-             "artifacts": len(v["artifacts"])} for v in model["versions"]]
-    emit(rows, fmt=output, columns=("version", "aliases", "job", "dataset", "metrics", "artifacts"))
+             "artifacts": len(v["artifacts"]),
+             "mlflow run": (v["lineage"].get("tracking") or {}).get("run_id", "")} for v in model["versions"]]
+    emit(rows, fmt=output,
+         columns=("version", "aliases", "job", "dataset", "metrics", "artifacts", "mlflow run"))
 
 
 @models_app.command("alias")

@@ -98,6 +98,16 @@ class Artifact(BaseModel):
     bytes: int = Field(ge=0)
 
 
+class TrackingRun(BaseModel):
+    """Where a job's experiment-tracking run was copied (the organisation's MLflow server)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(description="The tracking server, without credentials.")
+    experiment_id: str
+    run_id: str
+
+
 class JobCompleted(Event):
     """The job finished successfully."""
 
@@ -111,6 +121,9 @@ class JobCompleted(Event):
     stored_artifacts: list[Artifact] = Field(default_factory=list)
     dataset_digest: str | None = Field(default=None, description="sha256 over the dataset's files.")
     code_digest: str | None = Field(default=None, description="sha256 over the command and its files.")
+    logged_params: dict[str, str] = Field(
+        default_factory=dict, description="Params the job logged itself (MLflow).")
+    tracking: TrackingRun | None = Field(default=None, description="Its run on the MLflow server.")
 
 
 class JobFailed(Event):

@@ -4,6 +4,8 @@ Reads the platform's job environment: AICLOUD_DATASET_DIR, AICLOUD_OUTPUT_DIR,
 AICLOUD_CHECKPOINT_DIR, AICLOUD_METRICS_FILE and AICLOUD_PARAM_* (epochs, lr, seed, and
 feature_names: the names the saved model asks its callers for, default the dataset's columns).
 Checkpoints every epoch and resumes from the last one; on SIGTERM it checkpoints and exits.
+Metrics go to the metrics file, and to MLflow too with ``--param tracking=mlflow`` (the platform
+points MLFLOW_TRACKING_URI at the job's own store and attaches the run to the model version).
 """
 
 import csv
@@ -65,6 +67,7 @@ def main() -> None:
     for path in (out, ckpt.parent, metrics.parent):
         path.mkdir(parents=True, exist_ok=True)
 
+    mlflow = start_tracking({"epochs": epochs, "lr": lr, "seed": os.environ.get("AICLOUD_PARAM_SEED", "0")})
     w, start = [0.0] * (len(FEATURES) + 1), 0
     if ckpt.exists():
         state = json.loads(ckpt.read_text())
@@ -94,6 +97,8 @@ def main() -> None:
         with metrics.open("a") as handle:
             handle.write(json.dumps({"step": epoch, "loss": round(loss, 5),
                                      "accuracy": round(accuracy, 5)}) + "\n")
+        if mlflow is not None:
+            mlflow.log_metrics({"loss": loss, "accuracy": accuracy}, step=epoch)
         state["epoch"] = epoch
         save(epoch)
         print(f"epoch {epoch}/{epochs} loss={loss:.4f} accuracy={accuracy:.3f}", flush=True)
@@ -106,6 +111,19 @@ def main() -> None:
         {"kind": "logistic-regression", "features": names, "weights": w,
          "scaling": {names[0]: 0.01}}, indent=2))
     print(f"saved {out / 'model.json'}", flush=True)
+    if mlflow is not None:
+        mlflow.end_run()
+
+
+def start_tracking(params: dict[str, object]):  # type: ignore[no-untyped-def]
+    """The mlflow module with a run started, when the job was asked to track with MLflow."""
+    if os.environ.get("AICLOUD_PARAM_TRACKING") != "mlflow":
+        return None
+    import mlflow
+
+    mlflow.start_run()
+    mlflow.log_params(params)
+    return mlflow
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from contracts import JobRequested
-    from contracts.jobs import Artifact
+    from contracts.jobs import Artifact, TrackingRun
 
 TASK_QUEUE = "aicloud-jobs"
 DEFAULT_MAX_RUNTIME_S = 12 * 3600
@@ -51,6 +51,8 @@ class JobOutputs(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     dataset_digest: str | None = None
     code_digest: str | None = None
+    logged_params: dict[str, str] = Field(default_factory=dict)
+    tracking: TrackingRun | None = None
 
 
 class EmitInput(BaseModel):

@@ -156,6 +156,9 @@ class Stack:
             env[f"{prefix}NOTEBOOK_PROXY_PORT"] = str(ports["notebook-proxy"])
             env[f"{prefix}VOLUME_ROOT"] = str(self.home / "volumes")
             env[f"{prefix}HF_MIRROR"] = str(self.home / "hf-mirror")
+            # the "organisation's" MLflow store, unless you point the platform at your own server
+            env[f"{prefix}MLFLOW_TRACKING_URI"] = os.environ.get(
+                "MLFLOW_TRACKING_URI", f"sqlite:///{self.home / 'mlflow.db'}")
             # a laptop demo judges canaries on 10 s of traffic (production: 60 s, 20 requests)
             env[f"{prefix}CANARY_WINDOW_S"] = os.environ.get("AICLOUD_CANARY_WINDOW_S", "10")
             env[f"{prefix}CANARY_MIN_REQUESTS"] = "10"

@@ -1,7 +1,8 @@
 """The model registry: versions registered from completed jobs, with lineage, and aliases.
 
-Lineage is dataset (path + content digest) -> job (id, params, command, code digest) ->
-model version (artifacts with digests, metrics). Aliases (``production``) replace stages.
+Lineage is dataset (path + content digest) -> job (id, params, command, code digest, params it
+logged) -> model version (artifacts with digests, metrics), plus the job's run on the MLflow server
+when it was copied there. Aliases (``production``) replace stages.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def lineage_of(request: dict[str, Any], completed: JobCompleted) -> dict[str, An
             "id": completed.job_id, "type": request.get("job_type"), "product": request.get("product"),
             "gpus": request.get("gpus"), "params": request.get("params", {}),
             "command": request.get("command", []), "code_sha256": completed.code_digest,
+            "logged_params": completed.logged_params,
         },
+        "tracking": completed.tracking.model_dump() if completed.tracking else None,
     }
 
 

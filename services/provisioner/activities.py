@@ -34,9 +34,10 @@ TERMINATION_REASONS = {"max_runtime", "cancelled", "budget_exhausted", "preempte
 
 
 class JobActivities:
-    def __init__(self, *, bus: Bus, backend: ComputeBackend) -> None:
+    def __init__(self, *, bus: Bus, backend: ComputeBackend, tracking_uri: str | None = None) -> None:
         self._bus = bus
         self._backend = backend
+        self._tracking_uri = tracking_uri
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """Every activity JobWorkflow calls, for the worker."""
@@ -56,6 +57,7 @@ class JobActivities:
         return await asyncio.to_thread(
             collect, request=request, workspace=self._backend.workspace(request),
             dataset_dir=self._backend.dataset_dir(request), artifact_root=self._backend.artifact_root,
+            tracking_uri=self._tracking_uri,
         )
 
     @activity.defn(name="run_job")
@@ -119,7 +121,8 @@ def to_event(fact: EmitInput) -> Envelope:
         return JobCompleted(
             exit_code=0, duration_s=duration, artifacts=[a.uri for a in outputs.artifacts],
             stored_artifacts=outputs.artifacts, metrics=outputs.metrics,
-            dataset_digest=outputs.dataset_digest, code_digest=outputs.code_digest, **common,
+            dataset_digest=outputs.dataset_digest, code_digest=outputs.code_digest,
+            logged_params=outputs.logged_params, tracking=outputs.tracking, **common,
         )
     if fact.kind == "failed":
         return JobFailed(exit_code=fact.exit_code, duration_s=duration, reason=fact.reason, **common)

@@ -53,7 +53,7 @@ def build(settings: ProvisionerSettings) -> Service:
         hidden=[*settings.sandbox_hidden_paths, settings.serving_root, settings.notebook_root,
                 settings.volume_root],
     )
-    activities = JobActivities(bus=service.bus, backend=backend)
+    activities = JobActivities(bus=service.bus, backend=backend, tracking_uri=settings.mlflow_tracking_uri)
     state: dict[str, Any] = {}
     book, fleet = CanaryBook(), Fleet()
     notebooks: dict[str, Notebook] = {}

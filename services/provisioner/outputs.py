@@ -12,6 +12,7 @@ import structlog
 
 from contracts import JobRequested
 from contracts.jobs import Artifact
+from services.provisioner.tracking import track
 from workflows.job import JobOutputs
 
 log = structlog.get_logger(__name__)
@@ -19,12 +20,17 @@ MAX_METRIC_LINES = 100_000
 
 
 def collect(*, request: JobRequested, workspace: Path, dataset_dir: Path | None,
-            artifact_root: Path) -> JobOutputs:
+            artifact_root: Path, tracking_uri: str | None = None) -> JobOutputs:
+    """Everything the model version needs; metrics from the metrics file and from MLflow."""
+    metrics = read_metrics(workspace / "metrics.jsonl", job_id=request.job_id)
+    digests = {"dataset_digest": tree_digest(dataset_dir) if dataset_dir is not None else None,
+               "code_digest": code_digest(request.command, workspace)}
+    tracked = track(request=request, workspace=workspace, metrics=metrics, digests=digests,
+                    server_uri=tracking_uri)
     return JobOutputs(
         artifacts=store_artifacts(workspace / "output", artifact_root / request.tenant / request.job_id),
-        metrics=read_metrics(workspace / "metrics.jsonl", job_id=request.job_id),
-        dataset_digest=tree_digest(dataset_dir) if dataset_dir is not None else None,
-        code_digest=code_digest(request.command, workspace),
+        metrics={**metrics, **tracked.metrics}, logged_params=tracked.params, tracking=tracked.run,
+        **digests,
     )
 
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
@@ -27,6 +27,10 @@ class ProvisionerSettings(ServiceSettings):
         default_factory=list, description="More host paths jobs must not see (e.g. $AICLOUD_HOME).")
     isolation: str = Field(default="auto", pattern="^(auto|gvisor|bubblewrap|rlimits)$",
                            description="Sandbox for local jobs; auto picks the strongest available.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("AICLOUD_PROVISIONER_MLFLOW_TRACKING_URI",
+                                                    "MLFLOW_TRACKING_URI"),
+        description="The organisation's MLflow server: completed jobs' runs are copied there.")
     # endpoints
     serving_root: Path = Field(default=Path("/var/tmp/aicloud-serving"), description=(
         "Model-server replicas' socket folders (short: a Unix socket path has 107 bytes)."))

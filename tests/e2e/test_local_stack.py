@@ -19,6 +19,7 @@ import httpx
 import nats
 import psutil
 import pytest
+from mlflow.tracking import MlflowClient
 
 from contracts import UsageRecorded
 
@@ -93,7 +94,7 @@ def test_golden_path_trains_and_registers_a_model_with_lineage(
     home, _ = stack
     result = aicloud(home, "create", "job", "--type", "fine-tune", "--gpus", "1", "--name", "e2e-train",
                      "--dataset", "projects/legal-rag/datasets/v2", "--model-name", "clause-risk",
-                     "--param", "epochs=3", "--wait", "-o", "json", "--",
+                     "--param", "epochs=3", "--param", "tracking=mlflow", "--wait", "-o", "json", "--",
                      "python3", str(ROOT / "examples" / "train.py"))
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
@@ -112,9 +113,16 @@ def test_golden_path_trains_and_registers_a_model_with_lineage(
     assert version["lineage"]["dataset"]["path"] == "projects/legal-rag/datasets/v2"
     assert len(version["lineage"]["dataset"]["sha256"]) == 64
     assert version["lineage"]["job"]["id"] == "e2e-train"
-    assert version["lineage"]["job"]["params"] == {"epochs": "3"}
+    assert version["lineage"]["job"]["params"] == {"epochs": "3", "tracking": "mlflow"}
     assert [a["name"] for a in version["artifacts"]] == ["model.json"]
     assert version["metrics"]["accuracy"] > 0.6
+    # the job logged to MLflow in its sandbox: its params are on the version, its run was copied
+    assert version["lineage"]["job"]["logged_params"] == {"epochs": "3", "lr": "0.1", "seed": "0"}
+    tracking = version["lineage"]["tracking"]
+    assert tracking["uri"] == f"sqlite:///{home / 'mlflow.db'}"
+    run = MlflowClient(tracking["uri"]).get_run(tracking["run_id"])
+    assert run.data.tags["aicloud.job_id"] == "e2e-train" and run.info.status == "FINISHED"
+    assert run.data.metrics["accuracy"] == pytest.approx(version["metrics"]["accuracy"])
 
     aliased = aicloud(home, "models", "alias", "clause-risk", "production", "1", "-o", "json")
     assert aliased.returncode == 0 and json.loads(aliased.stdout)["version"] == 1
@@ -256,6 +264,7 @@ def test_demo_walks_the_golden_path(stack: tuple[Path, dict[str, dict[str, objec
     assert result.returncode == 0, result.stdout + result.stderr
     out = " ".join(result.stdout.split())  # undo the console's line wrapping
     assert "completed -> model clause-risk v" in out
+    assert "MLflow: params epochs=15, lr=0.1, seed=0; run " in out
     assert "terminated (max_runtime)" in out
     assert "16 GPUs -> rejected: more than 4 GPUs needs manager approval" in out
     assert "team research reads legal's dataset -> rejected" in out

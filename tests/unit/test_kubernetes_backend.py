@@ -42,6 +42,8 @@ def test_gpu_fine_tune_job_is_a_valid_batch_v1_job() -> None:
     assert {"name": "dataset", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert "tolerations" not in pod
+    env = {e["name"]: e["value"] for e in container["env"]}  # MLflow logs to the job's own store
+    assert env["MLFLOW_TRACKING_URI"] == "sqlite:////workspace/mlflow.db"
 
 
 def test_spot_product_tolerates_spot_nodes_and_runtime_is_capped_by_the_product() -> None:

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from contracts import JobRequested
 from contracts.catalog import Product
+from services.provisioner import tracking
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TYPE_LABEL = "aicloud.io/gpu-type"
@@ -55,6 +56,7 @@ def build_job(spec: JobSpec) -> client.V1Job:
         "AICLOUD_OUTPUT_DIR": "/workspace/output", "AICLOUD_CHECKPOINT_DIR": "/workspace/checkpoints",
         "AICLOUD_METRICS_FILE": "/workspace/metrics.jsonl",
         **({"AICLOUD_DATASET_DIR": "/data"} if spec.dataset_claim else {}),
+        **tracking.job_env("/workspace"),
         **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
     }.items()]
     mounts = [client.V1VolumeMount(name="workspace", mount_path="/workspace")]

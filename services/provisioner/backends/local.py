@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 import psutil
@@ -19,6 +20,7 @@ import structlog
 from contracts import JobRequested
 from contracts.catalog import dataset_project
 from services.kit.sandbox import Limits, Sandbox, choose
+from services.provisioner import tracking
 from services.provisioner.backends import DatasetUnavailable
 
 log = structlog.get_logger(__name__)
@@ -135,7 +137,7 @@ class LocalBackend:
 def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[str, str]:
     """The job's whole environment (nothing of the platform's leaks in), as the job sees paths."""
     return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PATH": job_path(),
         "HOME": workspace,
         "AICLOUD_JOB_ID": request.job_id,
         "AICLOUD_TEAM": request.tenant,
@@ -143,8 +145,18 @@ def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[
         "AICLOUD_CHECKPOINT_DIR": f"{workspace}/checkpoints",
         "AICLOUD_METRICS_FILE": f"{workspace}/metrics.jsonl",
         **({"AICLOUD_DATASET_DIR": data} if data else {}),
+        **tracking.job_env(workspace),
         **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
     }
+
+
+def job_path() -> str:
+    """The job's PATH: the platform's own Python environment first, the local backend's image
+    (so ``python`` has what the platform ships, MLflow and numpy included)."""
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    if sys.prefix == sys.base_prefix:
+        return path
+    return os.pathsep.join([str(Path(sys.executable).parent), path])
 
 
 PID_FILE = ".aicloud-attempt.json"
