@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
@@ -47,3 +47,12 @@ class ProvisionerSettings(ServiceSettings):
     notebook_proxy_host: str = "127.0.0.1"
     notebook_proxy_port: Port = Field(default=8890, description="Where developers open notebooks.")
     catalog_url: str = Field(default="", description="Checks team keys at the notebook proxy.")
+
+    @field_validator("backend")
+    @classmethod
+    def _wired_backend(cls, value: str) -> str:
+        if value == "kubernetes":  # refused rather than silently running jobs in this pod
+            raise ValueError(
+                "jobs on Kubernetes are not wired into JobWorkflow yet: the kubernetes backend "
+                "builds and validates the Job and NetworkPolicy only; set it to 'local'")
+        return value

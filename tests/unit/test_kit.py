@@ -30,6 +30,18 @@ def test_missing_settings_fail_fast_naming_each_variable(monkeypatch: pytest.Mon
     assert "AICLOUD_PROVISIONER_TEMPORAL_ADDRESS: is required but not set" in message
 
 
+def test_a_backend_that_is_not_wired_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AICLOUD_PROVISIONER_NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("AICLOUD_PROVISIONER_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("AICLOUD_PROVISIONER_TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    monkeypatch.setenv("AICLOUD_PROVISIONER_BACKEND", "kubernetes")
+    with pytest.raises(ConfigError) as info:
+        load_settings(ProvisionerSettings)
+    assert "AICLOUD_PROVISIONER_BACKEND" in str(info.value) and "set it to 'local'" in str(info.value)
+    monkeypatch.setenv("AICLOUD_PROVISIONER_BACKEND", "local")
+    assert load_settings(ProvisionerSettings).backend == "local"
+
+
 def test_invalid_settings_say_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AICLOUD_QUOTA_NATS_URL", "http://localhost:4222")
     monkeypatch.setenv("AICLOUD_QUOTA_DATABASE_URL", "mysql://x")
