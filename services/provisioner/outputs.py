@@ -50,6 +50,9 @@ def store_artifacts(output_dir: Path, destination: Path) -> list[Artifact]:
 
 def read_metrics(path: Path, *, job_id: str) -> dict[str, float]:
     """Last value per metric from JSON lines: {"name": "loss", "value": 0.1} or {"loss": 0.1}."""
+    if path.is_symlink():  # the job made it: it must not make the platform read another file
+        log.warning("job.metrics_file_refused", job_id=job_id, why="a symbolic link")
+        return {}
     if not path.is_file():
         return {}
     metrics: dict[str, float] = {}

@@ -32,14 +32,12 @@ COPY_TIMEOUT_S = 120.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
+QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}
+
+
 def job_env(workspace: str) -> dict[str, str]:
     """MLflow's settings as the job sees them: its own store, nothing phoning home."""
-    return {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{workspace}/{JOB_STORE}",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{workspace}/{JOB_STORE}", **QUIET}
 
 
 @dataclass
@@ -58,8 +56,11 @@ def track(*, request: JobRequested, workspace: Path, metrics: dict[str, float],
     ``metrics`` are those the job wrote to its metrics file: they go to the server too. Never
     raises: tracking that fails is logged and leaves the job's own outcome alone.
     """
-    store = workspace / JOB_STORE
-    if not store.is_file() and not server_uri:
+    path = workspace / JOB_STORE
+    if path.is_symlink():  # the job made it: it must not point the platform at another file
+        log.warning("job.tracking_store_refused", job_id=request.job_id, why="a symbolic link")
+    store = path if path.is_file() and not path.is_symlink() else None
+    if store is None and not server_uri:
         return Tracked()
     job = {
         "job_id": request.job_id, "team": request.tenant, "user": request.requested_by,
@@ -67,7 +68,7 @@ def track(*, request: JobRequested, workspace: Path, metrics: dict[str, float],
         "params": request.params, "metrics": metrics, **digests,
     }
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"})
+    env.update(QUIET)
     # a server that is down costs seconds, not MLflow's default of minutes of retries
     env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
@@ -75,7 +76,7 @@ def track(*, request: JobRequested, workspace: Path, metrics: dict[str, float],
         env["MLFLOW_TRACKING_URI"] = server_uri  # credentials stay out of argv
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "services.provisioner.mlflow_copy", str(store)],
+            [sys.executable, "-m", "services.provisioner.mlflow_copy", str(store or "")],
             input=json.dumps(job), capture_output=True, text=True, env=env, cwd=ROOT,
             timeout=COPY_TIMEOUT_S, check=False,
         )

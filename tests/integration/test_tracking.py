@@ -23,6 +23,7 @@ from services.kit.bus import Bus
 from services.provisioner.activities import JobActivities
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.mlflow_copy import public_uri
+from services.provisioner.outputs import collect
 from services.provisioner.temporal import JobWorker
 from workflows.job import JobInput, JobWorkflow
 
@@ -144,3 +145,18 @@ async def test_the_run_is_copied_to_an_mlflow_server_over_http(
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), timeout=30)
+
+
+def test_a_job_cannot_point_the_platform_at_another_store_or_file(tmp_path: Path) -> None:
+    other = MlflowClient(f"sqlite:///{tmp_path}/other-team.db")  # e.g. another team's runs
+    run = other.create_run(other.create_experiment("aicloud/research"))
+    other.log_param(run.info.run_id, "secret", "research-only")
+    (tmp_path / "numbers.txt").write_text('{"leaked": 42}\n')
+    workspace = tmp_path / "jobs" / "legal" / "sneaky"
+    workspace.mkdir(parents=True)
+    (workspace / "mlflow.db").symlink_to(tmp_path / "other-team.db")
+    (workspace / "metrics.jsonl").symlink_to(tmp_path / "numbers.txt")
+    request = JobRequested(tenant="legal", job_id="sneaky", command=["true"])
+    outputs = collect(request=request, workspace=workspace, dataset_dir=None,
+                      artifact_root=tmp_path / "artifacts")
+    assert outputs.logged_params == {} and outputs.metrics == {}
