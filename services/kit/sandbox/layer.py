@@ -123,12 +123,15 @@ class Sandbox:
         return WORKSPACE, DATA if dataset else None
 
     def launch(self, *, container_id: str, command: list[str], env: dict[str, str], workspace: Path,
-               dataset: Path | None, limits: Limits, network: bool = False) -> Launch:
-        """A job: its workspace read-write, its dataset and script folders read-only; the
+               dataset: Path | None, limits: Limits, network: bool = False,
+               runtime: Path | None = None) -> Launch:
+        """A job: its workspace read-write, its dataset, script folders and ``runtime`` (the
+        Python environment its PATH names first) read-only, each where the host has it; the
         host's network only with ``network`` (its product allows egress)."""
         if self.isolation is Isolation.RLIMITS:
             return Launch(command, _rlimits(limits))
-        binds = [*(Bind(d, str(d)) for d in code_dirs(command)), Bind(workspace, WORKSPACE, writable=True)]
+        shared = sorted({*code_dirs(command), *([runtime.resolve()] if runtime else [])})
+        binds = [*(Bind(d, str(d)) for d in shared), Bind(workspace, WORKSPACE, writable=True)]
         if dataset is not None:
             binds.append(Bind(dataset, DATA))
         return self.launch_spec(container_id, Spec(command=command, env=env, cwd=WORKSPACE,

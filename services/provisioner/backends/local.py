@@ -101,6 +101,7 @@ class LocalBackend:
             container_id=container_id, command=request.command,
             env=job_env(request, workspace=inside_workspace, data=inside_data),
             workspace=workspace, dataset=dataset, limits=self._limits, network=egress,
+            runtime=job_runtime(),
         )
         with (workspace / "job.log").open("ab") as log_file:
             proc = await asyncio.create_subprocess_exec(
@@ -150,13 +151,17 @@ def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[
     }
 
 
+def job_runtime() -> Path | None:
+    """The platform's own virtual environment, the local backend's image: a job's ``python``
+    has what the platform ships (MLflow and numpy included). None outside a virtualenv."""
+    return None if sys.prefix == sys.base_prefix else Path(sys.prefix)
+
+
 def job_path() -> str:
-    """The job's PATH: the platform's own Python environment first, the local backend's image
-    (so ``python`` has what the platform ships, MLflow and numpy included)."""
+    """The job's PATH: the platform's environment's bin/ first, then the host's."""
     path = os.environ.get("PATH", "/usr/bin:/bin")
-    if sys.prefix == sys.base_prefix:
-        return path
-    return os.pathsep.join([str(Path(sys.executable).parent), path])
+    runtime = job_runtime()
+    return path if runtime is None else os.pathsep.join([str(runtime / "bin"), path])
 
 
 PID_FILE = ".aicloud-attempt.json"
