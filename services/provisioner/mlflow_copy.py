@@ -1,7 +1,7 @@
 """Reads a job's own MLflow store and copies its run to the organisation's tracking server.
 
 The provisioner runs this as a child process (see ``tracking``). Input: the store's path as
-the argument (empty: the job has none), the job as JSON on stdin, the server (if any) in
+the argument, the job as JSON on stdin, the server (if any) in
 ``MLFLOW_TRACKING_URI``. Output: one JSON line with the params the job logged, the last value of
 each metric it logged, its run on the server, and every problem met on the way.
 """
@@ -109,13 +109,13 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
 
 
 def main() -> None:
-    store = Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None
+    store = Path(sys.argv[1])
     job = json.loads(sys.stdin.read())
     answer: dict[str, Any] = {"params": {}, "metrics": {}, "run": None, "warnings": []}
     params: dict[str, str] = {}
     latest: dict[str, float] = {}
     history: list[Metric] = []
-    if store is not None and store.is_file():
+    if store.is_file():
         try:
             params, latest, history = read_store(store)
             answer.update(params=params, metrics=latest)

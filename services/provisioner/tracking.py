@@ -30,8 +30,6 @@ log = structlog.get_logger(__name__)
 JOB_STORE = "mlflow.db"
 COPY_TIMEOUT_S = 120.0
 ROOT = Path(__file__).resolve().parents[2]
-
-
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}
 
 
@@ -77,7 +75,7 @@ def track(*, request: JobRequested, workspace: Path, metrics: dict[str, float],
         env["MLFLOW_TRACKING_URI"] = server_uri  # credentials stay out of argv
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "services.provisioner.mlflow_copy", str(store or "")],
+            [sys.executable, "-m", "services.provisioner.mlflow_copy", str(store)],
             input=json.dumps(job), capture_output=True, text=True, env=env, cwd=ROOT,
             timeout=COPY_TIMEOUT_S, check=False,
         )
