@@ -5,58 +5,42 @@ processed is never dropped: invalid JSON or an invalid schema goes straight to
 ``aicloud.dlq.<subject>`` with the error; a handler failure is nak'd with backoff and, after
 ``max_deliver`` attempts, dead-lettered too. Publishing sets ``Nats-Msg-Id = event_id`` so the
 server's de-duplication window absorbs retries.
+
+``Bus`` composes the pieces, one concern per module: ``streams`` (subjects, streams and
+consumers), ``consume`` (one message at a time, in per-tenant lanes), ``batch`` (a whole fetch
+at a time), ``settle`` (decode, ack, retry, dead-letter) and ``pull`` (fetching).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
-import time
 from collections.abc import Sequence
-from functools import partial
-from typing import Any
 
 import nats
-import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, StreamConfig
-from nats.js.errors import NotFoundError
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import ValidationError
 
-from contracts import DOMAINS, DeadLetter, Envelope, dead_letter_subject
-from contracts.envelope import DLQ_PREFIX
+from contracts import Envelope
+from services.kit.batch import BatchConsumer
+from services.kit.consume import LaneConsumer, dispatch
+from services.kit.decode import Decoder, catalogue_decoder, json_reader, typed_decoder, typed_reader
 from services.kit.metrics import Metrics
-from services.kit.pull import Puller, delivery_count
+from services.kit.pull import Feed, Puller
+from services.kit.settle import Redelivery, Settler
+from services.kit.streams import Topology
 from services.kit.subscription import (
     BatchProcess,
-    Decoder,
+    BatchSubscription,
     Delivery,
-    PartialFailure,
+    MessageSubscription,
     Process,
-    Subscription,
-    UnknownSubject,
-    catalogue_decoder,
-    describe_error,
-    forget_tail,
-    tenant_of,
-    typed_decoder,
 )
-from services.kit.tracing import extract_context, inject_headers
+from services.kit.tracing import inject_headers
 
 __all__ = ["Bus", "Delivery", "Process", "typed_decoder"]
 
-
-async def _unused(event: Any, delivery: Delivery) -> None:
-    raise AssertionError("a batch subscription has no per-message handler")
-
-log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("aicloud.bus")
 
 class Bus:
     """One NATS connection per service process; publish and durable subscribe."""
@@ -75,38 +59,43 @@ class Bus:
     ) -> None:
         self._url = nats_url
         self.service = service
-        self.prefix = prefix
-        self.max_deliver = max_deliver
-        self.backoff_s = tuple(backoff_s) or (1.0,)
+        self.topology = Topology(prefix)
+        self.redelivery = Redelivery(max_deliver, tuple(backoff_s) or (1.0,))
         self.metrics = metrics or Metrics(service)
         self._batch = batch
         self._max_in_flight = max_in_flight
         self._fetch_timeout_s = 1.0
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
-        self._subscriptions: list[Subscription] = []
+        self._subscriptions: list[MessageSubscription | BatchSubscription] = []
         self._stopping = asyncio.Event()
+        self._settler = Settler(publish_raw=self.publish_raw, unwire=self.unwire,
+                                redelivery=self.redelivery, metrics=self.metrics)
 
-    # -- naming -------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return self.topology.prefix
+
+    @property
+    def max_deliver(self) -> int:
+        return self.redelivery.max_deliver
+
+    @property
+    def backoff_s(self) -> tuple[float, ...]:
+        return self.redelivery.backoff_s
+
     def wire(self, subject: str) -> str:
-        """The subject on the wire: contract subjects get the isolation prefix, if any."""
-        return f"{self.prefix}.{subject}" if self.prefix else subject
+        return self.topology.wire(subject)
 
     def unwire(self, wire_subject: str) -> str:
-        if self.prefix and wire_subject.startswith(self.prefix + "."):
-            return wire_subject[len(self.prefix) + 1 :]
-        return wire_subject
+        return self.topology.unwire(wire_subject)
 
     def stream_name(self, domain: str) -> str:
-        base = f"AICLOUD_{domain.upper()}"
-        return f"{self.prefix.upper()}_{base}" if self.prefix else base
+        return self.topology.stream_name(domain)
 
     def stream_for(self, subject: str) -> str:
-        if subject.startswith(DLQ_PREFIX + "."):
-            return self.stream_name("dlq")
-        return self.stream_name(subject.split(".")[1])
+        return self.topology.stream_for(subject)
 
-    # -- lifecycle ----------------------------------------------------------------------
     @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
@@ -130,25 +119,14 @@ class Bus:
 
     async def ensure_streams(self) -> None:
         """Create (or update) one stream per domain and the dead-letter stream."""
-        for domain in (*DOMAINS, "dlq"):
-            pattern = f"{DLQ_PREFIX}.>" if domain == "dlq" else f"aicloud.{domain}.>"
-            config = StreamConfig(
-                name=self.stream_name(domain),
-                subjects=[self.wire(pattern)],
-                duplicate_window=120.0,
-                max_age=7 * 24 * 3600.0,
-            )
-            try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self.js.update_stream(config)
+        await self.topology.ensure_streams(self.js)
 
     async def start(self) -> None:
         self._stopping.clear()
         for sub in self._subscriptions:
             if sub.task is None:
-                pull = await self._pull_subscription(sub)
-                sub.task = asyncio.create_task(self._consume(sub, pull), name=sub.durable)
+                consumer = self._consumer(sub, await self._feed(sub))
+                sub.task = asyncio.create_task(consumer.run(), name=sub.durable)
 
     async def stop(self) -> None:
         # Let in-flight messages settle: each loop sees the flag within one fetch timeout.
@@ -169,7 +147,6 @@ class Bus:
             await self._nc.close()
         self._nc = self._js = None
 
-    # -- publish ------------------------------------------------------------------------
     async def publish(self, event: Envelope, *, headers: dict[str, str] | None = None) -> None:
         """Publish an event on its subject, de-duplicated by event_id, with trace context."""
         await self.publish_raw(
@@ -194,7 +171,6 @@ class Bus:
         await self.js.publish(self.wire(subject), data, headers=out)
         self.metrics.published.labels(subject=subject).inc()
 
-    # -- subscribe ----------------------------------------------------------------------
     def subscribe(
         self,
         filter_subject: str,
@@ -202,22 +178,22 @@ class Bus:
         *,
         decode: Decoder | None = None,
         durable: str | None = None,
-    ) -> Subscription:
+    ) -> MessageSubscription:
         """Register a durable consumer on ``filter_subject`` (wildcards allowed here only).
 
         ``decode`` turns the JSON payload into a contract; by default the subject's own
         contract from the catalogue is used.
         """
-        name = durable or f"{self.service}--{filter_subject}".replace(".", "_").replace(">", "all")
-        name = name.replace("*", "any")
-        sub = Subscription(filter_subject, name, decode or catalogue_decoder, process)
+        sub = MessageSubscription(filter_subject=filter_subject,
+                                  durable=self._durable(filter_subject, durable),
+                                  read=json_reader(decode or catalogue_decoder), process=process)
         self._subscriptions.append(sub)
         return sub
 
     def subscribe_batch(self, filter_subject: str, process: BatchProcess, *,
                         message_type: type[Envelope] | None, durable: str | None = None,
                         fetch: int = 1000, linger_s: float = 0.0,
-                        deliveries: bool = False, ahead: int = 1) -> Subscription:
+                        deliveries: bool = False, ahead: int = 1) -> BatchSubscription:
         """A durable consumer handled a whole fetch at a time, for high-volume idempotent
         ingestion (one transaction per batch). Invalid messages are dead-lettered first; a
         failing batch is retried message by message like any handler failure. Without a
@@ -234,272 +210,36 @@ class Bus:
         ``ahead``: batches fetched and decoded while one is processed. 1 overlaps decoding
         with the handler's database waits (throughput); 0 lets every message that arrives
         during a batch join the very next one (latency)."""
-        decode = typed_decoder(message_type) if message_type is not None else catalogue_decoder
-        sub = self.subscribe(filter_subject, _unused, decode=decode, durable=durable)
-        sub.process, sub.process_batch, sub.fetch = None, process, fetch
-        sub.linger_s = linger_s
-        sub.message_type = message_type
-        sub.with_deliveries = deliveries
-        sub.ahead = ahead
+        read = (typed_reader(message_type) if message_type is not None
+                else json_reader(catalogue_decoder))
+        sub = BatchSubscription(filter_subject=filter_subject,
+                                durable=self._durable(filter_subject, durable), read=read,
+                                process_batch=process, fetch=fetch, linger_s=linger_s,
+                                with_deliveries=deliveries, ahead=ahead)
+        self._subscriptions.append(sub)
         return sub
 
-    async def _pull_subscription(self, sub: Subscription) -> Puller:
-        config = ConsumerConfig(
-            durable_name=sub.durable,
-            filter_subject=self.wire(sub.filter_subject),
-            ack_wait=30.0,
-            # Unlimited at the server: the kit counts deliveries itself and dead-letters past
-            # max_deliver, so a message whose handler crashed the process is never lost.
-            max_deliver=-1,
-            max_ack_pending=4 * (sub.fetch or self._batch),
-        )
-        stream = self.stream_for(sub.filter_subject)
-        try:
-            await self.js.consumer_info(stream, sub.durable)
-        except NotFoundError:
-            await self.js.add_consumer(stream, config=config)
+    async def dispatch(self, sub: MessageSubscription, msg: Msg) -> None:
+        """Validate, process and settle one message. Never raises."""
+        await dispatch(sub, msg, self._settler)
+
+    def _durable(self, filter_subject: str, durable: str | None) -> str:
+        name = durable or f"{self.service}--{filter_subject}".replace(".", "_").replace(">", "all")
+        return name.replace("*", "any")
+
+    def _consumer(self, sub: MessageSubscription | BatchSubscription,
+                  feed: Feed) -> LaneConsumer | BatchConsumer:
+        if isinstance(sub, BatchSubscription):
+            return BatchConsumer(sub, feed, self._settler)
+        return LaneConsumer(sub, feed, self._settler, max_in_flight=self._max_in_flight)
+
+    async def _feed(self, sub: MessageSubscription | BatchSubscription) -> Feed:
+        """The subscription's durable consumer (created if new), ready to fetch from."""
+        size = sub.fetch or self._batch
+        stream = await self.topology.ensure_consumer(
+            self.js, filter_subject=sub.filter_subject, durable=sub.durable,
+            max_ack_pending=4 * size)
         assert self._nc is not None
         puller = Puller(self._nc, stream, sub.durable)
         await puller.start()
-        return puller
-
-    async def _consume(self, sub: Subscription, pull: Puller) -> None:
-        """Fetch continuously; tenants are processed concurrently (up to ``max_in_flight`` lanes
-        at once), each tenant's messages strictly in arrival order."""
-        if sub.process_batch is not None:
-            await self._consume_batches(sub, pull)
-            return
-        in_flight = asyncio.Semaphore(self._max_in_flight)
-        tails: dict[str, asyncio.Task[None]] = {}
-        try:
-            while not self._stopping.is_set():
-                try:
-                    messages = await pull.fetch(sub.fetch or self._batch,
-                                                wait_s=self._fetch_timeout_s)
-                except nats.errors.Error as exc:
-                    log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                if not messages:
-                    continue
-                lanes: dict[str, list[Msg]] = {}
-                for msg in messages:
-                    lanes.setdefault(tenant_of(msg.data), []).append(msg)
-                for key, queue in lanes.items():
-                    await in_flight.acquire()
-                    task = asyncio.create_task(self._in_lane(tails.get(key), sub, queue, in_flight))
-                    tails[key] = task
-                    task.add_done_callback(partial(forget_tail, tails, key))
-        finally:
-            if tails:
-                await asyncio.gather(*tails.values(), return_exceptions=True)
-
-    async def _consume_batches(self, sub: Subscription, pull: Puller) -> None:
-        """Batches one after the other, in order. A slot is taken before fetching: at most
-        ``ahead`` batches are fetched (and decoded) while one is processed, and what arrives
-        meanwhile waits in the puller to join the next batch, rather than queueing as many
-        small batches that each pay a whole transaction (or waiting behind one fetched too
-        early)."""
-        slots = asyncio.Semaphore(1 + sub.ahead)
-        tail: asyncio.Task[None] | None = None
-        try:
-            while not self._stopping.is_set():
-                await slots.acquire()
-                try:
-                    messages = await pull.fetch(sub.fetch or self._batch,
-                                                wait_s=self._fetch_timeout_s)
-                except nats.errors.Error as exc:
-                    slots.release()
-                    log.warning("bus.fetch_failed", consumer=sub.durable, error=str(exc))
-                    await asyncio.sleep(0.5)
-                    continue
-                if not messages:
-                    slots.release()
-                    continue
-                messages += await self._top_up(sub, pull, len(messages))
-                tail = asyncio.create_task(self._dispatch_batch(sub, messages, tail, slots))
-        finally:
-            if tail is not None:
-                await asyncio.gather(tail, return_exceptions=True)
-
-    async def _top_up(self, sub: Subscription, pull: Puller,
-                      have: int) -> list[Msg]:
-        wanted = (sub.fetch or self._batch) - have
-        if not sub.linger_s or wanted <= 0:
-            return []
-        await asyncio.sleep(sub.linger_s)
-        try:
-            return await pull.fetch(wanted, wait_s=0.05)
-        except nats.errors.Error:
-            return []  # the next regular fetch says what is wrong
-
-    async def _in_lane(self, before: asyncio.Task[None] | None, sub: Subscription,
-                       queue: list[Msg], in_flight: asyncio.Semaphore) -> None:
-        """One tenant's share of a batch, after that tenant's previous share."""
-        try:
-            if before is not None:
-                await asyncio.wait([before])  # order within the tenant; its outcome is its own
-            for msg in queue:
-                await self.dispatch(sub, msg)
-        finally:
-            in_flight.release()
-
-    async def _decoded(self, sub: Subscription, msg: Msg) -> Any:
-        """The message's contract, or None once it was dead-lettered (invalid, or given up)."""
-        subject = self.unwire(msg.subject)
-        deliveries = delivery_count(msg)
-        if sub.message_type is not None:
-            return await self._decoded_json(sub, msg, sub.message_type, deliveries)
-        try:
-            payload = json.loads(msg.data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            await self._dead_letter(sub, msg, "invalid_json", f"payload is not JSON: {exc}")
-            return None
-        try:
-            event = sub.decode(subject, payload)
-        except (ValidationError, UnknownSubject) as exc:
-            await self._dead_letter(sub, msg, "invalid_schema", describe_error(exc))
-            return None
-        if deliveries > self.max_deliver:
-            await self._dead_letter(
-                sub, msg, "handler_error", f"gave up after {deliveries - 1} deliveries"
-            )
-            return None
-        return event
-
-    async def _decoded_json(self, sub: Subscription, msg: Msg, message_type: type[Envelope],
-                            deliveries: int) -> Any:
-        """The fast path: validate the bytes directly (no intermediate dict)."""
-        try:
-            event = message_type.model_validate_json(msg.data)
-        except ValidationError as exc:
-            if any(e["type"] == "json_invalid" for e in exc.errors()):
-                await self._dead_letter(sub, msg, "invalid_json", f"payload is not JSON: {exc}")
-            else:
-                await self._dead_letter(sub, msg, "invalid_schema", describe_error(exc))
-            return None
-        if deliveries > self.max_deliver:
-            await self._dead_letter(
-                sub, msg, "handler_error", f"gave up after {deliveries - 1} deliveries")
-            return None
-        return event
-
-    async def _dispatch_batch(self, sub: Subscription, messages: list[Msg],
-                              before: asyncio.Task[None] | None, in_flight: asyncio.Semaphore) -> None:
-        try:
-            valid: list[tuple[Any, Msg]] = []
-            for msg in messages:
-                event = await self._decoded(sub, msg)
-                if event is not None:
-                    valid.append((event, msg))
-            if before is not None:
-                await asyncio.wait([before])
-            if valid:
-                await self._process_batch(sub, valid)
-        finally:
-            in_flight.release()
-
-    async def _process_batch(self, sub: Subscription, valid: list[tuple[Any, Msg]]) -> None:
-        assert sub.process_batch is not None
-        started = time.perf_counter()
-        failed: dict[int, Exception] = {}
-        try:
-            if sub.with_deliveries:
-                refused = await sub.process_batch([
-                    (event, Delivery(self.unwire(msg.subject), dict(msg.headers or {}),
-                                     delivery_count(msg), sub.durable)) for event, msg in valid])
-            else:
-                refused = await sub.process_batch([event for event, _ in valid])
-        except PartialFailure as partial:
-            refused, failed = {}, partial.failed
-        except Exception as exc:
-            log.warning("bus.batch_failed", consumer=sub.durable, size=len(valid), error=str(exc))
-            for _, msg in valid:
-                await self._retry_or_dead_letter(sub, msg, delivery_count(msg), exc)
-            return
-        subject = self.unwire(valid[0][1].subject)
-        for i, (_, msg) in enumerate(valid):
-            if i in failed:
-                await self._retry_or_dead_letter(sub, msg, delivery_count(msg), failed[i])
-            elif i in refused:
-                await self._dead_letter(sub, msg, "rejected", refused[i])
-            else:
-                await msg.ack()
-        self.metrics.observe_consumed(subject, "ok", time.perf_counter() - started)
-
-    async def dispatch(self, sub: Subscription, msg: Msg) -> None:
-        """Validate, process and settle one message. Never raises."""
-        subject = self.unwire(msg.subject)
-        headers = dict(msg.headers or {})
-        deliveries = delivery_count(msg)
-        started = time.perf_counter()
-        event = await self._decoded(sub, msg)
-        if event is None:
-            return
-        assert sub.process is not None
-        delivery = Delivery(subject, headers, deliveries, sub.durable)
-        with tracer.start_as_current_span(
-            f"{subject} process",
-            context=extract_context(headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": subject,
-                "messaging.consumer.group.name": sub.durable,
-                "messaging.message.id": str(getattr(event, "event_id", "")),
-                "aicloud.tenant": getattr(event, "tenant", ""),
-            },
-        ) as span:
-            try:
-                await sub.process(event, delivery)
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, str(exc)))
-                await self._retry_or_dead_letter(sub, msg, deliveries, exc)
-                return
-        await msg.ack()
-        self.metrics.observe_consumed(subject, "ok", time.perf_counter() - started)
-
-    async def _retry_or_dead_letter(
-        self, sub: Subscription, msg: Msg, deliveries: int, exc: Exception
-    ) -> None:
-        error = f"{type(exc).__name__}: {exc}"
-        if deliveries >= self.max_deliver:
-            await self._dead_letter(sub, msg, "handler_error", error)
-            return
-        delay = self.backoff_s[min(deliveries - 1, len(self.backoff_s) - 1)]
-        log.warning(
-            "bus.handler_failed", consumer=sub.durable, deliveries=deliveries, retry_in_s=delay,
-            error=error,
-        )
-        await msg.nak(delay=delay)
-        self.metrics.observe_consumed(self.unwire(msg.subject), "retried", 0.0)
-
-    async def _dead_letter(self, sub: Subscription, msg: Msg, reason: str, error: str) -> None:
-        subject = self.unwire(msg.subject)
-        record = DeadLetter(
-            subject=subject,
-            consumer=sub.durable,
-            reason=reason,
-            error=error,
-            deliveries=delivery_count(msg),
-            payload=msg.data.decode("utf-8", errors="replace"),
-            payload_b64=base64.b64encode(msg.data).decode(),
-            headers={k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"},
-        )
-        seq = msg.metadata.sequence.stream if msg.metadata.sequence else 0
-        try:
-            await self.publish_raw(
-                dead_letter_subject(subject),
-                record.model_dump_json().encode(),
-                message_id=f"dlq:{sub.durable}:{seq}",
-            )
-        except Exception as exc:
-            # Keep the message: it will be delivered again rather than lost.
-            log.error("bus.dead_letter_failed", consumer=sub.durable, error=str(exc))
-            await msg.nak(delay=self.backoff_s[-1])
-            return
-        await msg.term()
-        log.warning("bus.dead_lettered", consumer=sub.durable, subject=subject, reason=reason,
-                    error=error)
-        self.metrics.observe_consumed(subject, "dead_lettered", 0.0)
+        return Feed(puller, sub.durable, size, self._fetch_timeout_s, self._stopping)

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +34,8 @@ LOST_REQUEST_GRACE_S = 1.0
 REFUSED_PAUSE_S = 0.05
 # While a burst is arriving, wait at most this long for its next message.
 SETTLE_WAIT_S = 0.02
+# After a fetch failed (a reconnect), wait this long before the next.
+FETCH_FAILED_PAUSE_S = 0.5
 
 
 class Puller:
@@ -159,3 +163,28 @@ def delivery_count(msg: Msg) -> int:
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[4]) or 1
     return msg.metadata.num_delivered or 1
+
+
+@dataclass
+class Feed:
+    """A consumer loop's source: fetches of ``size`` until the bus stops. A failed fetch is
+    logged and waited out, so a server that is away for a moment does not end the loop."""
+
+    pull: Puller
+    consumer: str
+    size: int
+    wait_s: float
+    stopping: asyncio.Event
+
+    @property
+    def running(self) -> bool:
+        return not self.stopping.is_set()
+
+    async def next(self) -> list[Msg]:
+        """The next fetch; empty when nothing arrived within ``wait_s`` or the fetch failed."""
+        try:
+            return await self.pull.fetch(self.size, wait_s=self.wait_s)
+        except NatsError as exc:
+            log.warning("bus.fetch_failed", consumer=self.consumer, error=str(exc))
+            await asyncio.sleep(FETCH_FAILED_PAUSE_S)
+            return []
