@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import percentile
 from bench.workloads import EMBEDDER, deploy, endpoint, local_stack, router_key
 from services.kit.sandbox import Sandbox, choose
-from services.provisioner.serving import hub, start_replica
+from services.provisioner.endpoints.serving import hub, start_replica
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
 IDLE_S = 2

@@ -12,7 +12,7 @@ Workflow id = run id. All I/O is in services/agent_runtime/activities.py.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -70,10 +70,14 @@ class ToolResult(BaseModel):
     status: str
 
 
+StepKind = Literal["state", "llm", "tool", "approval", "decision"]
+"""What a step of a run's trace is (``agent_steps.kind``)."""
+
+
 class StepNote(BaseModel):
     run_id: str
     key: str
-    kind: str
+    kind: StepKind
     name: str = ""
     detail: dict[str, Any] = Field(default_factory=dict)
 
@@ -202,7 +206,8 @@ class AgentRunWorkflow:
         )
         return {"role": "tool", "tool_call_id": call_id, "content": result.output}
 
-    async def _note(self, run: AgentRunInput, key: str, kind: str, name: str, detail: dict[str, Any]) -> None:
+    async def _note(self, run: AgentRunInput, key: str, kind: StepKind, name: str,
+                    detail: dict[str, Any]) -> None:
         await workflow.execute_activity(
             "agent_note",
             StepNote(run_id=run.run_id, key=key, kind=kind, name=name, detail=detail),

@@ -17,13 +17,21 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from contracts import EndpointRequested
+    from contracts import (
+        EndpointCanaryDecided,
+        EndpointDeleted,
+        EndpointFailed,
+        EndpointReady,
+        EndpointRequested,
+        EndpointRetired,
+        EndpointScaledToZero,
+        Envelope,
+    )
     from workflows.endpoint_model import (
         ActivityReport,
         CanaryQuery,
         CanaryStats,
         CanaryVerdict,
-        EndpointFact,
         EndpointInput,
         EndpointState,
         Prepared,
@@ -34,7 +42,9 @@ with workflow.unsafe.imports_passed_through():
         desired_replicas,
         judge,
     )
+    from workflows.publish import TYPED_PUBLISH_PATCH, Publish
 
+SOURCE = "provisioner"
 QUICK_TIMEOUT = timedelta(seconds=30)
 # the slow activities heartbeat: a provisioner that died mid-deploy is noticed this soon
 HEARTBEAT = timedelta(seconds=10)
@@ -193,8 +203,7 @@ class EndpointWorkflow:
             await self._stop_version(stable, f"promoted version {canary.version}")
         else:
             await self._retire_canary(verdict.reason)
-        await self._emit("canary_decided", version=canary.version, stable=stable.version,
-                         reason=verdict.reason, verdict=verdict)
+        await self._emit(self._decided(stable=stable.version, canary=canary.version, verdict=verdict))
         s.status = "ready"
 
     async def _roll_back(self, reason: str) -> None:
@@ -205,8 +214,8 @@ class EndpointWorkflow:
             await self._retire_canary(reason)
             verdict = CanaryVerdict(outcome="rolled_back", reason=reason,
                                     stats=CanaryStats.model_validate({"stable": {}, "canary": {}}))
-            await self._emit("canary_decided", version=version, reason=reason, verdict=verdict,
-                             stable=s.stable.version if s.stable else "")
+            await self._emit(self._decided(stable=s.stable.version if s.stable else "", canary=version,
+                                           verdict=verdict))
         elif s.previous is not None and s.stable is not None:
             back, current = s.previous, s.stable
             if not await self._start(back, max(1, back.request.min_replicas)):
@@ -256,8 +265,8 @@ class EndpointWorkflow:
         s = self._state()
         assert s.stable is not None
         # The router holds new requests from here on; only then do the replicas stop.
-        await self._emit("scaled_to_zero", version=s.stable.version, model=s.stable.model,
-                         serving=s.stable.kind, idle_s=round(idle_s, 3))
+        await self._emit(EndpointScaledToZero(model=s.stable.model, kind=s.stable.kind,
+                                              idle_s=round(idle_s, 3), **self._ids()))
         for replica in list(s.replicas):
             await self._stop_replica(replica, "scaled to zero")
         s.status = "scaled_to_zero"
@@ -277,7 +286,7 @@ class EndpointWorkflow:
 
     async def _shutdown(self, reason: str) -> None:
         s = self._state()
-        await self._emit("deleted", reason=reason)
+        await self._emit(EndpointDeleted(reason=reason or "deleted", **self._ids()))
         for replica in list(s.replicas):
             await self._stop_replica(replica, reason)
         s.status, s.reason = "deleted", reason
@@ -307,7 +316,7 @@ class EndpointWorkflow:
         return True
 
     async def _stop_version(self, spec: VersionSpec, reason: str) -> None:
-        await self._emit("retired", version=spec.version, reason=reason)
+        await self._emit(EndpointRetired(version=spec.version, reason=reason, **self._ids()))
         for replica in self._state().of(spec.version):
             await self._stop_replica(replica, reason)
 
@@ -325,22 +334,37 @@ class EndpointWorkflow:
 
     async def _announce(self, spec: VersionSpec, *, weight: int) -> None:
         urls = [r.url for r in self._state().of(spec.version)]
-        await self._emit("ready", version=spec.version, model=spec.model, serving=spec.kind,
-                         url=urls[0] if urls else "", replicas=urls, weight=weight,
-                         rpm_limit=spec.request.rpm_limit, tpm_limit=spec.request.tpm_limit)
+        await self._emit(EndpointReady(
+            version=spec.version, model=spec.model, kind=spec.kind, url=urls[0] if urls else "",
+            replicas=urls, weight=weight, rpm_limit=spec.request.rpm_limit,
+            tpm_limit=spec.request.tpm_limit, **self._ids()))
 
     async def _fail(self, version: str, reason: str) -> None:
         s = self._state()
         s.reason = reason
         if s.stable is None:
             s.status = "failed"
-        await self._emit("failed", version=version, reason=reason, gone=s.stable is None)
+        await self._emit(EndpointFailed(version=version, reason=reason, endpoint_gone=s.stable is None,
+                                        **self._ids()))
 
-    async def _emit(self, kind: str, **fields: Any) -> None:
+    def _decided(self, *, stable: str, canary: str, verdict: CanaryVerdict) -> EndpointCanaryDecided:
+        stats = verdict.stats
+        return EndpointCanaryDecided(
+            stable=stable, canary=canary, outcome=verdict.outcome, reason=verdict.reason,
+            stable_error_rate=stats.stable.error_rate, canary_error_rate=stats.canary.error_rate,
+            stable_p95_ms=stats.stable.p95_ms, canary_p95_ms=stats.canary.p95_ms, **self._ids())
+
+    def _ids(self) -> dict[str, Any]:
+        """A new event's envelope: id and time the same on every replay."""
         s = self._state()
-        fact = EndpointFact(kind=kind, endpoint=s.endpoint, team=s.team,
-                            event_id=str(workflow.uuid4()), **fields)
-        await workflow.execute_activity("emit_endpoint_event", fact, start_to_close_timeout=QUICK_TIMEOUT,
+        return {"event_id": workflow.uuid4(), "occurred_at": workflow.now(), "tenant": s.team,
+                "source": SOURCE, "correlation_id": s.endpoint, "endpoint": s.endpoint}
+
+    async def _emit(self, event: Envelope) -> None:
+        """Publish a contract event; runs started before the typed-publish patch keep their
+        activity (``emit_endpoint_event``), handed the same ``Publish``."""
+        activity = "publish" if workflow.patched(TYPED_PUBLISH_PATCH) else "emit_endpoint_event"
+        await workflow.execute_activity(activity, Publish.of(event), start_to_close_timeout=QUICK_TIMEOUT,
                                         retry_policy=QUICK_RETRY)
 
     def _state(self) -> EndpointState:

@@ -1,14 +1,16 @@
 """What EndpointWorkflow remembers and decides with: its state (carried across continue-as-new),
-its tuning, the facts its activities exchange, and the canary verdict (pure, so it is tested
+its tuning, what its activities exchange, and the canary verdict (pure, so it is tested
 without Temporal)."""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from contracts import EndpointRequested
+from contracts.endpoints import ServingKind
 
 
 class Tuning(BaseModel):
@@ -36,7 +38,7 @@ class VersionSpec(BaseModel):
 
     version: str
     model: str
-    kind: str
+    kind: ServingKind
     model_dir: str
     request: EndpointRequested
 
@@ -95,7 +97,7 @@ class Prepared(BaseModel):
     allowed: bool
     reason: str = ""
     model_dir: str = ""
-    kind: str = "chat"
+    kind: ServingKind = "chat"
 
 
 class ReplicaStart(BaseModel):
@@ -123,28 +125,6 @@ class ActivityReport(BaseModel):
     requests: int = Field(default=0, ge=0)
 
 
-class EndpointFact(BaseModel):
-    """One lifecycle fact for the emit activity to turn into a contract and publish."""
-
-    kind: str  # ready | scaled_to_zero | retired | failed | deleted | canary_decided
-    endpoint: str
-    team: str
-    event_id: str
-    version: str = ""
-    model: str = ""
-    serving: str = "chat"
-    url: str = ""
-    replicas: list[str] = Field(default_factory=list)
-    weight: int = 100
-    reason: str = ""
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    verdict: CanaryVerdict | None = None
-    stable: str = Field(default="", description="canary_decided: the version the canary was judged against.")
-    idle_s: float = 0
-    gone: bool = False
-
-
 class VersionStats(BaseModel):
     requests: int = 0
     errors: int = 0
@@ -168,12 +148,9 @@ class CanaryStats(BaseModel):
 
 
 class CanaryVerdict(BaseModel):
-    outcome: str  # promoted | rolled_back | wait
+    outcome: Literal["promoted", "rolled_back", "wait"]
     reason: str
     stats: CanaryStats
-
-
-EndpointFact.model_rebuild()
 
 
 def judge(stats: CanaryStats, tuning: Tuning, *, last_window: bool) -> CanaryVerdict:

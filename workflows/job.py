@@ -1,13 +1,15 @@
 """JobWorkflow: provision -> run (heartbeating) raced against the max-runtime timer -> teardown
 -> usage.recorded -> terminal event.
 
-All I/O happens in activities (``services/provisioner/activities.py``); this module only
-decides. Workflow id = job id, so a redelivered ``jobs.admitted`` cannot start a job twice.
+All I/O happens in activities (``services/provisioner/jobs/activities.py``); this module only
+decides, and builds the contract events it publishes (``job_events``). Workflow id = job id,
+so a redelivered ``jobs.admitted`` cannot start a job twice.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -15,8 +17,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from contracts import JobRequested
-    from contracts.jobs import Artifact, TrackingRun
+    from contracts import Envelope, JobProvisioning, JobRequested, JobStarted
+    from workflows import job_events
+    from workflows.job_events import JobOutputs
+    from workflows.publish import TYPED_PUBLISH_PATCH, Publish
 
 TASK_QUEUE = "aicloud-jobs"
 DEFAULT_MAX_RUNTIME_S = 12 * 3600
@@ -44,31 +48,6 @@ class RunResult(BaseModel):
     started_at_s: float
     ended_at_s: float
     terminated: bool = False
-
-
-class JobOutputs(BaseModel):
-    artifacts: list[Artifact] = Field(default_factory=list)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    dataset_digest: str | None = None
-    code_digest: str | None = None
-    logged_params: dict[str, str] = Field(default_factory=dict)
-    tracking: TrackingRun | None = None
-
-
-class EmitInput(BaseModel):
-    """One lifecycle fact for the activity to turn into a contract and publish."""
-
-    kind: str  # provisioning | started | completed | failed | terminated | usage
-    request: JobRequested
-    event_id: str
-    backend: str = ""
-    exit_code: int | None = None
-    started_at_s: float = 0.0
-    ended_at_s: float = 0.0
-    reason: str = ""
-    outputs: JobOutputs | None = None
-    gpu_type: str | None = None
-    price_class: str = "on-demand"
 
 
 class JobOutcome(BaseModel):
@@ -107,8 +86,7 @@ class JobWorkflow:
         # that the process runs; older histories replay the old way (one "started" here).
         status_v2 = workflow.patched(JOB_STATUS_PATCH)
         if status_v2:
-            await self._emit(EmitInput(kind="provisioning", request=request,
-                                       event_id=str(workflow.uuid4())))
+            await self._emit(JobProvisioning(job_id=request.job_id, **_ids(request)))
         try:
             backend = await workflow.execute_activity(
                 "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
@@ -117,13 +95,11 @@ class JobWorkflow:
         except ActivityError as exc:
             # Always end with a terminal event: quota releases what it reserved on it.
             reason = f"the job could not be provisioned: {exc.cause or exc}"
-            now = workflow.now().timestamp()
-            await self._emit(EmitInput(kind="failed", request=request, event_id=str(workflow.uuid4()),
-                                       started_at_s=now, ended_at_s=now, reason=reason))
+            await self._emit(job_events.failed(request, _ids(request), duration_s=0, exit_code=None,
+                                               reason=reason))
             return JobOutcome(job_id=request.job_id, status="failed", reason=reason)
         if not status_v2:
-            await self._emit(EmitInput(kind="started", request=request, backend=backend,
-                                       event_id=str(workflow.uuid4())))
+            await self._emit(JobStarted(job_id=request.job_id, backend=backend, **_ids(request)))
         started = workflow.now().timestamp()
         outputs = None
         preempted: list[tuple[float, float]] = []  # the runs a preemption ended: (start, end)
@@ -157,14 +133,18 @@ class JobWorkflow:
         if result is not None:
             last_start, ended = result.started_at_s, result.ended_at_s
         for run_start, run_end in [*preempted, (last_start, ended)]:  # each run is billed
-            await self._emit(EmitInput(kind="usage", request=request, event_id=str(workflow.uuid4()),
-                                       started_at_s=run_start, ended_at_s=run_end,
-                                       gpu_type=job.gpu_type, price_class=job.price_class))
+            await self._emit(job_events.usage(request, _ids(request), started_s=run_start, ended_s=run_end,
+                                              gpu_type=job.gpu_type, price_class=job.price_class))
         if not preempted:
             started = last_start
-        await self._emit(EmitInput(kind=kind, request=request, event_id=str(workflow.uuid4()),
-                                   exit_code=exit_code, started_at_s=started, ended_at_s=ended,
-                                   reason=reason, outputs=outputs))
+        ids, duration = _ids(request), ended - started
+        if kind == "completed":
+            await self._emit(job_events.completed(request, ids, duration_s=duration, outputs=outputs))
+        elif kind == "failed":
+            await self._emit(job_events.failed(request, ids, duration_s=duration, exit_code=exit_code,
+                                               reason=reason))
+        else:
+            await self._emit(job_events.terminated(request, ids, duration_s=duration, reason=reason))
         return JobOutcome(job_id=request.job_id, status=kind, exit_code=exit_code, reason=reason)
 
     async def _run_until_limit(
@@ -201,11 +181,19 @@ class JobWorkflow:
             pass
         return None, self._cancel_reason or PREEMPTED, None
 
-    async def _emit(self, fact: EmitInput) -> None:
+    async def _emit(self, event: Envelope) -> None:
+        """Publish a contract event this workflow built. Runs started before the typed-publish
+        patch keep their activity (``emit_job_event``), now handed the same ``Publish``."""
+        activity = "publish" if workflow.patched(TYPED_PUBLISH_PATCH) else "emit_job_event"
         await workflow.execute_activity(
-            "emit_job_event", fact, start_to_close_timeout=timedelta(seconds=30),
+            activity, Publish.of(event), start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=30)),
         )
+
+
+def _ids(request: JobRequested) -> dict[str, Any]:
+    """A new event's id and time, the same on every replay."""
+    return job_events.envelope(request, event_id=workflow.uuid4(), at=workflow.now())
 
 
 def _verdict(

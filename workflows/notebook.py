@@ -9,7 +9,8 @@ owner may ``extend`` the cap once. Long-lived: continues as new when Temporal su
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio import workflow
@@ -17,7 +18,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from contracts import NotebookRequested
+    from contracts import Envelope, NotebookRequested, NotebookStarted, NotebookStopped
+    from workflows.publish import TYPED_PUBLISH_PATCH, Publish
 
 
 class NotebookState(BaseModel):
@@ -38,7 +40,9 @@ class NotebookActivity(BaseModel):
     busy: bool = False
 
 
-class NotebookStarted(BaseModel):
+class ServerStarted(BaseModel):
+    """What ``start_notebook`` answers: where the server is reachable, and since when."""
+
     url: str
     started_at_s: float
 
@@ -49,17 +53,7 @@ class NotebookStop(BaseModel):
     reason: str
 
 
-class NotebookFact(BaseModel):
-    kind: str  # started | stopped
-    request: NotebookRequested
-    event_id: str
-    url: str = ""
-    stops_at_s: float = 0
-    reason: str = ""
-    saved: list[str] = Field(default_factory=list)
-    runtime_s: float = 0
-
-
+SOURCE = "provisioner"
 HEARTBEAT = timedelta(seconds=10)  # a provisioner that died mid-start or mid-save is noticed this soon
 RETRY = RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=10))
 
@@ -101,19 +95,19 @@ class NotebookWorkflow:
         if s.status == "starting":
             try:
                 started = await workflow.execute_activity(
-                    "start_notebook", s.request, result_type=NotebookStarted,
+                    "start_notebook", s.request, result_type=ServerStarted,
                     start_to_close_timeout=timedelta(minutes=3), heartbeat_timeout=HEARTBEAT,
                     retry_policy=RetryPolicy(maximum_attempts=2))
             except ActivityError as exc:
                 s.status, s.reason = "failed", f"the notebook could not start: {exc.cause or exc}"
-                await self._emit(NotebookFact(kind="stopped", request=s.request, reason=s.reason,
-                                              event_id=str(workflow.uuid4())))
+                await self._emit(NotebookStopped(reason=s.reason, **self._ids()))
                 return s.status
             s.status, s.url, s.started_at_s = "running", started.url, started.started_at_s
             s.last_activity_s = started.started_at_s
             s.stops_at_s = started.started_at_s + s.request.max_runtime_s
-            await self._emit(NotebookFact(kind="started", request=s.request, url=s.url,
-                                          stops_at_s=s.stops_at_s, event_id=str(workflow.uuid4())))
+            await self._emit(NotebookStarted(
+                url=s.url, idle_timeout_s=s.request.idle_timeout_s,
+                stops_at=datetime.fromtimestamp(s.stops_at_s, UTC), **self._ids()))
         reason = await self._until_done()
         if reason is None:
             workflow.continue_as_new(s)
@@ -123,8 +117,8 @@ class NotebookWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=10))
         s.status, s.reason, s.saved = "stopped", reason, saved
         runtime = workflow.now().timestamp() - s.started_at_s
-        await self._emit(NotebookFact(kind="stopped", request=s.request, reason=reason, saved=saved,
-                                      runtime_s=round(runtime, 3), event_id=str(workflow.uuid4())))
+        await self._emit(NotebookStopped(reason=reason, saved=saved, runtime_s=round(runtime, 3),
+                                         **self._ids()))
         return reason
 
     async def _until_done(self) -> str | None:
@@ -148,6 +142,16 @@ class NotebookWorkflow:
             except TimeoutError:
                 pass
 
-    async def _emit(self, fact: NotebookFact) -> None:
-        await workflow.execute_activity("emit_notebook_event", fact,
+    def _ids(self) -> dict[str, Any]:
+        """A new event's envelope: id and time the same on every replay."""
+        request = self.s.request
+        return {"event_id": workflow.uuid4(), "occurred_at": workflow.now(), "tenant": request.tenant,
+                "source": SOURCE, "correlation_id": request.notebook_id,
+                "notebook_id": request.notebook_id}
+
+    async def _emit(self, event: Envelope) -> None:
+        """Publish a contract event; runs started before the typed-publish patch keep their
+        activity (``emit_notebook_event``), handed the same ``Publish``."""
+        activity = "publish" if workflow.patched(TYPED_PUBLISH_PATCH) else "emit_notebook_event"
+        await workflow.execute_activity(activity, Publish.of(event),
                                         start_to_close_timeout=timedelta(seconds=30), retry_policy=RETRY)

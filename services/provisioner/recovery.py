@@ -16,9 +16,9 @@ import structlog
 from temporalio.client import Client
 
 from services.kit.sandbox import Sandbox
-from services.provisioner.entity_handlers import signal
-from services.provisioner.notebooks import reap as reap_notebooks
-from services.provisioner.serving.replica import reap as reap_replicas
+from services.provisioner.endpoints.serving.replica import reap as reap_replicas
+from services.provisioner.notebooks.jupyter import reap as reap_notebooks
+from services.provisioner.signals import signal
 from workflows.endpoint import EndpointWorkflow
 
 log = structlog.get_logger(__name__)

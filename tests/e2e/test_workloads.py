@@ -18,7 +18,7 @@ import pytest
 
 from aicloud.demo_endpoints import cosine
 from aicloud.local.stack import Stack
-from services.provisioner.serving.replica import CONTAINER_PREFIX
+from services.provisioner.endpoints.serving.replica import CONTAINER_PREFIX
 from tests.e2e.test_local_stack import ROOT, aicloud, processes_under
 
 pytestmark = pytest.mark.e2e

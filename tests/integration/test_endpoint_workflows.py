@@ -18,12 +18,20 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from aicloud.local import servers
-from contracts import EndpointRequested, NotebookRequested
+from contracts import (
+    EndpointCanaryDecided,
+    EndpointDeleted,
+    EndpointRequested,
+    EndpointScaledToZero,
+    Envelope,
+    NotebookRequested,
+    NotebookStarted,
+    NotebookStopped,
+)
 from workflows.endpoint import EndpointWorkflow
 from workflows.endpoint_model import (
     CanaryQuery,
     CanaryStats,
-    EndpointFact,
     EndpointInput,
     EndpointState,
     Prepared,
@@ -32,8 +40,9 @@ from workflows.endpoint_model import (
     ReplicaStop,
     Tuning,
 )
-from workflows.notebook import NotebookActivity, NotebookFact, NotebookState, NotebookStop, NotebookWorkflow
-from workflows.notebook import NotebookStarted as Started
+from workflows.notebook import NotebookActivity, NotebookState, NotebookStop, NotebookWorkflow
+from workflows.notebook import ServerStarted as Started
+from workflows.publish import Publish
 
 pytestmark = pytest.mark.integration
 QUEUE = "endpoint-tests"
@@ -53,13 +62,13 @@ class Recorder:
 
     def __init__(self, env: WorkflowEnvironment) -> None:
         self.env = env
-        self.facts: list[EndpointFact] = []
+        self.facts: list[Any] = []  # the endpoints' contract events, as published
         self.started: list[ReplicaStart] = []
         self.stopped: list[ReplicaStop] = []
         self.refuse: set[str] = set()
         self.stats = CanaryStats.model_validate({"stable": {"requests": 100, "errors": 1, "p95_ms": 20},
                                                  "canary": {"requests": 40, "errors": 0, "p95_ms": 22}})
-        self.notebook_facts: list[NotebookFact] = []
+        self.notebook_facts: list[Any] = []  # the notebooks' contract events
         self.notebook_stops: list[NotebookStop] = []
 
     def activities(self) -> list[Any]:
@@ -79,9 +88,12 @@ class Recorder:
         async def stop(replica: ReplicaStop) -> None:
             self.stopped.append(replica)
 
-        @activity.defn(name="emit_endpoint_event")
-        async def emit(fact: EndpointFact) -> None:
-            self.facts.append(fact)
+        @activity.defn(name="publish")
+        async def publish(message: Publish) -> None:
+            if isinstance(message.event, NotebookStarted | NotebookStopped):
+                self.notebook_facts.append(message.event)
+            else:
+                self.facts.append(message.event)
 
         @activity.defn(name="canary_stats")
         async def stats(query: CanaryQuery) -> CanaryStats:
@@ -97,15 +109,17 @@ class Recorder:
             self.notebook_stops.append(stop)
             return ["analysis.ipynb"]
 
-        @activity.defn(name="emit_notebook_event")
-        async def emit_notebook(fact: NotebookFact) -> None:
-            self.notebook_facts.append(fact)
-
-        return [prepare, start, stop, emit, stats, start_notebook, stop_notebook, emit_notebook]
+        return [prepare, start, stop, publish, stats, start_notebook, stop_notebook]
 
     def kinds(self) -> list[str]:
-        return [f"{f.kind}:{f.version}:{f.weight}" if f.kind == "ready" else f"{f.kind}:{f.version}"
-                for f in self.facts]
+        """Each endpoint event as ``kind:version`` (``ready:version:weight``)."""
+        return [f"{kind(f)}:{f.version}:{f.weight}" if kind(f) == "ready"
+                else f"{kind(f)}:{getattr(f, 'version', getattr(f, 'canary', ''))}" for f in self.facts]
+
+
+def kind(event: Envelope) -> str:
+    """The event's name in its subject: aicloud.endpoints.<kind>.v1."""
+    return event.SUBJECT.split(".")[2]
 
 
 @pytest.fixture
@@ -149,7 +163,7 @@ async def test_scale_to_zero_fires_within_two_seconds_of_the_idle_limit_and_wake
     assert (await handle.query(EndpointWorkflow.state)).status == "ready"
     await settle(handle, lambda s: s.status == "scaled_to_zero", env, step_s=0.25)
     zero = rec.facts[-1]
-    assert zero.kind == "scaled_to_zero" and 900 <= zero.idle_s <= 902, zero
+    assert isinstance(zero, EndpointScaledToZero) and 900 <= zero.idle_s <= 902, zero
     assert [s.reason for s in rec.stopped] == ["scaled to zero"]
 
     await handle.signal(EndpointWorkflow.wake)
@@ -157,7 +171,7 @@ async def test_scale_to_zero_fires_within_two_seconds_of_the_idle_limit_and_wake
     assert rec.kinds()[-1] == "ready:1:100" and len(rec.started) == 2
     await handle.signal(EndpointWorkflow.delete, "deleted by its owner")
     assert await handle.result() == "deleted"
-    assert rec.facts[-1].kind == "deleted" and len(rec.stopped) == 2
+    assert isinstance(rec.facts[-1], EndpointDeleted) and len(rec.stopped) == 2
 
 
 async def test_a_refused_scan_fails_the_deploy_and_starts_nothing(
@@ -181,7 +195,7 @@ async def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted(
     assert rec.kinds()[-2:] == ["ready:2:10", "ready:1:90"]
     await settle(handle, lambda s: s.status == "ready" and s.canary is None, env, step_s=5)
     decided = rec.facts[-1]
-    assert decided.kind == "canary_decided" and decided.verdict and decided.verdict.outcome == "rolled_back"
+    assert isinstance(decided, EndpointCanaryDecided) and decided.outcome == "rolled_back"
     assert "error rate 30.0%" in decided.reason
     assert "retired:2" in rec.kinds() and rec.kinds()[-3] == "ready:1:100"
     assert (await handle.query(EndpointWorkflow.state)).stable.version == "1"
@@ -190,7 +204,7 @@ async def test_a_bad_canary_is_rolled_back_and_a_good_one_promoted(
                                             "canary": {"requests": 30, "errors": 0, "p95_ms": 21}})
     await handle.signal(EndpointWorkflow.deploy, request("3", canary_percent=20))
     await settle(handle, lambda s: s.stable is not None and s.stable.version == "3", env, step_s=5)
-    assert rec.facts[-1].verdict and rec.facts[-1].verdict.outcome == "promoted"
+    assert isinstance(rec.facts[-1], EndpointCanaryDecided) and rec.facts[-1].outcome == "promoted"
     assert "ready:3:100" in rec.kinds() and "retired:1" in rec.kinds()
 
     # Manual rollback: version 1 comes back, version 3 retires.
@@ -234,9 +248,9 @@ async def test_an_idle_notebook_stops_within_two_seconds_of_its_timeout(
     await handle.signal(NotebookWorkflow.activity, NotebookActivity(at_s=active))
     assert await handle.result() == "idle"
     stopped = rec.notebook_facts[-1]
-    assert stopped.kind == "stopped" and stopped.saved == ["analysis.ipynb"]
+    assert isinstance(stopped, NotebookStopped) and stopped.saved == ["analysis.ipynb"]
     started = rec.notebook_facts[0]
-    idle_for = stopped.runtime_s - (active - (started.stops_at_s - 12 * 3600))
+    idle_for = stopped.runtime_s - (active - (started.stops_at.timestamp() - 12 * 3600))
     assert 3600 <= idle_for <= 3602, idle_for
 
 

@@ -15,9 +15,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from contracts import JobCompleted, JobRequested, JobStarted, JobTerminated, UsageRecorded
 from services.kit.bus import Bus
-from services.provisioner.activities import JobActivities
 from services.provisioner.backends.local import LocalBackend
-from services.provisioner.temporal import JobWorker
+from services.provisioner.jobs.activities import JobActivities
+from services.provisioner.publish import Publisher
+from services.provisioner.worker import provisioner_worker
 from workflows.job import MAX_PREEMPTIONS, JobInput, JobWorkflow
 
 pytestmark = pytest.mark.integration
@@ -44,7 +45,8 @@ async def worker(client: Client, bus: Bus, tmp_path: Path) -> AsyncIterator[str]
     backend = LocalBackend(work_dir=tmp_path, memory_limit_mb=1024, dataset_root=DATASETS,
                            artifact_root=tmp_path / "artifacts")
     acts = JobActivities(bus=bus, backend=backend)
-    job_worker = JobWorker(client, task_queue=queue, activities=acts.all())
+    job_worker = provisioner_worker(client, task_queue=queue,
+                                    activities=[*acts.all(), *Publisher(bus=bus).all()])
     job_worker.start()
     yield queue
     await job_worker.stop()

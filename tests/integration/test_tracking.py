@@ -20,11 +20,12 @@ from temporalio.testing import WorkflowEnvironment
 from aicloud.local import servers
 from contracts import JobCompleted, JobRequested
 from services.kit.bus import Bus
-from services.provisioner.activities import JobActivities
 from services.provisioner.backends.local import LocalBackend
-from services.provisioner.mlflow_copy import public_uri
-from services.provisioner.outputs import collect
-from services.provisioner.temporal import JobWorker
+from services.provisioner.jobs.activities import JobActivities
+from services.provisioner.jobs.mlflow_copy import public_uri
+from services.provisioner.jobs.outputs import collect
+from services.provisioner.publish import Publisher
+from services.provisioner.worker import provisioner_worker
 from workflows.job import JobInput, JobWorkflow
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,8 @@ async def activities(nats_url: str, prefix: str, tmp_path: Path) -> AsyncIterato
 
 async def run(client: Client, acts: JobActivities, job_id: str, script: str) -> JobCompleted:
     queue = f"jobs-{uuid.uuid4().hex[:8]}"
-    worker = JobWorker(client, task_queue=queue, activities=acts.all())
+    worker = provisioner_worker(client, task_queue=queue,
+                                activities=[*acts.all(), *Publisher(bus=acts.bus).all()])
     worker.start()
     try:
         request = JobRequested(tenant="legal", job_id=job_id, command=["python3", "-c", script],

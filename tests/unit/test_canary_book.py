@@ -8,7 +8,7 @@ import time
 from contracts import InferenceCompleted
 from services.inference_router.config import Target
 from services.inference_router.endpoints import provider_name
-from services.provisioner.canary import CanaryBook
+from services.provisioner.endpoints.canary import CanaryBook
 
 
 def completed(

@@ -50,7 +50,7 @@ def test_job_runs_under_the_products_limit_or_the_users_if_shorter() -> None:
 
     from contracts import JobAdmitted, JobRequested
     from contracts.catalog import load_products
-    from services.provisioner.handlers import job_input
+    from services.provisioner.jobs.starter import job_input
 
     products = load_products(Path(__file__).resolve().parents[2] / "policies" / "products.yaml")
 

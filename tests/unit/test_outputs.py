@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from contracts import JobRequested
-from services.provisioner.outputs import code_digest, collect, read_metrics, tree_digest
+from services.provisioner.jobs.outputs import code_digest, collect, read_metrics, tree_digest
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from contracts import JobRequested
 from contracts.catalog import Product
-from services.provisioner import tracking
+from services.provisioner.jobs import tracking
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TYPE_LABEL = "aicloud.io/gpu-type"

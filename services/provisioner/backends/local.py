@@ -20,8 +20,8 @@ import structlog
 from contracts import JobRequested
 from contracts.catalog import dataset_project
 from services.kit.sandbox import Limits, Sandbox, choose
-from services.provisioner import tracking
 from services.provisioner.backends import DatasetUnavailable
+from services.provisioner.jobs import tracking
 
 log = structlog.get_logger(__name__)
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")

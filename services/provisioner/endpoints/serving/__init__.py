@@ -2,9 +2,9 @@
 (``scan``), and replicas of the model server (``modelserver``, run in a sandbox) started and
 stopped from the host (``replica``)."""
 
-from services.provisioner.serving.hub import InvalidModelId, ModelNotFound, resolve, seed_mirror
-from services.provisioner.serving.replica import Replica, reap, start_replica
-from services.provisioner.serving.scan import ScanReport, scan_model
+from services.provisioner.endpoints.serving.hub import InvalidModelId, ModelNotFound, resolve, seed_mirror
+from services.provisioner.endpoints.serving.replica import Replica, reap, start_replica
+from services.provisioner.endpoints.serving.scan import ScanReport, scan_model
 
 __all__ = [
     "InvalidModelId",

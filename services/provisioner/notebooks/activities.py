@@ -1,5 +1,6 @@
 """NotebookWorkflow's activities: a Jupyter server in a sandbox behind the platform's proxy,
-saved to the team's volume and metered when it stops."""
+saved to the team's volume and metered when it stops; its lifecycle events go out through
+``publish``."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from typing import Any
 import structlog
 from temporalio import activity
 
-from contracts import Envelope, NotebookRequested, NotebookStarted, NotebookStopped, UsageRecorded
+from contracts import NotebookRequested, UsageRecorded
 from services.kit.bus import Bus
 from services.kit.sandbox import Sandbox
 from services.provisioner.heartbeat import heartbeating
-from services.provisioner.notebooks import Notebook, NotebookProxy, start_notebook
-from workflows.notebook import NotebookFact, NotebookStop
-from workflows.notebook import NotebookStarted as Started
+from services.provisioner.notebooks.jupyter import Notebook, start_notebook
+from services.provisioner.notebooks.proxy import NotebookProxy
+from workflows.notebook import NotebookStop, ServerStarted
 
 log = structlog.get_logger(__name__)
 SOURCE = "provisioner"
@@ -37,13 +38,13 @@ class NotebookActivities:
         self.notebooks = notebooks
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
-        return [self.start_notebook, self.stop_notebook, self.emit_notebook_event]
+        return [self.start_notebook, self.stop_notebook]
 
     def volume(self, team: str) -> Path:
         return self._volumes / team / "notebooks"
 
     @activity.defn(name="start_notebook")
-    async def start_notebook(self, request: NotebookRequested) -> Started:
+    async def start_notebook(self, request: NotebookRequested) -> ServerStarted:
         notebook = self.notebooks.get(request.notebook_id)
         if notebook is None or not notebook.alive():
             if notebook is not None:
@@ -55,7 +56,7 @@ class NotebookActivities:
         self._proxy.register(request.notebook_id, request.tenant, notebook.socket_path)
         log.info("notebook.started", notebook_id=request.notebook_id, team=request.tenant,
                  isolation=str(self._sandbox.isolation))
-        return Started(url=self._proxy.url_for(request.notebook_id), started_at_s=time.time())
+        return ServerStarted(url=self._proxy.url_for(request.notebook_id), started_at_s=time.time())
 
     @activity.defn(name="stop_notebook")
     async def stop_notebook(self, stop: NotebookStop) -> list[str]:
@@ -78,20 +79,3 @@ class NotebookActivities:
             tenant=request.tenant, source=SOURCE, correlation_id=request.notebook_id))
         log.info("notebook.stopped", notebook_id=request.notebook_id, reason=stop.reason, saved=saved)
         return saved
-
-    @activity.defn(name="emit_notebook_event")
-    async def emit_notebook_event(self, fact: NotebookFact) -> None:
-        await self._bus.publish(notebook_event(fact))
-
-
-def notebook_event(fact: NotebookFact) -> Envelope:
-    request = fact.request
-    common: dict[str, Any] = {"event_id": uuid.UUID(fact.event_id), "tenant": request.tenant,
-                              "source": SOURCE, "correlation_id": request.notebook_id,
-                              "notebook_id": request.notebook_id}
-    if fact.kind == "started":
-        return NotebookStarted(url=fact.url, idle_timeout_s=request.idle_timeout_s,
-                               stops_at=datetime.fromtimestamp(fact.stops_at_s, UTC), **common)
-    if fact.kind == "stopped":
-        return NotebookStopped(reason=fact.reason, saved=fact.saved, runtime_s=fact.runtime_s, **common)
-    raise ValueError(f"unknown notebook fact {fact.kind!r}")

@@ -7,7 +7,7 @@ logged and the last value of each metric go onto the model version. When the pla
 ``MLFLOW_TRACKING_URI`` (the organisation's tracking server), the job's run is copied there, into
 experiment ``aicloud/<team>`` and tagged with the job id, and the model version records where.
 
-The reading and the copy run in a child process (``services.provisioner.mlflow_copy``): the store
+The reading and the copy run in a child process (``services.provisioner.jobs.mlflow_copy``): the store
 is the job's file, so whatever is in it can cost a child process, never the provisioner, and
 MLflow's per-database engine cache never grows in a long-lived service.
 """
@@ -29,7 +29,7 @@ from contracts.jobs import TrackingRun
 log = structlog.get_logger(__name__)
 JOB_STORE = "mlflow.db"
 COPY_TIMEOUT_S = 120.0
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "GIT_PYTHON_REFRESH": "quiet"}
 
 
@@ -75,7 +75,7 @@ def track(*, request: JobRequested, workspace: Path, metrics: dict[str, float],
         env["MLFLOW_TRACKING_URI"] = server_uri  # credentials stay out of argv
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "services.provisioner.mlflow_copy", str(store)],
+            [sys.executable, "-m", "services.provisioner.jobs.mlflow_copy", str(store)],
             input=json.dumps(job), capture_output=True, text=True, env=env, cwd=ROOT,
             timeout=COPY_TIMEOUT_S, check=False,
         )

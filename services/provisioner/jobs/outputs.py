@@ -12,7 +12,7 @@ import structlog
 
 from contracts import JobRequested
 from contracts.jobs import Artifact
-from services.provisioner.tracking import track
+from services.provisioner.jobs.tracking import track
 from workflows.job import JobOutputs
 
 log = structlog.get_logger(__name__)

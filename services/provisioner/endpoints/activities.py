@@ -1,8 +1,9 @@
 """EndpointWorkflow's activities: the security gate, model-server replicas in sandboxes, the
 endpoint's events, usage of every replica, and the canary's numbers.
 
-Replicas this process started are kept in a ``Fleet``; the watcher (``endpoint_watch.py``)
-reads their request counters and tells each endpoint's workflow about traffic.
+Replicas this process started are kept in a ``Fleet``; the watcher (``watch.py``) reads their
+request counters and tells each endpoint's workflow about traffic. The endpoint's lifecycle
+events go out through ``publish``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,30 +20,20 @@ from urllib.parse import unquote, urlparse
 import structlog
 from temporalio import activity
 
-from contracts import (
-    EndpointCanaryDecided,
-    EndpointDeleted,
-    EndpointFailed,
-    EndpointReady,
-    EndpointRequested,
-    EndpointRetired,
-    EndpointScaledToZero,
-    EndpointScanned,
-    Envelope,
-    UsageRecorded,
-)
+from contracts import EndpointRequested, EndpointScanned, Envelope, UsageRecorded
+from contracts.endpoints import ServingKind
 from services.kit.bus import Bus
 from services.kit.sandbox import Sandbox
-from services.provisioner.canary import CanaryBook
+from services.provisioner.endpoints.canary import CanaryBook
+from services.provisioner.endpoints.fleet import Fleet
+from services.provisioner.endpoints.serving import hub
+from services.provisioner.endpoints.serving.bert import is_bert_folder
+from services.provisioner.endpoints.serving.replica import start_replica
+from services.provisioner.endpoints.serving.scan import scan_model
 from services.provisioner.heartbeat import heartbeating
-from services.provisioner.serving import hub
-from services.provisioner.serving.bert import is_bert_folder
-from services.provisioner.serving.replica import Replica, start_replica
-from services.provisioner.serving.scan import scan_model
 from workflows.endpoint_model import (
     CanaryQuery,
     CanaryStats,
-    EndpointFact,
     Prepared,
     ReplicaRef,
     ReplicaStart,
@@ -55,20 +45,7 @@ SOURCE = "provisioner"
 REPLICA_VCPUS, REPLICA_MEMORY_GB = 1.0, 1.0
 
 
-@dataclass
-class Fleet:
-    """The model-server replicas this provisioner process runs: replica id -> (endpoint, replica)."""
-
-    replicas: dict[str, tuple[str, Replica]] = field(default_factory=dict)
-
-    def of(self, endpoint: str) -> list[Replica]:
-        return [r for e, r in self.replicas.values() if e == endpoint]
-
-    def endpoints(self) -> set[str]:
-        return {e for e, _ in self.replicas.values()}
-
-
-def serving_kind(model_dir: Path) -> str:
+def serving_kind(model_dir: Path) -> ServingKind:
     """What the model server will serve from this folder (it decides the same way)."""
     if is_bert_folder(model_dir):
         return "embeddings"
@@ -91,7 +68,7 @@ class EndpointActivities:
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         return [self.prepare_endpoint_version, self.start_endpoint_replica, self.stop_endpoint_replica,
-                self.emit_endpoint_event, self.canary_stats]
+                self.canary_stats]
 
     @activity.defn(name="prepare_endpoint_version")
     async def prepare_endpoint_version(self, request: EndpointRequested) -> Prepared:
@@ -100,7 +77,7 @@ class EndpointActivities:
         try:
             model_dir = self.model_dir(request)
             report = await heartbeating(asyncio.to_thread(scan_model, model_dir))
-            kind = serving_kind(model_dir) if report.allowed else ""
+            kind = serving_kind(model_dir) if report.allowed else None
         except ValueError as exc:  # unknown model, malformed id, nothing servable
             reason = str(exc)
             await self._publish(EndpointScanned(
@@ -111,7 +88,7 @@ class EndpointActivities:
             allowed=report.allowed, format=report.format, size_bytes=report.size_bytes,
             license=report.license, findings=report.findings, reason=report.reason,
             **scanned, **self._common(request.tenant, request.endpoint, "scan")))
-        if not report.allowed:
+        if not report.allowed or kind is None:
             return Prepared(allowed=False, reason=f"security scan refused the model: {report.reason}")
         return Prepared(allowed=True, model_dir=str(model_dir), kind=kind)
 
@@ -160,10 +137,6 @@ class EndpointActivities:
         log.info("endpoint.replica_stopped", endpoint=stop.endpoint, replica=stop.replica.replica_id,
                  reason=stop.reason, seconds=round(ended - started, 3))
 
-    @activity.defn(name="emit_endpoint_event")
-    async def emit_endpoint_event(self, fact: EndpointFact) -> None:
-        await self._publish(to_event(fact))
-
     @activity.defn(name="canary_stats")
     async def canary_stats(self, query: CanaryQuery) -> CanaryStats:
         return self._book.compare(query.endpoint, stable=query.stable, canary=query.canary,
@@ -178,29 +151,3 @@ class EndpointActivities:
         event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"aicloud:{info.workflow_run_id}:{info.activity_id}:{what}")
         return {"event_id": event_id, "tenant": team, "source": SOURCE, "correlation_id": endpoint}
 
-
-def to_event(fact: EndpointFact) -> Envelope:
-    """The contract for a lifecycle fact; its event_id comes from the workflow (retry-safe)."""
-    common: dict[str, Any] = {"event_id": uuid.UUID(fact.event_id), "tenant": fact.team, "source": SOURCE,
-                              "correlation_id": fact.endpoint, "endpoint": fact.endpoint}
-    if fact.kind == "ready":
-        return EndpointReady(model=fact.model, version=fact.version, url=fact.url, replicas=fact.replicas,
-                             weight=fact.weight, kind=fact.serving,
-                             rpm_limit=fact.rpm_limit, tpm_limit=fact.tpm_limit, **common)
-    if fact.kind == "scaled_to_zero":
-        return EndpointScaledToZero(model=fact.model, kind=fact.serving,
-                                    idle_s=fact.idle_s, **common)
-    if fact.kind == "retired":
-        return EndpointRetired(version=fact.version, reason=fact.reason, **common)
-    if fact.kind == "failed":
-        return EndpointFailed(version=fact.version, reason=fact.reason, endpoint_gone=fact.gone, **common)
-    if fact.kind == "deleted":
-        return EndpointDeleted(reason=fact.reason or "deleted", **common)
-    if fact.kind == "canary_decided" and fact.verdict is not None:
-        stats = fact.verdict.stats
-        return EndpointCanaryDecided(
-            stable=fact.stable, canary=fact.version,
-            outcome=fact.verdict.outcome, reason=fact.reason,
-            stable_error_rate=stats.stable.error_rate, canary_error_rate=stats.canary.error_rate,
-            stable_p95_ms=stats.stable.p95_ms, canary_p95_ms=stats.canary.p95_ms, **common)
-    raise ValueError(f"unknown endpoint fact {fact.kind!r}")
