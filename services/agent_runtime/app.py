@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 from typing import Any
 
 import httpx
 import structlog
-from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
 from contracts import CreateSandbox
 from contracts.pricebook import PriceBookError, load_price_book
@@ -31,6 +26,7 @@ from services.kit.catalog_keys import CatalogKeys, team_dependency
 from services.kit.runtime import Service, run
 from services.kit.sandbox import Isolation, Sandbox, choose
 from services.kit.settings import ConfigError, load_settings
+from services.kit.temporal import BackgroundWorker, Temporal
 from workflows.agent_run import AgentRunWorkflow
 
 log = structlog.get_logger(__name__)
@@ -109,38 +105,28 @@ def _agent_runs(service: Service, settings: AgentRuntimeSettings, sandboxes: San
         prices=prices,
         source=settings.service_name,
     )
-    state: dict[str, Any] = {}
+    temporal = Temporal(settings.temporal_address, settings.temporal_namespace)
+    worker: list[BackgroundWorker] = []
 
     async def start() -> None:
-        client = await Client.connect(
-            settings.temporal_address,
-            namespace=settings.temporal_namespace,
-            data_converter=pydantic_data_converter,
-            interceptors=[TracingInterceptor()],
-        )
-        worker = Worker(
-            client, task_queue=settings.task_queue, workflows=[AgentRunWorkflow], activities=activities.all()
-        )
-        state.update(
-            client=client, worker=worker, task=asyncio.create_task(worker.run(), name="agent-worker")
-        )
+        client = await temporal.connect()
+        worker.append(BackgroundWorker(client, task_queue=settings.task_queue, workflows=[AgentRunWorkflow],
+                                       activities=activities.all(), name="agent-worker"))
+        worker[0].start()
 
     async def stop() -> None:
-        if "worker" in state:
-            await state["worker"].shutdown()
+        for running in worker:
+            await running.stop()
         await router.aclose()
-
-    async def temporal_ready() -> None:
-        await state["client"].service_client.check_health()
 
     service.on_start(start)
     service.on_stop(stop)
-    service.add_check("temporal", temporal_ready)
+    service.add_check("temporal", temporal.check)
     service.include_router(
         agents_api.build_router(
             db=service.db,
             outbox=service.outbox,
-            client=lambda: state["client"],
+            client=lambda: temporal.client,
             task_queue=settings.task_queue,
             templates=lambda: set(sandboxes.templates),
             team_dep=team,
