@@ -18,15 +18,14 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from contracts import (
-        EndpointCanaryDecided,
         EndpointDeleted,
         EndpointFailed,
-        EndpointReady,
         EndpointRequested,
         EndpointRetired,
         EndpointScaledToZero,
         Envelope,
     )
+    from workflows import endpoint_events
     from workflows.endpoint_model import (
         ActivityReport,
         CanaryQuery,
@@ -44,7 +43,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.publish import TYPED_PUBLISH_PATCH, Publish
 
-SOURCE = "provisioner"
 QUICK_TIMEOUT = timedelta(seconds=30)
 # the slow activities heartbeat: a provisioner that died mid-deploy is noticed this soon
 HEARTBEAT = timedelta(seconds=10)
@@ -203,7 +201,8 @@ class EndpointWorkflow:
             await self._stop_version(stable, f"promoted version {canary.version}")
         else:
             await self._retire_canary(verdict.reason)
-        await self._emit(self._decided(stable=stable.version, canary=canary.version, verdict=verdict))
+        await self._emit(endpoint_events.canary_decided(self._ids(), stable=stable.version,
+                                                        canary=canary.version, verdict=verdict))
         s.status = "ready"
 
     async def _roll_back(self, reason: str) -> None:
@@ -214,8 +213,8 @@ class EndpointWorkflow:
             await self._retire_canary(reason)
             verdict = CanaryVerdict(outcome="rolled_back", reason=reason,
                                     stats=CanaryStats.model_validate({"stable": {}, "canary": {}}))
-            await self._emit(self._decided(stable=s.stable.version if s.stable else "", canary=version,
-                                           verdict=verdict))
+            await self._emit(endpoint_events.canary_decided(
+                self._ids(), stable=s.stable.version if s.stable else "", canary=version, verdict=verdict))
         elif s.previous is not None and s.stable is not None:
             back, current = s.previous, s.stable
             if not await self._start(back, max(1, back.request.min_replicas)):
@@ -334,10 +333,7 @@ class EndpointWorkflow:
 
     async def _announce(self, spec: VersionSpec, *, weight: int) -> None:
         urls = [r.url for r in self._state().of(spec.version)]
-        await self._emit(EndpointReady(
-            version=spec.version, model=spec.model, kind=spec.kind, url=urls[0] if urls else "",
-            replicas=urls, weight=weight, rpm_limit=spec.request.rpm_limit,
-            tpm_limit=spec.request.tpm_limit, **self._ids()))
+        await self._emit(endpoint_events.ready(spec, self._ids(), urls=urls, weight=weight))
 
     async def _fail(self, version: str, reason: str) -> None:
         s = self._state()
@@ -347,18 +343,11 @@ class EndpointWorkflow:
         await self._emit(EndpointFailed(version=version, reason=reason, endpoint_gone=s.stable is None,
                                         **self._ids()))
 
-    def _decided(self, *, stable: str, canary: str, verdict: CanaryVerdict) -> EndpointCanaryDecided:
-        stats = verdict.stats
-        return EndpointCanaryDecided(
-            stable=stable, canary=canary, outcome=verdict.outcome, reason=verdict.reason,
-            stable_error_rate=stats.stable.error_rate, canary_error_rate=stats.canary.error_rate,
-            stable_p95_ms=stats.stable.p95_ms, canary_p95_ms=stats.canary.p95_ms, **self._ids())
-
     def _ids(self) -> dict[str, Any]:
         """A new event's envelope: id and time the same on every replay."""
         s = self._state()
-        return {"event_id": workflow.uuid4(), "occurred_at": workflow.now(), "tenant": s.team,
-                "source": SOURCE, "correlation_id": s.endpoint, "endpoint": s.endpoint}
+        return endpoint_events.envelope(endpoint=s.endpoint, team=s.team, event_id=workflow.uuid4(),
+                                        at=workflow.now())
 
     async def _emit(self, event: Envelope) -> None:
         """Publish a contract event; runs started before the typed-publish patch keep their
