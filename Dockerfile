@@ -25,6 +25,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY aicloud ./aicloud
 COPY contracts ./contracts
+COPY guardrails ./guardrails
 COPY services ./services
 COPY workflows ./workflows
 RUN pip install . \

@@ -53,7 +53,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy aicloud contracts services workflows
+	$(BIN)/mypy aicloud contracts guardrails services workflows
 
 contracts: install  ## re-export docs/contracts after changing contracts/
 	$(BIN)/aicloud contracts export docs/contracts

@@ -10,8 +10,8 @@ import typer
 from aicloud.output import Format, console, emit, fail
 from contracts import JobRequested
 from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
-from services.quota.policy import PolicyEngine, PolicyError
-from services.quota.settings import POLICY_DIR
+from guardrails import POLICY_DIR
+from guardrails.cedar import PolicyEngine, PolicyError
 
 policy_app = typer.Typer(help="Guardrails as code (Cedar policies under policies/).",
                          no_args_is_help=True)

@@ -24,6 +24,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from contracts import Envelope, JobAdmitted, JobQueued, JobRejected, JobRequested
+from guardrails.cedar import PolicyDecision
 from services.kit.db import Database
 from services.kit.outbox import Outbox, outbox_insert_many, staged
 from services.kit.subscription import Delivery, PartialFailure
@@ -31,7 +32,6 @@ from services.kit.tracing import extract_context
 from services.quota import handlers, repo
 from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
 from services.quota.handlers import Guardrails, budget_blocked
-from services.quota.policy import PolicyDecision
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("aicloud.quota")

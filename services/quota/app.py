@@ -20,11 +20,11 @@ from contracts import (
     NotebookStopped,
 )
 from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
+from guardrails.cedar import PolicyEngine, PolicyError
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
 from services.quota import entities, handlers, repo
 from services.quota.admission import JobAdmission
-from services.quota.policy import PolicyEngine, PolicyError
 from services.quota.repo import MIGRATIONS
 from services.quota.settings import QuotaSettings
 

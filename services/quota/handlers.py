@@ -19,10 +19,10 @@ from contracts import (
     JobTerminated,
 )
 from contracts.catalog import ImageAttestation, Org, Product
+from guardrails.cedar import PolicyEngine
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
 from services.quota.domain import Outcome, QuotaDecision, decide_gpus
-from services.quota.policy import PolicyEngine
 
 SOURCE = "quota"
 BUDGET_EXHAUSTED_POLICY = "quota.budget-exhausted"

@@ -3,9 +3,8 @@ from pathlib import Path
 from pydantic import Field, NonNegativeFloat, NonNegativeInt
 from pydantic_settings import SettingsConfigDict
 
+from guardrails import POLICY_DIR
 from services.kit.settings import Port, ServiceSettings
-
-POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 
 
 class QuotaSettings(ServiceSettings):

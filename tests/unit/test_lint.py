@@ -21,5 +21,5 @@ def test_ruff_finds_nothing() -> None:
 
 
 def test_mypy_finds_nothing() -> None:
-    result = run("mypy", "aicloud", "contracts", "services", "workflows")
+    result = run("mypy", "aicloud", "contracts", "guardrails", "services", "workflows")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from contracts.catalog import (
     load_org,
     load_products,
 )
-from services.quota.policy import PolicyEngine, PolicyError
-from services.quota.settings import POLICY_DIR
+from guardrails import POLICY_DIR
+from guardrails.cedar import PolicyEngine, PolicyError
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +165,14 @@ def test_dataset_paths() -> None:
     assert dataset_project("projects/legal-rag/datasets/v2") == "legal-rag"
     assert dataset_project("projects/legal-rag/datasets/../v2") is None
     assert dataset_project("s3://bucket/x") is None
+
+
+def test_the_cli_and_the_guardrails_never_import_a_service() -> None:
+    """Quota enforces the policies and the CLI dry-runs them: both take the engine from the
+    shared ``guardrails`` package, so neither side reaches into the other."""
+    for package in ("aicloud", "guardrails"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not [n for n in names if n.split(".")[0] == "services"], path
