@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import Field, SQLModel
 
-from services.catalog import registry, workloads
+from services.catalog import registry, workloads_repo
 from services.kit.db import Migration
 
 MIGRATIONS = (
@@ -43,7 +43,7 @@ MIGRATIONS = (
         ),
     ),
     Migration(3, "model registry with lineage and aliases", registry.MIGRATION_STATEMENTS),
-    Migration(4, "endpoints and notebooks (read model)", workloads.MIGRATION_STATEMENTS),
+    Migration(4, "endpoints and notebooks (read model)", workloads_repo.MIGRATION_STATEMENTS),
     Migration(5, "job status 'started' is now 'running' (with 'provisioning' before it); each "
                  "job keeps the history of its statuses",
               ("UPDATE jobs SET status = 'running' WHERE status = 'started'",

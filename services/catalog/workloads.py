@@ -1,356 +1,252 @@
-"""Endpoints and notebooks as the platform API shows them: one row each, kept current from
-their events, with a short history a person can read (what happened, when, and why).
+"""What the platform API decides for endpoints and notebooks, and how their events move the
+read model.
 
-The workflows own the truth; these rows are the read model behind ``aicloud endpoints`` and
-``aicloud notebooks`` (and the name-ownership check: an endpoint name belongs to one team
-until it is deleted).
+Everything that can be refused without running anything is refused here, naming the field:
+an unknown model or version, an endpoint name another team owns, a canary outside 1-50 % or
+without a serving version, replicas out of order, an idle timeout beyond the product's. Each
+handler takes the request or event plus the ``WorkloadStore`` of one transaction; the routes
+(``workloads_api``) open that transaction and answer a refusal with its HTTP status.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
-from typing import Any
+import uuid
+from typing import Any, Literal
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import Field, SQLModel
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from contracts import (
-    EndpointAdmitted,
-    EndpointCanaryDecided,
-    EndpointDeleted,
-    EndpointFailed,
-    EndpointReady,
-    EndpointRejected,
-    EndpointRetired,
-    EndpointScaledToZero,
-    EndpointScanned,
-    NotebookAdmitted,
-    NotebookRejected,
-    NotebookStarted,
-    NotebookStopped,
+    DeleteEndpoint,
+    EndpointRequested,
+    ExtendNotebook,
+    NotebookRequested,
+    RollbackEndpoint,
+    StopNotebook,
 )
-from services.kit.inbox import UnitOfWork
-
-MIGRATION_STATEMENTS = (
-    """CREATE TABLE endpoints (
-        name TEXT PRIMARY KEY,
-        team TEXT NOT NULL,
-        status TEXT NOT NULL,
-        model TEXT NOT NULL,
-        version TEXT,
-        canary_version TEXT,
-        canary_percent INT NOT NULL DEFAULT 0,
-        kind TEXT NOT NULL DEFAULT '',
-        url TEXT NOT NULL DEFAULT '',
-        reason TEXT NOT NULL DEFAULT '',
-        scan JSONB NOT NULL DEFAULT '{}'::jsonb,
-        request JSONB NOT NULL,
-        history JSONB NOT NULL DEFAULT '[]'::jsonb,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
-    """CREATE TABLE notebooks (
-        notebook_id TEXT PRIMARY KEY,
-        team TEXT NOT NULL,
-        status TEXT NOT NULL,
-        url TEXT NOT NULL DEFAULT '',
-        stops_at TIMESTAMPTZ,
-        extended BOOLEAN NOT NULL DEFAULT false,
-        reason TEXT NOT NULL DEFAULT '',
-        saved JSONB NOT NULL DEFAULT '[]'::jsonb,
-        request JSONB NOT NULL,
-        history JSONB NOT NULL DEFAULT '[]'::jsonb,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        updated_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+from contracts.catalog import Product
+from contracts.endpoints import NAME_PATTERN
+from services.catalog.domain import (
+    LIVE,
+    EndpointEvent,
+    NotebookEvent,
+    Versions,
+    endpoint_change,
+    notebook_change,
+    resolve_version,
 )
-HISTORY_KEPT = 50
+from services.catalog.workloads_repo import EndpointPublic, NotebookPublic, WorkloadStore
+
+ENDPOINT_PRODUCT, NOTEBOOK_PRODUCT = "real-time-endpoint", "notebook"
+SOURCE = "catalog"
 
 
-class EndpointPublic(SQLModel):
-    name: str
-    team: str
-    status: str
-    model: str
-    version: str | None = None
-    canary_version: str | None = None
-    canary_percent: int = 0
-    kind: str = ""
-    reason: str = ""
-    scan: dict[str, Any] = Field(default_factory=dict)
-    request: dict[str, Any] = Field(default_factory=dict)
-    history: list[dict[str, Any]] = Field(default_factory=list)
-    created_at: datetime
-    updated_at: datetime
+class NotFound(LookupError):
+    """No such endpoint, notebook or model in the caller's team."""
 
 
-class NotebookPublic(SQLModel):
-    notebook_id: str
-    team: str
-    status: str
-    url: str = ""
-    stops_at: datetime | None = None
-    extended: bool = False
-    reason: str = ""
-    saved: list[str] = Field(default_factory=list)
-    request: dict[str, Any] = Field(default_factory=dict)
-    history: list[dict[str, Any]] = Field(default_factory=list)
-    created_at: datetime
-    updated_at: datetime
+class Conflict(ValueError):
+    """The name is taken, or the workload's status does not allow it."""
 
 
-async def get_endpoint(session: AsyncSession, name: str) -> EndpointPublic | None:
-    row = (
-        (await session.execute(text("SELECT * FROM endpoints WHERE name = :n"), {"n": name}))
-        .mappings()
-        .first()
-    )
-    return EndpointPublic.model_validate(dict(row)) if row else None
+class Invalid(ValueError):
+    """Fields of the request that can never work, each named as a validation error names it."""
+
+    def __init__(self, errors: list[Any]) -> None:
+        super().__init__("; ".join(str(error.get("msg")) for error in errors))
+        self.errors = errors
+
+    @classmethod
+    def field(cls, name: str, message: str) -> Invalid:
+        return cls([{"loc": ["body", name], "msg": message, "type": "value_error"}])
 
 
-async def list_endpoints(session: AsyncSession, team: str) -> list[EndpointPublic]:
-    rows = (
-        (
-            await session.execute(
-                text("SELECT * FROM endpoints WHERE team = :t AND status <> 'deleted' ORDER BY name"),
-                {"t": team},
+class EndpointCreate(BaseModel):
+    name: str = Field(pattern=NAME_PATTERN, description="Endpoint name (also how the router calls it).")
+    model: str | None = Field(default=None, description="Registry model of your team.")
+    version: str = Field(default="latest", description="Registry version number, `latest` or an alias.")
+    hf_model: str | None = Field(default=None, description="Hugging Face id, resolved offline.")
+    endpoint_type: Literal["real-time"] = "real-time"
+    scale_to_zero: bool = True
+    min_replicas: int = Field(default=0, ge=0, le=16)
+    max_replicas: int = Field(default=1, ge=1, le=16)
+    canary: int = Field(default=0, ge=0, description="Percent of traffic for the new version (1-50).")
+    gpus: int = Field(default=0, ge=0, le=8, description="GPUs per replica.")
+    idle_timeout_s: int | None = Field(default=None, gt=0)
+    rpm_limit: int | None = Field(default=None, gt=0)
+    tpm_limit: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EndpointCreate:
+        if (self.model is None) == (self.hf_model is None):
+            raise ValueError("give exactly one of model (a registry model) or hf_model (a Hugging Face id)")
+        if self.canary and not 1 <= self.canary <= 50:
+            raise ValueError(f"canary must be between 1 and 50 percent, not {self.canary}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
             )
-        )
-        .mappings()
-        .all()
-    )
-    return [EndpointPublic.model_validate(dict(r)) for r in rows]
+        return self
 
 
-async def upsert_endpoint_request(
-    session: AsyncSession, *, name: str, team: str, model: str, request: dict[str, Any], note: str
-) -> None:
-    """A (re)deploy: a deleted or failed endpoint starts over; a live one keeps serving."""
-    await session.execute(
-        text(
-            "INSERT INTO endpoints (name, team, status, model, request, history)"
-            " VALUES (:n, :t, 'requested', :m, CAST(:r AS JSONB), CAST(:h AS JSONB))"
-            " ON CONFLICT (name) DO UPDATE SET team = :t, model = :m, request = CAST(:r AS JSONB),"
-            " status = CASE WHEN endpoints.status IN ('deleted', 'failed', 'rejected') THEN 'requested'"
-            "               ELSE endpoints.status END,"
-            " version = CASE WHEN endpoints.status IN ('deleted', 'failed', 'rejected') THEN NULL"
-            "                ELSE endpoints.version END,"
-            " history = (endpoints.history || CAST(:h AS JSONB)), updated_at = now()"
-        ),
-        {
-            "n": name,
-            "t": team,
-            "m": model,
-            "r": json.dumps(request),
-            "h": json.dumps([_entry("requested", note)]),
-        },
-    )
+class NotebookCreate(BaseModel):
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Generated when omitted.")
+    gpus: int = Field(default=0, ge=0, le=8)
+    idle_timeout_s: int | None = Field(default=None, gt=0, description="Default: the product's.")
 
 
-async def get_notebook(session: AsyncSession, notebook_id: str) -> NotebookPublic | None:
-    row = (
-        (await session.execute(text("SELECT * FROM notebooks WHERE notebook_id = :n"), {"n": notebook_id}))
-        .mappings()
-        .first()
-    )
-    return NotebookPublic.model_validate(dict(row)) if row else None
+class Extension(BaseModel):
+    extra_s: int = Field(default=3600, gt=0, le=4 * 3600, description="At most 4 h, once.")
 
 
-async def list_notebooks(session: AsyncSession, team: str) -> list[NotebookPublic]:
-    rows = (
-        (
-            await session.execute(
-                text("SELECT * FROM notebooks WHERE team = :t ORDER BY created_at DESC LIMIT 100"),
-                {"t": team},
-            )
-        )
-        .mappings()
-        .all()
-    )
-    return [NotebookPublic.model_validate(dict(r)) for r in rows]
-
-
-async def insert_notebook(
-    session: AsyncSession, *, notebook_id: str, team: str, request: dict[str, Any]
-) -> bool:
-    result = await session.execute(
-        text(
-            "INSERT INTO notebooks (notebook_id, team, status, request, history)"
-            " VALUES (:n, :t, 'requested', CAST(:r AS JSONB), CAST(:h AS JSONB)) ON CONFLICT DO NOTHING"
-        ),
-        {
-            "n": notebook_id,
-            "t": team,
-            "r": json.dumps(request),
-            "h": json.dumps([_entry("requested", "waiting for quota")]),
-        },
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def mark_extended(session: AsyncSession, notebook_id: str, extra_s: int) -> None:
-    await _update(
-        session,
-        "notebooks",
-        "notebook_id",
-        notebook_id,
-        "extended",
-        f"hard cap extended by {extra_s} s",
-        {"extended": True},
-        extra_sql=", stops_at = stops_at + make_interval(secs => :x)",
-        params={"x": extra_s},
-    )
-
-
-# -- event handlers ----------------------------------------------------------------------------
-async def on_endpoint_event(event: Any, uow: UnitOfWork) -> None:
-    session, name = uow.session, event.endpoint
-    current = await get_endpoint(session, name)
+async def on_endpoint_event(event: EndpointEvent, *, store: WorkloadStore) -> None:
+    current = await store.get_endpoint(name=event.endpoint)
     if current is None:
         return  # published by someone else (straight onto NATS): nothing to show yet
-    fields: dict[str, Any] = {}
-    match event:
-        case EndpointAdmitted():
-            what, note = "admitted", event.reason
-        case EndpointRejected():
-            what, note = "rejected", event.reason
-            fields = {"reason": event.reason} | ({} if current.version else {"status": "rejected"})
-        case EndpointScanned():
-            verdict = "allowed" if event.allowed else "refused"
-            what, note = (
-                f"scan {verdict}",
-                (
-                    f"{event.format}, {event.size_bytes:,} bytes, licence "
-                    f"{event.license or 'unknown'}" + (f"; {event.reason}" if event.reason else "")
-                ),
-            )
-            fields = {
-                "scan": json.dumps(
-                    event.model_dump(
-                        mode="json",
-                        include={
-                            "version",
-                            "allowed",
-                            "format",
-                            "size_bytes",
-                            "license",
-                            "findings",
-                            "reason",
-                        },
-                    )
-                )
-            }
-            fields |= {} if current.version else {"status": "provisioning" if event.allowed else "scanning"}
-        case EndpointReady():
-            what, note = (
-                "ready",
-                f"version {event.version} at {event.weight}% on {len(event.replicas)} replica(s)",
-            )
-            sole = current.version in (None, event.version) and not current.canary_version
-            if event.weight == 100 or sole:
-                fields = {
-                    "version": event.version,
-                    "kind": event.kind,
-                    "status": "ready",
-                    "canary_version": None,
-                    "canary_percent": 0,
-                }
-            elif event.version != current.version:
-                fields = {"canary_version": event.version, "canary_percent": event.weight, "status": "canary"}
-        case EndpointScaledToZero():
-            what, note = "scaled to zero", f"idle for {event.idle_s:.1f} s"
-            fields = {"status": "scaled_to_zero"}
-        case EndpointRetired():
-            what, note = "retired", f"version {event.version}: {event.reason}"
-            if current.canary_version == event.version:
-                fields = {"canary_version": None, "canary_percent": 0, "status": "ready"}
-        case EndpointCanaryDecided():
-            what, note = (
-                f"canary {event.outcome.replace('_', ' ')}",
-                f"version {event.canary}: {event.reason}",
-            )
-            fields = {"canary_version": None, "canary_percent": 0, "reason": event.reason}
-            if event.outcome == "promoted":
-                fields |= {"version": event.canary, "status": "ready"}
-        case EndpointFailed():
-            what, note = "failed", f"version {event.version}: {event.reason}"
-            fields = {"reason": event.reason} | ({"status": "failed"} if event.endpoint_gone else {})
-        case EndpointDeleted():
-            what, note = "deleted", event.reason
-            fields = {"status": "deleted", "canary_version": None, "canary_percent": 0}
-        case _:
-            return
-    await _update(session, "endpoints", "name", name, what, note, fields)
+    change = endpoint_change(event, Versions(current.version, current.canary_version))
+    if change is not None:
+        await store.change_endpoint(name=event.endpoint, change=change)
 
 
-async def on_notebook_event(event: Any, uow: UnitOfWork) -> None:
-    fields: dict[str, Any]
-    match event:
-        case NotebookAdmitted():
-            what, note, fields = "admitted", event.reason, {"status": "starting"}
-        case NotebookRejected():
-            what, note, fields = "rejected", event.reason, {"status": "rejected", "reason": event.reason}
-        case NotebookStarted():
-            what, note = "running", f"idle shutdown after {event.idle_timeout_s} s"
-            fields = {"status": "running", "url": event.url, "stops_at": event.stops_at}
-        case NotebookStopped():
-            what, note = (
-                "stopped",
-                event.reason + (f"; saved {', '.join(event.saved)}" if event.saved else ""),
-            )
-            fields = {"status": "stopped", "reason": event.reason, "saved": json.dumps(event.saved)}
-        case _:
-            return
-    await _update(uow.session, "notebooks", "notebook_id", event.notebook_id, what, note, fields)
+async def on_notebook_event(event: NotebookEvent, *, store: WorkloadStore) -> None:
+    change = notebook_change(event)
+    if change is not None:
+        await store.change_notebook(notebook_id=event.notebook_id, change=change)
 
 
-ENDPOINT_EVENTS = (
-    EndpointAdmitted,
-    EndpointRejected,
-    EndpointScanned,
-    EndpointReady,
-    EndpointScaledToZero,
-    EndpointRetired,
-    EndpointCanaryDecided,
-    EndpointFailed,
-    EndpointDeleted,
-)
-NOTEBOOK_EVENTS = (NotebookAdmitted, NotebookRejected, NotebookStarted, NotebookStopped)
-JSONB_FIELDS = {"scan", "saved"}
+async def deploy(body: EndpointCreate, *, team: str, product: Product | None,
+                 store: WorkloadStore) -> EndpointPublic:
+    """Record the (re)deploy and stage ``endpoints.requested``: a name is the team's until
+    deleted, and a canary needs a version already serving."""
+    current = await store.get_endpoint(name=body.name)
+    if current is not None and current.team != team and current.status != "deleted":
+        raise Conflict(f"endpoint name {body.name!r} belongs to another team: choose another name")
+    serving = current is not None and current.status in LIVE and current.version is not None
+    if body.canary and not serving:
+        raise Invalid.field("canary", "a canary needs a serving version "
+                            f"of endpoint {body.name!r}: deploy without --canary first")
+    request = await _endpoint_request(body, team=team, product=product, store=store)
+    note = f"{request.model} version {request.version}" + (
+        f" as a {body.canary}% canary" if body.canary else "")
+    await store.request_endpoint(name=body.name, team=team, model=request.model,
+                                 request=request.model_dump(mode="json"), note=note)
+    await store.stage(request)
+    return await team_endpoint(body.name, team=team, store=store)
 
 
-async def _update(
-    session: AsyncSession,
-    table: str,
-    key: str,
-    value: str,
-    what: str,
-    note: str,
-    fields: dict[str, Any],
-    *,
-    extra_sql: str = "",
-    params: dict[str, Any] | None = None,
-) -> None:
-    sets = ", ".join(f"{f} = CAST(:f_{f} AS JSONB)" if f in JSONB_FIELDS else f"{f} = :f_{f}" for f in fields)
-    history = json.dumps([_entry(what, note)])
-    await session.execute(
-        text(
-            f"UPDATE {table} SET {sets + ', ' if sets else ''}"
-            f" history = history || CAST(:h AS JSONB), updated_at = now(){extra_sql}"
-            f" WHERE {key} = :k"
-        ),
-        {"k": value, "h": history, **{f"f_{f}": v for f, v in fields.items()}, **(params or {})},
-    )
-    await session.execute(
-        text(
-            f"UPDATE {table} SET history = (SELECT coalesce(jsonb_agg(e ORDER BY i), '[]'::jsonb) FROM"
-            f" (SELECT e, i FROM jsonb_array_elements(history) WITH ORDINALITY AS t(e, i)"
-            f"  ORDER BY i DESC LIMIT {HISTORY_KEPT}) s)"
-            f" WHERE {key} = :k AND jsonb_array_length(history) > {HISTORY_KEPT}"
-        ),
-        {"k": value},
+async def rollback(name: str, *, team: str, store: WorkloadStore) -> EndpointPublic:
+    """Stage ``endpoints.rollback`` for a live endpoint."""
+    endpoint = await team_endpoint(name, team=team, store=store)
+    if endpoint.status not in LIVE:
+        raise Conflict(f"endpoint {name!r} is {endpoint.status}: nothing to roll back")
+    await store.stage(RollbackEndpoint(tenant=team, endpoint=name, source=SOURCE, correlation_id=name))
+    return endpoint
+
+
+async def delete(name: str, *, team: str, store: WorkloadStore) -> EndpointPublic:
+    """Stage ``endpoints.delete`` unless it is deleted already."""
+    endpoint = await team_endpoint(name, team=team, store=store)
+    if endpoint.status == "deleted":
+        raise Conflict(f"endpoint {name!r} is already deleted")
+    await store.stage(DeleteEndpoint(tenant=team, endpoint=name, source=SOURCE, correlation_id=name))
+    return endpoint
+
+
+async def team_endpoint(name: str, *, team: str, store: WorkloadStore) -> EndpointPublic:
+    """The team's endpoint: another team's is indistinguishable from none."""
+    endpoint = await store.get_endpoint(name=name)
+    if endpoint is None or endpoint.team != team:
+        raise NotFound(f"no endpoint {name!r} in team {team!r}")
+    return endpoint
+
+
+def notebook_request(body: NotebookCreate, *, team: str, product: Product | None) -> NotebookRequested:
+    """The notebook asked for, within the product's idle timeout (its default)."""
+    limit = product.idle_shutdown_s if product and product.idle_shutdown_s else 3600
+    if body.idle_timeout_s is not None and body.idle_timeout_s > limit:
+        raise Invalid.field("idle_timeout_s", f"at most {limit} s for product {NOTEBOOK_PRODUCT}, "
+                            f"{body.idle_timeout_s} s asked")
+    notebook_id = body.name or f"nb-{uuid.uuid4().hex[:10]}"
+    return NotebookRequested(
+        source=SOURCE, tenant=team, correlation_id=notebook_id, notebook_id=notebook_id,
+        gpus=body.gpus, idle_timeout_s=body.idle_timeout_s or limit,
+        max_runtime_s=product.max_runtime_s if product else 43200,
+        gpu_type=(product.gpu_types[0] if product and product.gpu_types and body.gpus else None),
     )
 
 
-def _entry(what: str, note: str) -> dict[str, str]:
-    return {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": what, "detail": note}
+async def create_notebook(request: NotebookRequested, *, store: WorkloadStore) -> NotebookPublic:
+    """Record the notebook and stage ``notebooks.requested``; a name is used once."""
+    if not await store.insert_notebook(notebook_id=request.notebook_id, team=request.tenant,
+                                       request=request.model_dump(mode="json")):
+        raise Conflict(f"notebook {request.notebook_id!r} already exists: choose another name")
+    await store.stage(request)
+    return await team_notebook(request.notebook_id, team=request.tenant, store=store)
+
+
+async def stop_notebook(notebook_id: str, *, team: str, store: WorkloadStore) -> NotebookPublic:
+    notebook = await team_notebook(notebook_id, team=team, store=store)
+    if notebook.status in ("stopped", "rejected"):
+        raise Conflict(f"notebook {notebook_id!r} is already {notebook.status}")
+    await store.stage(StopNotebook(tenant=team, notebook_id=notebook_id, source=SOURCE,
+                                   correlation_id=notebook_id))
+    return notebook
+
+
+async def extend_notebook(notebook_id: str, *, extra_s: int, team: str,
+                          store: WorkloadStore) -> NotebookPublic:
+    """A running notebook's hard cap moves out once: more would make the cap meaningless."""
+    notebook = await team_notebook(notebook_id, team=team, store=store)
+    if notebook.status != "running":
+        raise Conflict(f"notebook {notebook_id!r} is {notebook.status}, not running")
+    if notebook.extended:
+        raise Conflict(f"notebook {notebook_id!r} was already extended once; "
+                       "save your work and start a new one")
+    await store.mark_extended(notebook_id=notebook_id, extra_s=extra_s)
+    await store.stage(ExtendNotebook(tenant=team, notebook_id=notebook_id, extra_s=extra_s,
+                                     source=SOURCE, correlation_id=notebook_id))
+    return await team_notebook(notebook_id, team=team, store=store)
+
+
+async def team_notebook(notebook_id: str, *, team: str, store: WorkloadStore) -> NotebookPublic:
+    """The team's notebook: another team's is indistinguishable from none."""
+    notebook = await store.get_notebook(notebook_id=notebook_id)
+    if notebook is None or notebook.team != team:
+        raise NotFound(f"no notebook {notebook_id!r} in team {team!r}")
+    return notebook
+
+
+async def _endpoint_request(body: EndpointCreate, *, team: str, product: Product | None,
+                            store: WorkloadStore) -> EndpointRequested:
+    source, model, version, artifact_uri = await _source(body, team=team, store=store)
+    idle = body.idle_timeout_s or (product.idle_shutdown_s if product else None) or 900
+    try:
+        return EndpointRequested(
+            source=SOURCE, tenant=team, correlation_id=body.name, endpoint=body.name, model=model,
+            version=version, gpus=body.gpus, min_replicas=body.min_replicas,
+            max_replicas=body.max_replicas, canary_percent=body.canary, model_source=source,
+            artifact_uri=artifact_uri, scale_to_zero=body.scale_to_zero, idle_s=idle,
+            rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit,
+        )
+    except ValidationError as exc:
+        raise Invalid(exc.errors(include_url=False)) from None
+
+
+async def _source(body: EndpointCreate, *, team: str, store: WorkloadStore
+                  ) -> tuple[Literal["registry", "huggingface"], str, str, str]:
+    """(source, model, version, artifacts folder URI) of what is to be deployed."""
+    if body.hf_model is not None:
+        return "huggingface", body.hf_model, "hf", ""
+    assert body.model is not None
+    model = await store.get_model(team=team, name=body.model)
+    if model is None:
+        raise NotFound(f"no model {body.model!r} in team {team!r}: see `aicloud models list`")
+    number = resolve_version(body.version, latest=model.latest_version, aliases=model.aliases)
+    found = next((v for v in model.versions if v.version == number), None)
+    if found is None:
+        known = ", ".join(str(v.version) for v in model.versions)
+        raise NotFound(f"model {body.model!r} has no version {body.version!r} (versions: {known})")
+    servable = [a for a in found.artifacts if str(a.get("name", "")).endswith("model.json")]
+    if not servable:
+        raise Invalid.field("model", f"version {found.version} of {body.model!r} has no servable "
+                            "artifact (model.json)")
+    return "registry", body.model, str(found.version), str(servable[0]["uri"]).rsplit("/", 1)[0]
