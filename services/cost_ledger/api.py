@@ -15,8 +15,8 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.cost_ledger import repo
-from services.cost_ledger.domain import Budget
-from services.cost_ledger.ledger import Ledger, month_bounds, throttle
+from services.cost_ledger.domain import Budget, month_bounds
+from services.cost_ledger.ledger import Ledger, throttle
 
 Dimension = Literal["team", "project", "user_id", "kind", "model", "gpu_type", "resource_id"]
 

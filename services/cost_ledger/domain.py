@@ -55,6 +55,12 @@ def period_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m")
 
 
+def month_bounds(period: str) -> tuple[datetime, datetime]:
+    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start, end
+
+
 def usage_lines(event: UsageRecorded, prices: PriceBook, *, teams: frozenset[str]) -> list[Line]:
     start, end = event.started_at.astimezone(UTC), event.ended_at.astimezone(UTC)
     _check_usage(event, start, end)

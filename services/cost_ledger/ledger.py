@@ -11,30 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import structlog
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from contracts import (
-    BudgetChanged,
-    BudgetExhausted,
-    BudgetThresholdCrossed,
-    Envelope,
-    InferenceCompleted,
-)
+from contracts import Envelope
 from contracts.pricebook import PriceBook
-from services.cost_ledger import domain, repo
-from services.cost_ledger.domain import Budget, Line, Unbillable
+from services.cost_ledger import domain, handlers, repo
+from services.cost_ledger.domain import Budget, month_bounds
+from services.cost_ledger.repo import SqlLedger
 from services.kit.db import Database
 from services.kit.outbox import Outbox
-
-log = structlog.get_logger(__name__)
 
 
 @dataclass
@@ -69,76 +60,24 @@ class Ledger:
 
     async def ingest(self, events: Sequence[Envelope]) -> dict[int, str]:
         """Charge a batch; returns the events refused for good (by position) with the reason."""
-        refused: dict[int, str] = {}
-        lines: list[Line] = []
-        for i, event in enumerate(events):
-            try:
-                lines += self.lines_of(event)
-            except Unbillable as exc:
-                refused[i] = str(exc)
-        async with self.db.transaction() as session:
-            await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('cost-ledger'))"))
-            inserted = await repo.append(session, lines)
-            await self._check_budgets(session, inserted)
+        lines, refused = handlers.price(events, prices=self.prices, teams=self.teams)
+        async with self.store() as store:
+            inserted = await handlers.charge(lines, store=store)
         if inserted:
             await self.live.changed()
         return refused
 
-    def lines_of(self, event: Envelope) -> list[Line]:
-        if type(event) is InferenceCompleted:  # not isinstance: ABCMeta's check is slow per event
-            return domain.inference_lines(event, self.prices, teams=self.teams)
-        return domain.usage_lines(event, self.prices, teams=self.teams)  # type: ignore[arg-type]
-
-    async def _check_budgets(self, session: AsyncSession, touched: set[tuple[str, str]]) -> None:
-        """Alert for each (team, month) that new lines were charged to."""
-        periods: dict[str, set[str]] = {}
-        for team, period in touched:
-            periods.setdefault(period, set()).add(team)
-        found = await repo.budgets(session, teams=sorted({t for t, _ in touched}))
-        for period, teams in periods.items():
-            start, end = month_bounds(period)
-            spent = await repo.month_spend(session, teams=sorted(teams & set(found)), start=start,
-                                           end=end)
-            for team, amount in spent.items():
-                await self._alert(session, found[team], period, amount)
-
-    async def _alert(self, session: AsyncSession, budget: Budget, period: str, spent: Decimal) -> None:
-        already = await repo.alerts_of(session, team=budget.team, period=period)
-        for threshold in domain.crossed(budget, spent=spent, already=already):
-            if not await repo.record_alert(session, budget=budget, period=period,
-                                           threshold=threshold, spent=spent):
-                continue
-            spent_usd = spent.quantize(Decimal("0.01"))
-            await self.outbox.add(session, BudgetThresholdCrossed(
-                tenant=budget.team, source="cost-ledger", budget_id=budget.budget_id,
-                period=period, threshold_percent=threshold, spent_usd=spent_usd,
-                amount_usd=budget.amount_usd))
-            if threshold >= 100:
-                await self.outbox.add(session, BudgetExhausted(
-                    tenant=budget.team, source="cost-ledger", budget_id=budget.budget_id,
-                    period=period, action=budget.action,
-                    spent_usd=spent_usd, amount_usd=budget.amount_usd))
-            log.info("budget.threshold_crossed", team=budget.team, period=period,
-                     threshold=threshold, spent=str(spent_usd), action=budget.action)
-
     async def set_budget(self, budget: Budget) -> None:
-        """Store a budget and alert at once if this month's spend is already past a threshold."""
-        period = domain.period_of(datetime.now(UTC))
+        async with self.store() as store:
+            await handlers.set_budget(budget, now=datetime.now(UTC), store=store)
+        await self.live.changed()
+
+    @contextlib.asynccontextmanager
+    async def store(self) -> AsyncIterator[SqlLedger]:
+        """One transaction, serialised with every other write by an advisory lock."""
         async with self.db.transaction() as session:
             await session.execute(text("SELECT pg_advisory_xact_lock(hashtext('cost-ledger'))"))
-            await repo.set_budget(session, budget)
-            start, end = month_bounds(period)
-            spent = (await repo.month_spend(session, teams=[budget.team], start=start, end=end)
-                     ).get(budget.team, Decimal(0))
-            # a raised budget re-arms the thresholds the spend is now below
-            await repo.rearm_alerts(session, team=budget.team, period=period,
-                                    below_percent=spent / budget.amount_usd * 100)
-            await self.outbox.add(session, BudgetChanged(
-                tenant=budget.team, source="cost-ledger", budget_id=budget.budget_id, period=period,
-                amount_usd=budget.amount_usd, spent_usd=spent.quantize(Decimal("0.01")),
-                action=budget.action, thresholds=list(budget.thresholds)))
-            await self._alert(session, budget, period, spent)
-        await self.live.changed()
+            yield SqlLedger(session, self.outbox)
 
     # -- views ------------------------------------------------------------------------------
     async def spend(self, *, team: str | None, by: Sequence[str], start: datetime, end: datetime,
@@ -202,12 +141,6 @@ class Ledger:
             "top_resources": top_resources, "top_models": top_models, "alerts": alerts,
             "idle": await self.idle(start=start, end=end),
         }
-
-
-def month_bounds(period: str) -> tuple[datetime, datetime]:
-    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
-    end = (start + timedelta(days=32)).replace(day=1)
-    return start, end
 
 
 async def throttle(seconds: float, last: float) -> float:

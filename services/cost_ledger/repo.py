@@ -15,8 +15,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from contracts import Envelope
 from services.cost_ledger.domain import Budget, Line
 from services.cost_ledger.migrations import MIGRATIONS
+from services.kit.outbox import Outbox
 
 DIMENSIONS = ("team", "project", "user_id", "kind", "model", "gpu_type", "resource_id")
 __all__ = ["MIGRATIONS", "append", "reverse", "spend"]
@@ -215,3 +217,37 @@ async def recent_alerts(session: AsyncSession, *, limit: int = 20) -> list[dict[
         "SELECT team, period, threshold, spent_usd, amount_usd, action, at FROM budget_alerts"
         " ORDER BY at DESC LIMIT :n"), {"n": limit})
     return [dict(r._mapping) for r in rows]
+
+
+class SqlLedger:
+    """``handlers.LedgerStore`` on one session; ``stage`` adds to its outbox."""
+
+    def __init__(self, session: AsyncSession, outbox: Outbox) -> None:
+        self.session, self.outbox = session, outbox
+
+    async def append(self, lines: Sequence[Line]) -> set[tuple[str, str]]:
+        return await append(self.session, lines)
+
+    async def budgets(self, *, teams: Sequence[str]) -> dict[str, Budget]:
+        return await budgets(self.session, teams=teams)
+
+    async def set_budget(self, budget: Budget) -> None:
+        await set_budget(self.session, budget)
+
+    async def month_spend(self, *, teams: Sequence[str], start: datetime,
+                          end: datetime) -> dict[str, Decimal]:
+        return await month_spend(self.session, teams=teams, start=start, end=end)
+
+    async def alerts_of(self, *, team: str, period: str) -> set[int]:
+        return await alerts_of(self.session, team=team, period=period)
+
+    async def record_alert(self, *, budget: Budget, period: str, threshold: int,
+                           spent: Decimal) -> bool:
+        return await record_alert(self.session, budget=budget, period=period, threshold=threshold,
+                                  spent=spent)
+
+    async def rearm_alerts(self, *, team: str, period: str, below_percent: Decimal) -> None:
+        await rearm_alerts(self.session, team=team, period=period, below_percent=below_percent)
+
+    async def stage(self, event: Envelope) -> None:
+        await self.outbox.add(self.session, event)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
+from typing import Any
 
 import aiohttp
 import orjson
@@ -34,6 +35,7 @@ from services.inference_router.settings import RouterSettings
 from services.inference_router.usage import UsageSink
 from services.inference_router.wake import Waker
 from services.inference_router.web import RouterApi
+from services.kit.inbox import UnitOfWork
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
 
@@ -176,17 +178,26 @@ class Router:
 def build(settings: RouterSettings) -> Service:
     service = Service(settings, migrations=MIGRATIONS, title="aicloud inference router")
     router = Router(service, settings)
-    service.consume(EndpointReady, partial(handlers.on_endpoint_ready, routes=router.routes))
-    service.consume(EndpointRetired, partial(handlers.on_endpoint_retired, routes=router.routes))
-    service.consume(EndpointScaledToZero,
-                    partial(handlers.on_endpoint_scaled_to_zero, routes=router.routes))
-    service.consume(EndpointDeleted, partial(handlers.on_endpoint_deleted, routes=router.routes))
-    service.consume(BudgetExhausted, partial(handlers.on_budget_exhausted, budgets=router.budgets))
-    service.consume(BudgetChanged, partial(handlers.on_budget_changed, budgets=router.budgets))
+    routes, budgets = {"routes": router.routes}, {"budgets": router.budgets}
+    service.consume(EndpointReady, with_store(handlers.on_endpoint_ready, **routes))
+    service.consume(EndpointRetired, with_store(handlers.on_endpoint_retired, **routes))
+    service.consume(EndpointScaledToZero, with_store(handlers.on_endpoint_scaled_to_zero, **routes))
+    service.consume(EndpointDeleted, with_store(handlers.on_endpoint_deleted, **routes))
+    service.consume(BudgetExhausted, with_store(handlers.on_budget_exhausted, **budgets))
+    service.consume(BudgetChanged, with_store(handlers.on_budget_changed, **budgets))
     service.on_start(router.start)
     service.on_stop(router.stop)
     service.serve_aiohttp(lambda: router.api().app())
     return service
+
+
+def with_store(handler: Callable[..., Awaitable[None]],
+               **ports: object) -> Callable[[Any, UnitOfWork], Awaitable[None]]:
+    """``handler(event, store=..., **ports)`` on the transaction the inbox opened for the event."""
+    async def handle(event: Any, uow: UnitOfWork) -> None:
+        await handler(event, store=repo.SqlRouterStore(uow.session), **ports)
+
+    return handle
 
 
 def main() -> None:

@@ -174,3 +174,30 @@ async def budget_blocks(session: AsyncSession, *, period: str
 async def unblock_team(session: AsyncSession, *, team: str, period: str) -> None:
     await session.execute(text("DELETE FROM budget_blocks WHERE team = :t AND period = :p"),
                           {"t": team, "p": period})
+
+
+class SqlRouterStore:
+    """``handlers.RouterStore`` on one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def endpoint_ready(self, *, endpoint: str, model: str, serving: Serving) -> None:
+        await endpoint_ready(self.session, endpoint=endpoint, model=model, serving=serving)
+
+    async def endpoint_retired(self, *, endpoint: str, version: str, dormant: bool) -> None:
+        await endpoint_retired(self.session, endpoint=endpoint, version=version, dormant=dormant)
+
+    async def endpoint_scaled_to_zero(self, *, endpoint: str, team: str, model: str, kind: str) -> None:
+        await endpoint_scaled_to_zero(self.session, endpoint=endpoint, team=team, model=model, kind=kind)
+
+    async def endpoint_deleted(self, *, endpoint: str) -> None:
+        await endpoint_deleted(self.session, endpoint=endpoint)
+
+    async def block_team(self, *, team: str, budget_id: str, period: str, action: str,
+                         spent_usd: Decimal, amount_usd: Decimal) -> None:
+        await block_team(self.session, team=team, budget_id=budget_id, period=period, action=action,
+                         spent_usd=spent_usd, amount_usd=amount_usd)
+
+    async def unblock_team(self, *, team: str, period: str) -> None:
+        await unblock_team(self.session, team=team, period=period)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Any
 
 from contracts import (
     BudgetChanged,
@@ -21,6 +23,7 @@ from contracts import (
 )
 from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
 from guardrails.cedar import PolicyEngine, PolicyError
+from services.kit.inbox import UnitOfWork
 from services.kit.runtime import Service, run
 from services.kit.settings import ConfigError, load_settings
 from services.quota import entities, handlers, repo
@@ -63,9 +66,9 @@ def build(settings: QuotaSettings) -> Service:
     for gone in (EndpointDeleted, EndpointFailed):
         service.consume(gone, entities.on_endpoint_ended)
     service.consume(NotebookStopped, entities.on_notebook_stopped)
-    service.consume(BudgetExhausted, handlers.on_budget_exhausted)
-    service.consume(BudgetChanged, handlers.on_budget_changed)
-    service.consume(BudgetThresholdCrossed, handlers.on_budget_changed)
+    service.consume(BudgetExhausted, with_budgets(handlers.on_budget_exhausted))
+    service.consume(BudgetChanged, with_budgets(handlers.on_budget_changed))
+    service.consume(BudgetThresholdCrossed, with_budgets(handlers.on_budget_changed))
 
     async def load_budgets() -> None:
         async with service.db.transaction() as session:
@@ -73,6 +76,14 @@ def build(settings: QuotaSettings) -> Service:
 
     service.on_start(load_budgets)
     return service
+
+
+def with_budgets(handler: Callable[..., Awaitable[None]]) -> Callable[[Any, UnitOfWork], Awaitable[None]]:
+    """``handler(event, budgets=...)`` on the transaction the inbox opened for the event."""
+    async def handle(event: Any, uow: UnitOfWork) -> None:
+        await handler(event, budgets=repo.SqlBudgets(uow.session))
+
+    return handle
 
 
 def main() -> None:

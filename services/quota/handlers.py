@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Protocol
 
 from contracts import (
     BudgetChanged,
@@ -124,23 +125,33 @@ async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision
             **event_fields(request)))
 
 
-async def on_budget_exhausted(event: BudgetExhausted, uow: UnitOfWork) -> None:
+class BudgetStore(Protocol):
+    """The ledger's budgets as quota keeps them: spend to pre-authorise against, and blocks."""
+
+    async def record_spend(self, *, team: str, amount_usd: Decimal, spent_usd: Decimal) -> None: ...
+    async def block_team(self, *, team: str, period: str, budget_id: str, action: str,
+                         spent_usd: Decimal, amount_usd: Decimal) -> None: ...
+    async def unblock_team(self, *, team: str, period: str) -> None: ...
+
+
+async def on_budget_exhausted(event: BudgetExhausted, *, budgets: BudgetStore) -> None:
     """``block`` and ``stop`` refuse the team's new work for the rest of the period."""
-    await repo.record_spend(uow.session, team=event.tenant, amount_usd=event.amount_usd,
-                            spent_usd=event.spent_usd)
+    await budgets.record_spend(team=event.tenant, amount_usd=event.amount_usd,
+                               spent_usd=event.spent_usd)
     if event.action in ("block", "stop"):
-        await repo.block_team(uow.session, team=event.tenant, period=event.period,
-                              budget_id=event.budget_id, action=event.action,
-                              spent_usd=event.spent_usd, amount_usd=event.amount_usd)
+        await budgets.block_team(team=event.tenant, period=event.period, budget_id=event.budget_id,
+                                 action=event.action, spent_usd=event.spent_usd,
+                                 amount_usd=event.amount_usd)
 
 
-async def on_budget_changed(event: BudgetChanged | BudgetThresholdCrossed, uow: UnitOfWork) -> None:
+async def on_budget_changed(event: BudgetChanged | BudgetThresholdCrossed, *,
+                            budgets: BudgetStore) -> None:
     """Keep the ledger's budget and spend; a budget that now covers the spend lifts a block."""
-    await repo.record_spend(uow.session, team=event.tenant, amount_usd=event.amount_usd,
-                            spent_usd=event.spent_usd)
+    await budgets.record_spend(team=event.tenant, amount_usd=event.amount_usd,
+                               spent_usd=event.spent_usd)
     if isinstance(event, BudgetChanged) and (event.spent_usd < event.amount_usd
                                              or event.action == "notify"):
-        await repo.unblock_team(uow.session, team=event.tenant, period=event.period)
+        await budgets.unblock_team(team=event.tenant, period=event.period)
 
 
 def budget_blocked(team: str, block: dict[str, Any]) -> QuotaDecision:

@@ -277,3 +277,21 @@ async def record_spend(session: AsyncSession, *, team: str, amount_usd: Decimal,
              " ON CONFLICT (team) DO UPDATE SET amount_usd = EXCLUDED.amount_usd,"
              " spent_usd = EXCLUDED.spent_usd, updated_at = now()"),
         {"t": team, "a": amount_usd, "s": spent_usd})
+
+
+class SqlBudgets:
+    """``handlers.BudgetStore`` on one session."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def record_spend(self, *, team: str, amount_usd: Decimal, spent_usd: Decimal) -> None:
+        await record_spend(self.session, team=team, amount_usd=amount_usd, spent_usd=spent_usd)
+
+    async def block_team(self, *, team: str, period: str, budget_id: str, action: str,
+                         spent_usd: Decimal, amount_usd: Decimal) -> None:
+        await block_team(self.session, team=team, period=period, budget_id=budget_id, action=action,
+                         spent_usd=spent_usd, amount_usd=amount_usd)
+
+    async def unblock_team(self, *, team: str, period: str) -> None:
+        await unblock_team(self.session, team=team, period=period)
