@@ -12,13 +12,14 @@ import httpx
 import typer
 
 from aicloud.local.servers import MissingBinary
-from aicloud.local.stack import Stack, StackError, default_home
+from aicloud.local.stack import Stack, default_home
+from aicloud.local.supervisor import StackError
 from aicloud.output import Format, console, emit, fail
 
 app = typer.Typer(help="Run the whole platform locally: NATS, PostgreSQL, Temporal, 7 services.",
                   no_args_is_help=True)
 Home = Annotated[Path | None, typer.Option(help="State directory (default $AICLOUD_HOME or ./.aicloud).")]
-COLUMNS = ("name", "pid", "url", "healthy")
+COLUMNS = ("name", "pid", "url", "address", "healthy")
 
 
 @app.command()
@@ -57,7 +58,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Same as -o json.")] = False,
     home: Home = None,
 ) -> None:
-    """Each component: name, pid, url, healthy. Exit code 1 when something is unhealthy."""
+    """Each component: name, pid, url, address (Temporal's frontend for `temporal --address` and
+    SDK clients), healthy. Exit code 1 when something is unhealthy."""
     rows = Stack(home or default_home()).status()
     emit(rows, fmt=Format.json if as_json else output, columns=COLUMNS)
     if not rows or not all(row["healthy"] for row in rows):
@@ -129,8 +131,11 @@ def down(home: Home = None) -> None:
 
 
 def _print_links(stack: Stack) -> None:
-    urls = {row["name"]: row["url"] for row in stack.status()}
+    rows = stack.status()
+    urls = {row["name"]: row["url"] for row in rows}
+    temporal = next((row["address"] for row in rows if row["name"] == "temporal"), None)
     console.print(f"\n  Temporal UI     {urls.get('temporal')}")
+    console.print(f"  Temporal        {temporal}  (temporal --address, SDK clients)")
     console.print(f"  platform API    {urls.get('catalog')}/docs")
     console.print(f"  model router    {urls.get('inference-router')}/v1  (team keys in "
                   f"{stack.home / 'router-keys.json'})")

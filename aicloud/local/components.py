@@ -1,0 +1,214 @@
+"""The stack's components as a table: each one's command line, URL, readiness check and
+environment. Infrastructure (and the fake upstream) starts first, then the services."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aicloud.local import servers
+from aicloud.local.servers import PostgresLayout
+from aicloud.local.state import Component, Ports, StackFiles
+from aicloud.local.supervisor import Probe, http_ok
+
+DATABASE = "aicloud"
+Env = dict[str, str]
+Ready = Callable[[Component, Ports], bool]
+
+
+@dataclass(frozen=True)
+class Site:
+    """What command lines and environments are made from: the home, its ports and database."""
+
+    files: StackFiles
+    ports: Ports
+    postgres: PostgresLayout
+
+    @property
+    def home(self) -> Path:
+        return self.files.home
+
+    def local(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def http(self, name: str) -> str:
+        return f"http://{self.local(name)}"
+
+
+def _no_env(_: Site) -> Env:
+    return {}
+
+
+@dataclass(frozen=True)
+class Infra:
+    """A server from a wheel that the services need, or a fake of something outside the platform."""
+
+    name: str
+    url: Callable[[Ports], str]
+    argv: Callable[[Site], list[str]]
+    ready: Ready
+    env: Callable[[Site], Env] = _no_env
+    user: Callable[[Site], str | None] = lambda _: None
+    address: Callable[[Ports], str | None] = lambda _: None
+
+    def component(self, site: Site) -> Component:
+        return Component(self.name, self.url(site.ports), self.argv(site), str(site.files.log(self.name)),
+                         env=self.env(site), user=self.user(site), address=self.address(site.ports))
+
+
+@dataclass(frozen=True)
+class Service:
+    """``python -m services.<name>``, configured by ``AICLOUD_<NAME>_*`` variables."""
+
+    name: str
+    env: Callable[[Site], Env] = _no_env
+    """Its own settings, without the prefix."""
+    outside_env: Callable[[Site], Env] = _no_env
+    """Variables read under their own names (the model providers' SDKs)."""
+
+    @property
+    def prefix(self) -> str:
+        return f"AICLOUD_{self.name.upper().replace('-', '_')}_"
+
+    def component(self, site: Site) -> Component:
+        common = {
+            "NATS_URL": f"nats://{site.local('nats')}",
+            "DATABASE_URL": servers.postgres_url(site.ports["postgres"], DATABASE,
+                                                 socket_dir=site.postgres.socket_dir),
+            "HTTP_PORT": str(site.ports[self.name]),
+            "TRACE_FILE": str(site.home / "traces" / f"{self.name}.jsonl"),
+        }
+        env = {f"{self.prefix}{key}": value for key, value in (common | self.env(site)).items()}
+        module = f"services.{self.name.replace('-', '_')}"
+        return Component(self.name, site.http(self.name), [sys.executable, "-m", module],
+                         str(site.files.log(self.name)), env=env | self.outside_env(site))
+
+
+def _local_gpus() -> str:
+    return os.environ.get("AICLOUD_LOCAL_GPUS", "16")  # simulated
+
+
+def _catalog(site: Site) -> Env:
+    return {"DEMO_KEYS_FILE": str(site.home / "keys.json"),
+            "PROVISIONER_URL": site.http("provisioner"),
+            "LEDGER_URL": site.http("cost-ledger")}
+
+
+def _cost_ledger(site: Site) -> Env:
+    return {"ADMIN_TOKEN": site.files.secret("ledger-admin-token"),
+            "POOL_GPUS": json.dumps({"h100-80gb": int(_local_gpus())})}
+
+
+def _provisioner(site: Site) -> Env:
+    home = site.home
+    return {
+        "TEMPORAL_ADDRESS": site.local("temporal"),
+        "WORK_DIR": str(home / "jobs"),
+        "ARTIFACT_ROOT": str(home / "artifacts"),
+        "SANDBOX_HIDDEN_PATHS": json.dumps([str(home)]),
+        "CATALOG_URL": site.http("catalog"),
+        "SERVING_ROOT": str(site.files.scratch_dir("serving")),
+        "NOTEBOOK_ROOT": str(site.files.scratch_dir("notebooks")),
+        "NOTEBOOK_PROXY_PORT": str(site.ports["notebook-proxy"]),
+        "VOLUME_ROOT": str(home / "volumes"),
+        "HF_MIRROR": str(home / "hf-mirror"),
+        # the "organisation's" MLflow store, unless you point the platform at your own server
+        "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}"),
+        # a laptop demo judges canaries on 10 s of traffic (production: 60 s, 20 requests)
+        "CANARY_WINDOW_S": os.environ.get("AICLOUD_CANARY_WINDOW_S", "10"),
+        "CANARY_MIN_REQUESTS": "10",
+    }
+
+
+def _router(site: Site) -> Env:
+    return {"ADMIN_TOKEN": site.files.secret("router-admin-token"),
+            "DEMO_KEYS_FILE": str(site.home / "router-keys.json"),
+            "USAGE_SPOOL": str(site.files.data / "router-usage.spool")}
+
+
+def _router_providers(site: Site) -> Env:
+    """Real providers when the developer configured them; otherwise the local fake."""
+    fake, key = f"{site.http('fake-llm')}/v1", site.files.secret("fake-llm-key")
+    env: Env = {}
+    if "AICLOUD_OPENAI_BASE_URL" not in os.environ:
+        env |= {"AICLOUD_OPENAI_BASE_URL": fake, "OPENAI_API_KEY": key}
+    if "AICLOUD_ANTHROPIC_BASE_URL" not in os.environ:
+        env |= {"AICLOUD_ANTHROPIC_BASE_URL": fake, "ANTHROPIC_API_KEY": key}
+    return env
+
+
+def _agent_runtime(site: Site) -> Env:
+    # Sandbox state must be reachable by the sandboxes' own uids, so it cannot live under a
+    # private home; one folder per home keeps two stacks from reaping each other's boxes.
+    return {"CATALOG_URL": site.http("catalog"),
+            "SANDBOX_DIR": str(site.files.sandbox_dir),
+            "STATE_MASTER_KEYS_FILE": str(site.files.master_keys()),
+            "STATE_ACTIVE_KEY": "k1",
+            "ADMIN_TOKEN": site.files.secret("agent-runtime-admin-token"),
+            "TEMPORAL_ADDRESS": site.local("temporal"),
+            "ROUTER_URL": site.http("inference-router"),
+            "ROUTER_KEYS_FILE": str(site.home / "router-keys.json")}
+
+
+def _database_ready(port: int) -> bool:
+    if not servers.port_open(port):
+        return False
+    try:
+        servers.create_database(port, DATABASE)
+    except subprocess.CalledProcessError:
+        return False
+    return True
+
+
+# Outside the platform: a fake of OpenAI and Anthropic, so the router has providers offline.
+INFRA: tuple[Infra, ...] = (
+    Infra("nats", url=lambda p: f"nats://127.0.0.1:{p['nats']}",
+          argv=lambda s: servers.nats_argv(port=s.ports["nats"], monitor_port=s.ports["nats-monitor"],
+                                           store_dir=s.files.data / "nats"),
+          ready=lambda _, p: http_ok(f"http://127.0.0.1:{p['nats-monitor']}/healthz?js-enabled-only=true")),
+    Infra("postgres", url=lambda p: servers.postgres_url(p["postgres"], DATABASE),
+          argv=lambda s: servers.postgres_argv(s.postgres, port=s.ports["postgres"]),
+          user=lambda s: s.postgres.user,
+          ready=lambda _, p: _database_ready(p["postgres"])),
+    Infra("temporal", url=lambda p: f"http://127.0.0.1:{p['temporal-ui']}",
+          address=lambda p: f"127.0.0.1:{p['temporal']}",
+          argv=lambda s: servers.temporal_argv(port=s.ports["temporal"], ui_port=s.ports["temporal-ui"],
+                                               db_file=s.files.data / "temporal" / "temporal.db"),
+          ready=lambda c, p: servers.port_open(p["temporal"]) and http_ok(c.url)),
+    Infra("fake-llm", url=lambda p: f"http://127.0.0.1:{p['fake-llm']}",
+          argv=lambda s: [sys.executable, "-m", "aicloud.local.fake_llm", "--port", str(s.ports["fake-llm"])],
+          env=lambda s: {"AICLOUD_FAKE_LLM_API_KEY": s.files.secret("fake-llm-key")},
+          ready=lambda c, _: http_ok(c.url + "/healthz")),
+)
+SERVICES: tuple[Service, ...] = (
+    Service("catalog", _catalog),
+    Service("quota", lambda _: {"NODE_GPUS": _local_gpus()}),
+    Service("provisioner", _provisioner),
+    Service("cost-ledger", _cost_ledger),
+    Service("inference-router", _router, outside_env=_router_providers),
+    Service("agent-runtime", _agent_runtime),
+    Service("observability-collector"),
+)
+_READY: dict[str, Ready] = {infra.name: infra.ready for infra in INFRA}
+
+
+def plan(files: StackFiles, ports: Ports) -> tuple[list[Component], list[Component]]:
+    """The infrastructure components and the services, ready to spawn."""
+    files.logs.mkdir(parents=True, exist_ok=True)
+    site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"))
+    return [infra.component(site) for infra in INFRA], [svc.component(site) for svc in SERVICES]
+
+
+def probe(component: Component, ports: Ports) -> Probe:
+    """The check ``up`` waits for; a service is ready when its ``/readyz`` answers 200."""
+    ready = _READY.get(component.name, lambda c, _: http_ok(c.url + "/readyz"))
+    return lambda: ready(component, ports)
+
+
+def is_infra(name: str) -> bool:
+    return name in _READY
