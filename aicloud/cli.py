@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aicloud import agents, bill, demo, dev, endpoints, jobs, policy, router, sandboxes
+from aicloud import agents, bill, cluster, demo, dev, endpoints, jobs, policy, router, sandboxes
 from aicloud.output import console, fail
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(endpoints.deploy_app, name="deploy")
 app.add_typer(endpoints.endpoints_app, name="endpoints")
 app.add_typer(endpoints.notebooks_app, name="notebooks")
 app.command("bill")(bill.bill)
+app.command("cluster")(cluster.cluster)
 app.add_typer(bill.budgets_app, name="budgets")
 app.command("demo")(demo.demo)
 contracts_app = typer.Typer(help="The event contracts (AsyncAPI + JSON Schema).", no_args_is_help=True)

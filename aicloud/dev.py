@@ -11,6 +11,7 @@ from typing import Annotated
 import httpx
 import typer
 
+from aicloud.local.components import ENGINES
 from aicloud.local.servers import MissingBinary
 from aicloud.local.stack import Stack, default_home
 from aicloud.local.supervisor import StackError
@@ -26,9 +27,14 @@ COLUMNS = ("name", "pid", "url", "address", "healthy")
 def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once all are ready.")] = False,
     free_ports: Annotated[bool, typer.Option(help="Pick free ports (run stacks side by side).")] = False,
+    engine: Annotated[str, typer.Option(help="Where jobs run: local (sandboxed processes on this "
+                                        "machine) or ray (also starts a Ray cluster: a head and "
+                                        "two worker nodes with simulated GPUs).")] = "local",
     home: Home = None,
 ) -> None:
     """Start everything, wait until each component is ready, print where to find it."""
+    if engine not in ENGINES:
+        raise fail(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
     stack = Stack(home or default_home())
     started = time.monotonic()
     console.print(f"[bold]aicloud[/] starting in {stack.home}")
@@ -38,7 +44,7 @@ def up(
                 status.update(line)
                 console.print(f"  [green]✓[/] {line}")
 
-            stack.up(free_ports=free_ports, report=report)
+            stack.up(free_ports=free_ports, report=report, engine=engine)
     except (StackError, MissingBinary, subprocess.CalledProcessError) as exc:
         raise fail(f"the platform did not start: {exc}",
                    hint="`aicloud dev logs NAME` shows a component's whole log") from None

@@ -41,6 +41,7 @@ class RunInput(BaseModel):
     request: JobRequested
     grace_period_s: int
     egress: bool = False
+    gpu_type: str | None = Field(default=None, description="Where the engine places by GPU type.")
 
 
 class RunResult(BaseModel):
@@ -154,7 +155,8 @@ class JobWorkflow:
         (SIGTERM, grace, kill). Returns (result, why it was stopped, why it failed)."""
         handle = workflow.start_activity(
             "run_job",
-            RunInput(request=job.request, grace_period_s=job.grace_period_s, egress=job.egress),
+            RunInput(request=job.request, grace_period_s=job.grace_period_s, egress=job.egress,
+                     gpu_type=job.gpu_type),
             result_type=RunResult,
             start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
             heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),

@@ -14,7 +14,7 @@ from pathlib import Path
 from aicloud.local import servers
 from aicloud.local.servers import PostgresLayout
 from aicloud.local.state import Component, Ports, StackFiles
-from aicloud.local.supervisor import Probe, http_ok
+from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, http_ok
 
 DATABASE = "aicloud"
 Env = dict[str, str]
@@ -194,20 +194,49 @@ SERVICES: tuple[Service, ...] = (
     Service("agent-runtime", _agent_runtime),
     Service("observability-collector"),
 )
-_READY: dict[str, Ready] = {infra.name: infra.ready for infra in INFRA}
+# --engine ray: a real Ray cluster (a head and two worker nodes with simulated GPUs) runs the jobs
+RAY = Infra("ray", url=lambda p: f"http://127.0.0.1:{p['ray-dashboard']}",
+            address=lambda p: f"127.0.0.1:{p['ray']}",
+            argv=lambda s: [sys.executable, "-m", "aicloud.local.ray_cluster",
+                            "--root", str(s.files.data / "ray"), "--gcs-port", str(s.ports["ray"]),
+                            "--dashboard-port", str(s.ports["ray-dashboard"])],
+            ready=lambda c, _: _ray_ready(c.url))
+ENGINES = ("local", "ray")
+_READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)}
 
 
-def plan(files: StackFiles, ports: Ports) -> tuple[list[Component], list[Component]]:
-    """The infrastructure components and the services, ready to spawn."""
+def _ray_ready(dashboard: str) -> bool:
+    from aicloud.local.ray_cluster import LOCAL_NODES, RayCluster
+
+    port = int(dashboard.rsplit(":", 1)[1])
+    return len(RayCluster(root=Path("."), dashboard_port=port).alive_nodes()) >= 1 + len(LOCAL_NODES)
+
+
+def _on_ray(site: Site) -> Env:
+    return {"BACKEND": "ray", "RAY_ADDRESS": site.http("ray-dashboard")}
+
+
+def plan(files: StackFiles, ports: Ports, *,
+         engine: str = "local") -> tuple[list[Component], list[Component]]:
+    """The infrastructure components and the services, ready to spawn; with ``engine`` ray the
+    cluster is infrastructure too and the provisioner runs jobs on it."""
     files.logs.mkdir(parents=True, exist_ok=True)
     site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"))
-    return [infra.component(site) for infra in INFRA], [svc.component(site) for svc in SERVICES]
+    infra = [*INFRA, RAY] if engine == "ray" else list(INFRA)
+    services = [Service("provisioner", lambda s: _provisioner(s) | _on_ray(s)) if engine == "ray"
+                and svc.name == "provisioner" else svc for svc in SERVICES]
+    return [i.component(site) for i in infra], [svc.component(site) for svc in services]
 
 
 def probe(component: Component, ports: Ports) -> Probe:
     """The check ``up`` waits for; a service is ready when its ``/readyz`` answers 200."""
     ready = _READY.get(component.name, lambda c, _: http_ok(c.url + "/readyz"))
     return lambda: ready(component, ports)
+
+
+def ready_timeout(component: Component) -> float:
+    """A Ray cluster starts its nodes one after the other: it gets longer than the rest."""
+    return 180.0 if component.name == RAY.name else READY_TIMEOUT_S
 
 
 def is_infra(name: str) -> bool:

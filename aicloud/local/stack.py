@@ -35,8 +35,8 @@ class Stack:
     def ports(self, *, free: bool) -> Ports:
         return self.files.ports(free=free)
 
-    def plan(self, ports: Ports) -> tuple[list[Component], list[Component]]:
-        return components.plan(self.files, ports)
+    def plan(self, ports: Ports, *, engine: str = "local") -> tuple[list[Component], list[Component]]:
+        return components.plan(self.files, ports, engine=engine)
 
     def spawn(self, component: Component) -> None:
         supervisor.spawn(component, cwd=self.home)
@@ -47,15 +47,16 @@ class Stack:
     def probe(self, component: Component, ports: Ports) -> Probe:
         return components.probe(component, ports)
 
-    def up(self, *, free_ports: bool, report: Report) -> list[Component]:
-        """Start every component (infra first, then services, each group in parallel)."""
+    def up(self, *, free_ports: bool, report: Report, engine: str = "local") -> list[Component]:
+        """Start every component (infra first, then services, each group in parallel); with
+        ``engine`` ray, a Ray cluster too, which runs the jobs."""
         running = self.read_state()
         if running and all(supervisor.alive(c["pid"]) for c in running):
             report("already running; use `aicloud dev down` to stop it")
             return [Component.from_state(c) for c in running]
         self.down(report=lambda _: None)
         ports = self.ports(free=free_ports)
-        infra, services = self.plan(ports)
+        infra, services = self.plan(ports, engine=engine)
         started: list[Component] = []
         try:
             for group in (infra, services):
@@ -63,7 +64,8 @@ class Stack:
                     self.spawn(component)
                     started.append(component)
                 self.write_state(started)
-                supervisor.wait_ready_together(group, lambda c: self.probe(c, ports), report)
+                supervisor.wait_ready_together(group, lambda c: self.probe(c, ports), report,
+                                               timeout=components.ready_timeout)
         except BaseException:
             self.write_state(started)
             self.down(report=report)

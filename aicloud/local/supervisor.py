@@ -49,10 +49,11 @@ def wait_ready(component: Component, probe: Probe, timeout: float = READY_TIMEOU
 
 
 def wait_ready_together(group: list[Component], probe: Callable[[Component], Probe],
-                        report: Callable[[str], None]) -> None:
+                        report: Callable[[str], None],
+                        timeout: Callable[[Component], float] = lambda _: READY_TIMEOUT_S) -> None:
     """Wait for a group in parallel; report each in the group's order, raise the first failure."""
     with ThreadPoolExecutor(max_workers=len(group)) as pool:
-        futures = {c.name: pool.submit(wait_ready, c, probe(c)) for c in group}
+        futures = {c.name: pool.submit(wait_ready, c, probe(c), timeout(c)) for c in group}
         for name, future in futures.items():
             report(f"{name} ready in {future.result():.1f}s")
 

@@ -133,6 +133,18 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
         response.raise_for_status()
         return LogChunk.model_validate(response.json())
 
+    @router.get("/cluster", tags=["jobs"])
+    async def cluster(team: Team) -> dict[str, Any]:
+        """Where jobs run: the compute engine's nodes and GPUs by type (total, in use, free)."""
+        if not provisioner_url:
+            raise HTTPException(503, detail="the cluster is not visible: no provisioner configured")
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"{provisioner_url}/internal/cluster")
+        if response.status_code == 503:
+            raise HTTPException(503, detail=response.json().get("detail", "the engine did not answer"))
+        response.raise_for_status()
+        return dict(response.json())
+
     @router.get("/bill", tags=["bill"])
     async def bill(team: Team, request: Request) -> Response:
         """Your team's spend: ``by`` (team, project, user_id, kind, model, gpu_type,

@@ -21,6 +21,7 @@ from contracts import (
 from services.kit.runtime import Service, run
 from services.kit.settings import load_settings
 from services.kit.temporal import Temporal
+from services.provisioner.backends.ray import RayBackend
 from services.provisioner.bootstrap import bootstrap
 from services.provisioner.endpoints import starter as endpoints
 from services.provisioner.jobs import starter as jobs
@@ -37,6 +38,8 @@ def build(settings: ProvisionerSettings) -> Service:
     service.on_start(lifecycle.start)
     service.on_stop(lifecycle.stop)
     service.add_check("temporal", ports.temporal.check)
+    if isinstance(ports.backend, RayBackend):
+        service.add_check("ray", ports.backend.check)
     queue = {"task_queue": settings.task_queue}
     on = _with_client(ports.temporal)
     service.consume(JobAdmitted, on(jobs.on_job_admitted, **queue))

@@ -15,6 +15,7 @@ from services.kit.bus import Bus
 from services.kit.catalog_keys import CatalogKeys
 from services.kit.temporal import Temporal
 from services.provisioner.backends.local import LocalBackend
+from services.provisioner.backends.ray import RayBackend, ray_jobs_client
 from services.provisioner.endpoints.activities import EndpointActivities
 from services.provisioner.endpoints.canary import CanaryBook
 from services.provisioner.endpoints.fleet import Fleet
@@ -57,8 +58,8 @@ class Ports:
         return [*jobs.all(), *endpoints.all(), *notebooks.all(), *Publisher(bus=self.bus).all()]
 
 
-def bootstrap(settings: ProvisionerSettings, *, bus: Bus) -> Ports:
-    backend = LocalBackend(
+def compute_backend(settings: ProvisionerSettings) -> LocalBackend:
+    storage: dict[str, Any] = dict(
         work_dir=Path(settings.work_dir).resolve(), memory_limit_mb=settings.memory_limit_mb,
         dataset_root=settings.dataset_root, artifact_root=settings.artifact_root,
         isolation=settings.isolation,
@@ -67,6 +68,14 @@ def bootstrap(settings: ProvisionerSettings, *, bus: Bus) -> Ports:
         hidden=[*settings.sandbox_hidden_paths, settings.serving_root, settings.notebook_root,
                 settings.volume_root],
     )
+    if settings.backend == "ray":
+        return RayBackend(api=lambda: ray_jobs_client(settings.ray_address), address=settings.ray_address,
+                          placement_timeout_s=settings.placement_timeout_s, **storage)
+    return LocalBackend(**storage)
+
+
+def bootstrap(settings: ProvisionerSettings, *, bus: Bus) -> Ports:
+    backend = compute_backend(settings)
     catalog = httpx.AsyncClient(base_url=settings.catalog_url or "http://catalog.invalid", timeout=5)
     keys = CatalogKeys(catalog)
     return Ports(

@@ -15,6 +15,7 @@ import structlog
 
 from services.kit.temporal import BackgroundWorker
 from services.provisioner import recovery
+from services.provisioner.backends.ray import RayBackend
 from services.provisioner.bootstrap import Ports
 from services.provisioner.endpoints.serving import hub
 from services.provisioner.endpoints.watch import EndpointWatcher
@@ -48,10 +49,19 @@ class Lifecycle:
         await p.proxy.start()
         self._worker = provisioner_worker(client, task_queue=s.task_queue, activities=p.activities())
         self._worker.start()
-        self._recovery = asyncio.create_task(
-            recovery.report_lost(client, task_queue=s.task_queue, live=p.fleet.replicas))
+        self._recovery = asyncio.create_task(self._recover(client))
         for watcher in self._watchers:
             watcher.start()
+
+    async def _recover(self, client: Any) -> None:
+        """In the background: the first query to each workflow waits out the dead worker's queue."""
+        p, backend = self.ports, self.ports.backend
+        await recovery.report_lost(client, task_queue=p.settings.task_queue, live=p.fleet.replicas)
+        if isinstance(backend, RayBackend):
+            try:
+                await recovery.stop_orphaned_ray_jobs(client, await asyncio.to_thread(lambda: backend.api))
+            except Exception:  # an unreachable cluster: its readiness check says so
+                log.exception("ray.orphan_check_failed")
 
     async def stop(self) -> None:
         p = self.ports

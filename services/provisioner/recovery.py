@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Container
 from pathlib import Path
+from typing import Any
 
 import structlog
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError
 
 from services.kit.sandbox import Sandbox
 from services.provisioner.endpoints.serving.replica import reap as reap_replicas
@@ -56,3 +58,30 @@ async def _report_replicas(client: Client, endpoint: str, live: Container[str]) 
     if lost:
         log.warning("endpoint.replicas_lost", endpoint=endpoint, replicas=lost, why="provisioner restarted")
         await signal(client, endpoint, "replicas_lost", lost)
+
+
+async def stop_orphaned_ray_jobs(client: Client, api: Any) -> list[str]:
+    """Every live Ray job of the platform belongs to a running JobWorkflow, or is stopped: a job
+    whose workflow ended (or never existed) would otherwise hold its GPUs unbilled. A workflow
+    that still runs keeps its job: its retried ``run_job`` finds the attempt and waits on it."""
+    stopped = []
+    for job in await asyncio.to_thread(api.list_jobs):
+        job_id = (job.metadata or {}).get("aicloud.job_id")
+        if job_id is None or str(getattr(job.status, "value", job.status)) not in {"PENDING", "RUNNING"}:
+            continue
+        if not await _workflow_running(client, job_id):
+            await asyncio.to_thread(api.stop_job, job.submission_id)
+            stopped.append(str(job.submission_id))
+    if stopped:
+        log.warning("ray.orphans_stopped", submissions=stopped)
+    return stopped
+
+
+async def _workflow_running(client: Client, workflow_id: str) -> bool:
+    try:
+        described = await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as exc:
+        if "not found" in str(exc).lower():
+            return False
+        raise
+    return described.status == WorkflowExecutionStatus.RUNNING

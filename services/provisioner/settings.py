@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.kit.settings import Port, ServiceSettings
@@ -18,7 +18,13 @@ class ProvisionerSettings(ServiceSettings):
     temporal_namespace: str = "default"
     task_queue: str = TASK_QUEUE
     work_dir: str = Field(default=".aicloud/jobs", description="Where job workspaces live.")
-    backend: str = Field(default="local", pattern="^(local|kubernetes)$")
+    backend: str = Field(default="local", pattern="^(local|kubernetes|ray)$", description=(
+        "local: sandboxed processes on this machine; ray: jobs on the Ray cluster at ray_address."))
+    ray_address: str = Field(default="", validation_alias=AliasChoices(
+        "AICLOUD_PROVISIONER_RAY_ADDRESS", "AICLOUD_RAY_ADDRESS"),
+        description="The Ray cluster's dashboard (Jobs API), e.g. http://127.0.0.1:8265.")
+    placement_timeout_s: float = Field(default=300, gt=0, description=(
+        "How long a Ray job may wait for a node with its GPUs before it fails."))
     memory_limit_mb: int = Field(default=4096, gt=0, description="RLIMIT_AS for local jobs.")
     dataset_root: Path = Field(default=DATASET_ROOT,
                                description="Holds projects/<project>/datasets/<name>/ folders.")
@@ -47,6 +53,13 @@ class ProvisionerSettings(ServiceSettings):
     notebook_proxy_host: str = "127.0.0.1"
     notebook_proxy_port: Port = Field(default=8890, description="Where developers open notebooks.")
     catalog_url: str = Field(default="", description="Checks team keys at the notebook proxy.")
+
+    @model_validator(mode="after")
+    def _ray_needs_an_address(self) -> "ProvisionerSettings":
+        if self.backend == "ray" and not self.ray_address:
+            raise ValueError("backend 'ray' needs the cluster's address: set AICLOUD_RAY_ADDRESS "
+                             "(the dashboard's http://HOST:8265)")
+        return self
 
     @field_validator("backend")
     @classmethod

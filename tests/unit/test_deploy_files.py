@@ -323,6 +323,19 @@ def test_chart_rejects_a_malformed_digest() -> None:
         _render({"image": {"digest": "sha256:not-a-digest"}})
 
 
+def test_chart_points_the_provisioner_at_a_ray_cluster_only_when_asked() -> None:
+    local = _by_kind(_render(), "ConfigMap")["provisioner"]["data"]
+    assert local["AICLOUD_PROVISIONER_BACKEND"] == "local" and "AICLOUD_PROVISIONER_RAY_ADDRESS" not in local
+    ray = _by_kind(_render({"engine": {"kind": "ray", "rayAddress": "http://rc-head-svc.ray:8265"}}),
+                   "ConfigMap")["provisioner"]["data"]
+    assert ray["AICLOUD_PROVISIONER_BACKEND"] == "ray"
+    assert ray["AICLOUD_PROVISIONER_RAY_ADDRESS"] == "http://rc-head-svc.ray:8265"
+    assert ray["AICLOUD_PROVISIONER_PLACEMENT_TIMEOUT_S"] == "300"
+    helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
+    with pytest.raises(helm.HelmError, match=r"engine\.rayAddress is required"):
+        _render({"engine": {"kind": "ray"}})
+
+
 def test_chart_disabled_service_is_not_rendered() -> None:
     objects = _render({"services": {"agent-runtime": {"enabled": False}}})
     assert "agent-runtime" not in _by_kind(objects, "Deployment")

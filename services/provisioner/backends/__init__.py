@@ -22,6 +22,14 @@ class DatasetUnavailable(RuntimeError):
     """The job names a dataset this backend cannot give it; retrying will not help."""
 
 
+class JobUnplaceable(RuntimeError):
+    """No node could take the job in time (no free GPUs of its type); retrying will not help."""
+
+
+class NodeLost(RuntimeError):
+    """The node running the job went away; another attempt resumes it from its checkpoint."""
+
+
 class ComputeBackend(Protocol):
     name: str
     artifact_root: Path
@@ -38,8 +46,11 @@ class ComputeBackend(Protocol):
         """Prepare the job's workspace; idempotent."""
         ...
 
-    async def start(self, request: JobRequested, *, egress: bool = False) -> RunningJob:
-        """Run the job; with ``egress`` (its product allows it) it may reach the network."""
+    async def start(self, request: JobRequested, *, egress: bool = False, gpu_type: str | None = None,
+                    grace_period_s: float = 10) -> RunningJob:
+        """Run the job; with ``egress`` (its product allows it) it may reach the network; its
+        GPUs are of ``gpu_type`` where the engine places by type; ``grace_period_s`` is how long
+        a stop waits between SIGTERM and kill where the engine stops the job itself."""
         ...
 
     async def teardown(self, request: JobRequested) -> None:

@@ -20,7 +20,8 @@ import structlog
 from contracts import JobRequested
 from contracts.catalog import dataset_project
 from services.kit.sandbox import Limits, Sandbox, choose
-from services.provisioner.backends import DatasetUnavailable
+from services.provisioner.backends import DatasetUnavailable, RunningJob
+from services.provisioner.cluster import ClusterView, local_view
 from services.provisioner.jobs import tracking
 
 log = structlog.get_logger(__name__)
@@ -58,11 +59,16 @@ class LocalBackend:
                  hidden: list[Path] | None = None) -> None:
         self._work_dir = work_dir
         self._limits = Limits(memory_bytes=memory_limit_mb * 1024 * 1024)
+        # what a node that runs the job builds its own sandbox from (the Ray backend)
+        self._isolation_preference, self._state_dir = isolation, work_dir.parent / "sandbox"
+        self._hidden = [work_dir, artifact_root or work_dir.parent / "artifacts", *(hidden or [])]
         self.dataset_root = dataset_root
         self.artifact_root = artifact_root or work_dir.parent / "artifacts"
-        self.sandbox = Sandbox(choose(isolation), state_dir=work_dir.parent / "sandbox",
-                               hidden=[work_dir, self.artifact_root, *(hidden or [])])
+        self.sandbox = Sandbox(choose(isolation), state_dir=self._state_dir, hidden=self._hidden)
         self.name = f"local/{self.sandbox.isolation}"
+
+    async def cluster(self) -> ClusterView:
+        return local_view()
 
     def dataset_dir(self, request: JobRequested) -> Path | None:
         """Where the job's dataset lives locally; None when it has none."""
@@ -90,7 +96,8 @@ class LocalBackend:
             (workspace / sub).mkdir(parents=True, exist_ok=True)
         return workspace
 
-    async def start(self, request: JobRequested, *, egress: bool = False) -> LocalProcess:
+    async def start(self, request: JobRequested, *, egress: bool = False, gpu_type: str | None = None,
+                    grace_period_s: float = 10) -> RunningJob:
         workspace = await self.provision(request)
         await self._end_previous_attempt(workspace)
         # A fresh id per attempt: an orphan of a dead worker must never share state with it.

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from contracts import JobRequested, JobStarted
 from services.kit.bus import Bus
-from services.provisioner.backends import ComputeBackend, DatasetUnavailable
+from services.provisioner.backends import ComputeBackend, DatasetUnavailable, JobUnplaceable
 from services.provisioner.jobs.outputs import collect
 from workflows.job import JobOutputs, RunInput, RunResult
 
@@ -54,17 +54,25 @@ class JobActivities:
         started = time.time()
         # Heartbeat from the first moment: ending a dead worker's attempt and starting the
         # sandbox must not look like a dead worker themselves.
-        starting = asyncio.create_task(self._backend.start(run.request, egress=run.egress))
-        while not starting.done():
-            activity.heartbeat()
-            await asyncio.wait([starting], timeout=0.5)
-        job = starting.result()
-        await self._announce_running(run.request)
+        starting = asyncio.create_task(self._backend.start(
+            run.request, egress=run.egress, gpu_type=run.gpu_type, grace_period_s=run.grace_period_s))
         try:
+            while not starting.done():
+                activity.heartbeat()
+                await asyncio.wait([starting], timeout=0.5)
+            job = starting.result()
+            await self._announce_running(run.request)
             while (code := await job.wait()) is None:
                 activity.heartbeat()
+        except JobUnplaceable as exc:  # a reservation must not wait forever on a full cluster
+            raise ApplicationError(str(exc), type="JobUnplaceable", non_retryable=True) from None
         except asyncio.CancelledError:
-            code = await job.stop(grace_period_s=run.grace_period_s)
+            if not starting.done():
+                starting.cancel()
+                raise
+            if starting.exception() is not None:
+                raise
+            code = await starting.result().stop(grace_period_s=run.grace_period_s)
             log.info("job.stopped", job_id=run.request.job_id, exit_code=code)
             raise
         return RunResult(exit_code=code, started_at_s=started, ended_at_s=time.time())

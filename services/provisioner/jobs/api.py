@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from services.provisioner.backends.local import LocalBackend
+from services.provisioner.cluster import ClusterView
 
 MAX_CHUNK = 256 * 1024
 
@@ -36,6 +37,14 @@ def build_router(backend: LocalBackend, preempt: Preempt) -> APIRouter:
         if not await preempt(job_id, reason):
             raise HTTPException(404, detail=f"no running job {job_id!r}")
         return {"job_id": job_id, "preempted": reason}
+
+    @router.get("/cluster", response_model=ClusterView)
+    async def cluster() -> ClusterView:
+        """The compute engine's nodes and GPUs by type (total, in use, free)."""
+        try:
+            return await backend.cluster()
+        except Exception as exc:  # the engine is outside this process: say what failed
+            raise HTTPException(503, detail=f"the {backend.name} engine did not answer: {exc}") from None
 
     @router.get("/jobs/{team}/{job_id}/logs", response_model=LogChunk)
     async def job_logs(team: str, job_id: str,

@@ -97,6 +97,11 @@ Context: dict "root" $ "name" <service key> "svc" <service values>.
 {{ $prefix }}TEMPORAL_ADDRESS: {{ required "temporal.address is required" $root.Values.temporal.address | quote }}
 {{ $prefix }}TEMPORAL_NAMESPACE: {{ $root.Values.temporal.namespace | quote }}
 {{ $prefix }}TASK_QUEUE: {{ $root.Values.temporal.taskQueue | quote }}
+{{ $prefix }}BACKEND: {{ $root.Values.engine.kind | quote }}
+{{- if eq $root.Values.engine.kind "ray" }}
+{{ $prefix }}RAY_ADDRESS: {{ required "engine.rayAddress is required with engine.kind ray" $root.Values.engine.rayAddress | quote }}
+{{ $prefix }}PLACEMENT_TIMEOUT_S: {{ $root.Values.engine.placementTimeoutS | quote }}
+{{- end }}
 {{- end }}
 {{- range $key, $value := $svc.env }}
 {{ $prefix }}{{ upper $key }}: {{ $value | toString | quote }}

@@ -1,0 +1,245 @@
+"""The Ray backend: each job a Ray job (the Jobs API) on a node of a Ray cluster that has its
+GPUs, run there in the platform's sandbox by ``ray_entry``.
+
+Storage is the local backend's: workspaces, datasets and artifacts under folders every node
+sees (locally a folder under $AICLOUD_HOME; in production a shared volume), so outputs,
+metrics, tracking and model registration work unchanged.
+
+Submission ids are the job id (``<job>--a<n>`` for the n-th attempt after a node was lost), so
+a retried activity finds the attempt it started instead of starting the job twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import structlog
+
+from contracts import JobRequested
+from services.provisioner.backends import JobUnplaceable, NodeLost
+from services.provisioner.backends.local import LocalBackend
+from services.provisioner.backends.ray_entry import EntrySpec, stop_file
+from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view
+
+log = structlog.get_logger(__name__)
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+LOST = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
+UNPLACEABLE = {"JOB_SUPERVISOR_ACTOR_UNSCHEDULABLE", "JOB_SUPERVISOR_ACTOR_START_TIMEOUT"}
+MAX_ATTEMPTS = 20
+ENTRY_MODULE = "services.provisioner.backends.ray_entry"
+
+
+class JobsApi(Protocol):
+    """The part of Ray's ``JobSubmissionClient`` the backend uses (blocking HTTP)."""
+
+    def submit_job(self, **kwargs: Any) -> str: ...
+    def get_job_info(self, job_id: str) -> Any: ...
+    def stop_job(self, job_id: str) -> bool: ...
+    def list_jobs(self) -> list[Any]: ...
+
+
+def ray_jobs_client(address: str) -> JobsApi:
+    """Ray's client for the Jobs API (imported here: Ray is heavy and only this engine needs it)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)  # type: ignore[return-value]
+
+
+def gpu_resource(gpu_type: str) -> str:
+    """The custom resource a node offering this GPU type declares (Ray's own convention)."""
+    return f"accelerator_type:{gpu_type}"
+
+
+def _status(info: Any) -> str:
+    return str(getattr(info.status, "value", info.status))
+
+
+def attempt_id(job_id: str, attempt: int) -> str:
+    return job_id if attempt == 1 else f"{job_id}--a{attempt}"
+
+
+class RayJob:
+    def __init__(self, api: JobsApi, submission_id: str, request: JobRequested, *, workspace: Path,
+                 gpu_type: str | None, placement_timeout_s: float) -> None:
+        self._api, self.submission_id, self._request = api, submission_id, request
+        self._workspace = workspace
+        self._gpu_type = gpu_type
+        self._placement_deadline = time.monotonic() + placement_timeout_s
+
+    async def info(self) -> Any:
+        return await asyncio.to_thread(self._api.get_job_info, self.submission_id)
+
+    async def abandon(self) -> None:
+        """Give up on an attempt still waiting for a node: Ray is told to stop it, and should it
+        be placed anyway (a stop may not reach a job that was never scheduled), its entrypoint
+        finds the stop file and does not run the job."""
+        stop_file(self._workspace, self.submission_id).touch()
+        await asyncio.to_thread(self._api.stop_job, self.submission_id)
+
+    async def until_placed(self) -> None:
+        """Wait while the job waits for a node (its GPUs), up to the placement timeout."""
+        while (status := _status(await self.info())) == "PENDING":
+            if time.monotonic() > self._placement_deadline:
+                await self.abandon()
+                raise JobUnplaceable(self._unplaceable())
+            await asyncio.sleep(0.2)
+        log.info("ray.job_placed", submission_id=self.submission_id, status=status)
+
+    async def wait(self) -> int | None:
+        info = await self.info()
+        status = _status(info)
+        if status not in TERMINAL:
+            if status == "PENDING" and time.monotonic() > self._placement_deadline:
+                await self.abandon()
+                raise JobUnplaceable(self._unplaceable())
+            await asyncio.sleep(0.5)
+            return None
+        return self._exit_code(info, status)
+
+    def _exit_code(self, info: Any, status: str) -> int:
+        error = str(getattr(info.error_type, "value", info.error_type or ""))
+        if status == "SUCCEEDED":
+            return 0
+        if error in LOST:
+            raise NodeLost(f"Ray job {self.submission_id}: its node was lost ({info.message})")
+        if error in UNPLACEABLE:
+            raise JobUnplaceable(self._unplaceable())
+        if info.driver_exit_code is not None:
+            return int(info.driver_exit_code)
+        return -15 if status == "STOPPED" else 1
+
+    def _unplaceable(self) -> str:
+        wanted = f"{self._request.gpus} free {self._gpu_type or 'GPU'}" if self._request.gpus else "room"
+        return f"no node with {wanted} took the job in time"
+
+    async def stop(self, *, grace_period_s: float) -> int:
+        """SIGTERM, the grace period, then kill — done on the node by the job's entrypoint when
+        it sees the stop file; Ray's own stop (everything at once) only if that did not end it."""
+        stop_file(self._workspace, self.submission_id).touch()
+        deadline = time.monotonic() + grace_period_s + 10
+        while time.monotonic() < deadline:
+            info = await self.info()
+            if _status(info) in TERMINAL:
+                return int(info.driver_exit_code) if info.driver_exit_code is not None else -15
+            await asyncio.sleep(0.2)
+        log.warning("ray.stop_forced", submission_id=self.submission_id)
+        await asyncio.to_thread(self._api.stop_job, self.submission_id)
+        return -9
+
+
+class RayBackend(LocalBackend):
+    """Jobs on a Ray cluster; the workspace layout and storage are the local backend's."""
+
+    def __init__(self, *, api: Callable[[], JobsApi], address: str = "",
+                 placement_timeout_s: float = 300.0, python: str = sys.executable, **storage: Any) -> None:
+        super().__init__(**storage)
+        self.address = address
+        self._api_factory, self._api_client = api, None
+        self._python = python  # the nodes' Python with the platform installed (same image)
+        self.placement_timeout_s = placement_timeout_s
+        self.name = "ray"
+
+    @property
+    def api(self) -> JobsApi:
+        if self._api_client is None:  # the client asks the cluster for its version when built
+            self._api_client = self._api_factory()  # type: ignore[assignment]
+        return self._api_client  # type: ignore[return-value]
+
+    async def start(self, request: JobRequested, *, egress: bool = False, gpu_type: str | None = None,
+                    grace_period_s: float = 10) -> RayJob:
+        workspace = await self.provision(request)
+        api = await self._reachable(time.monotonic() + self.placement_timeout_s)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            submission_id = attempt_id(request.job_id, attempt)
+            info = await self._find(api, submission_id)
+            if info is None:
+                await self._submit(api, submission_id, request, workspace, egress=egress, gpu_type=gpu_type,
+                                   grace_period_s=grace_period_s)
+                break
+            status = _status(info)
+            if status not in TERMINAL:  # a retried activity: the attempt it started still runs
+                log.info("ray.job_reattached", job_id=request.job_id, submission_id=submission_id)
+                break
+        else:
+            raise RuntimeError(f"job {request.job_id}: {MAX_ATTEMPTS} attempts on Ray already")
+        job = RayJob(api, submission_id, request, workspace=workspace, gpu_type=gpu_type,
+                     placement_timeout_s=self.placement_timeout_s)
+        await job.until_placed()  # the job's status says running once its process runs
+        return job
+
+    async def _reachable(self, deadline: float) -> JobsApi:
+        """The Jobs API; while the cluster does not answer the job waits (its activity heartbeats),
+        up to the placement timeout."""
+        while True:
+            try:
+                api = await asyncio.to_thread(lambda: self.api)
+                await asyncio.to_thread(api.list_jobs)
+                return api
+            except (OSError, RuntimeError, ValueError) as exc:  # requests' errors are OSErrors
+                self._api_client = None
+                if time.monotonic() > deadline:
+                    raise JobUnplaceable(f"the Ray cluster at {self.address} did not answer for "
+                                         f"{self.placement_timeout_s:.0f} s: {exc}") from None
+                log.warning("ray.unreachable", address=self.address, error=str(exc))
+                await asyncio.sleep(2)
+
+    async def _find(self, api: JobsApi, submission_id: str) -> Any | None:
+        try:
+            return await asyncio.to_thread(api.get_job_info, submission_id)
+        except RuntimeError as exc:  # the Jobs API answers 404 as a RuntimeError
+            if "does not exist" in str(exc) or "404" in str(exc):
+                return None
+            raise
+
+    async def _submit(self, api: JobsApi, submission_id: str, request: JobRequested, workspace: Path, *,
+                      egress: bool, gpu_type: str | None, grace_period_s: float) -> None:
+        dataset = self.dataset_dir(request)
+        container = self.sandbox.container_id(request.tenant, request.job_id)
+        spec = EntrySpec(
+            request=request, submission_id=submission_id, workspace=str(workspace),
+            dataset=str(dataset) if dataset else None,
+            container_id=f"{container}-{secrets.token_hex(3)}",
+            memory_limit_mb=self._limits.memory_bytes // (1024 * 1024), egress=egress,
+            isolation=self._isolation_preference, state_dir=str(self._state_dir),
+            grace_period_s=grace_period_s,
+            hidden=[str(h) for h in self._hidden])
+        resources = {gpu_resource(gpu_type): 0.001} if gpu_type and request.gpus else None
+        await asyncio.to_thread(
+            api.submit_job, entrypoint=f"{shlex.quote(self._python)} -m {ENTRY_MODULE}",
+            submission_id=submission_id, entrypoint_num_gpus=request.gpus, entrypoint_num_cpus=0,
+            entrypoint_resources=resources,
+            runtime_env={"env_vars": {"AICLOUD_RAY_ENTRY": spec.model_dump_json(),
+                                      "RAY_JOB_STOP_WAIT_TIME_S": str(max(int(grace_period_s), 1))}},
+            metadata={"aicloud.team": request.tenant, "aicloud.job_id": request.job_id})
+        log.info("ray.job_submitted", job_id=request.job_id, submission_id=submission_id,
+                 gpus=request.gpus, gpu_type=gpu_type)
+
+    async def cluster(self) -> ClusterView:
+        api = await asyncio.to_thread(lambda: self.api)
+        return await ray_view(self.address, await list_ray_jobs(api))
+
+    async def check(self) -> None:
+        """Readiness: the cluster's Jobs API answers (jobs wait queued in Temporal meanwhile)."""
+        try:
+            async with httpx.AsyncClient(timeout=3) as client:
+                (await client.get(f"{self.address}/api/version")).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"Ray cluster at {self.address} unreachable: {exc}") from None
+
+    async def teardown(self, request: JobRequested) -> None:
+        """Stop every attempt of the job that still runs (an orphan of a lost worker)."""
+        api = await asyncio.to_thread(lambda: self.api)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            info = await self._find(api, attempt_id(request.job_id, attempt))
+            if info is None:
+                return
+            if _status(info) not in TERMINAL:
+                await asyncio.to_thread(api.stop_job, attempt_id(request.job_id, attempt))

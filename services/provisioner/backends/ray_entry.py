@@ -1,0 +1,125 @@
+"""A Ray job's entrypoint, run by Ray on the node it placed the job on: the job in the same
+sandbox the local backend uses (the node's strongest: gVisor, bubblewrap, else a plain
+rlimited process, said in the job's log), with the GPUs Ray assigned and nothing else.
+
+    python -m services.provisioner.backends.ray_entry      (the spec in AICLOUD_RAY_ENTRY)
+
+Stopping: the provisioner writes ``.aicloud-stop-<submission id>`` into the job's workspace (a
+folder every node sees); an attempt that finds it before it starts never runs (Ray may place a
+job it was told to stop while it waited for GPUs), and a running one is stopped as the local
+backend does — SIGTERM through the sandbox (``runsc kill`` for gVisor, whose processes are not
+host processes), the grace period, then SIGKILL — and exits with the job's code. Ray's own
+``stop_job`` (the fallback) signals the entrypoint's whole process tree at once, which would
+take the sandbox down before the job's handler ran: bubblewrap is started with SIGTERM ignored
+(``env --default-signal`` gives the job its default back), and this process forwards the
+SIGTERM itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from contracts import JobRequested
+from services.kit.sandbox import Isolation, Limits, Sandbox, choose
+
+PLACEMENT = ".aicloud-placement.json"
+STOPPED_BEFORE_START = 3
+
+
+def stop_file(workspace: Path, submission_id: str) -> Path:
+    return workspace / f".aicloud-stop-{submission_id}"
+
+
+class EntrySpec(BaseModel):
+    request: JobRequested
+    submission_id: str
+    container_id: str
+    workspace: str
+    dataset: str | None = None
+    memory_limit_mb: int
+    egress: bool = False
+    isolation: str = "auto"
+    grace_period_s: float = 10
+    state_dir: str
+    hidden: list[str] = []
+
+
+async def run(spec: EntrySpec) -> int:
+    # imported here: it pulls in the tracking helpers, which the spec's parsing does not need
+    from services.provisioner.backends.local import job_env, job_runtime
+
+    workspace, dataset = Path(spec.workspace), Path(spec.dataset) if spec.dataset else None
+    stop = stop_file(workspace, spec.submission_id)
+    if stop.exists():
+        with (workspace / "job.log").open("ab") as stopped_log:
+            stopped_log.write(f"[aicloud] attempt {spec.submission_id} was stopped before it "
+                              "started\n".encode())
+        return STOPPED_BEFORE_START
+    sandbox = Sandbox(choose(spec.isolation), state_dir=Path(spec.state_dir),
+                      hidden=[Path(h) for h in spec.hidden])
+    inside_workspace, inside_data = sandbox.paths(workspace, dataset)
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    env = {**job_env(spec.request, workspace=inside_workspace, data=inside_data),
+           **({"CUDA_VISIBLE_DEVICES": gpus} if spec.request.gpus else {})}
+    wrapped = sandbox.isolation is not Isolation.RLIMITS
+    command = ["env", "--default-signal=TERM", *spec.request.command] if wrapped else spec.request.command
+    launch = sandbox.launch(container_id=spec.container_id, command=command, env=env,
+                            workspace=workspace, dataset=dataset,
+                            limits=Limits(memory_bytes=spec.memory_limit_mb * 1024 * 1024),
+                            network=spec.egress, runtime=job_runtime())
+    (workspace / PLACEMENT).write_text(json.dumps(
+        {"gpu_ids": [g for g in gpus.split(",") if g] if spec.request.gpus else [],
+         "host": os.uname().nodename, "isolation": str(sandbox.isolation)}))
+
+    def preexec() -> None:
+        if wrapped:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if launch.preexec is not None:
+            launch.preexec()
+
+    with (workspace / "job.log").open("ab") as log_file:
+        if not wrapped:
+            log_file.write(b"[aicloud] no sandbox on this node (neither runsc nor bwrap): the job "
+                           b"runs as a plain rlimited process\n")
+            log_file.flush()
+        proc = await asyncio.create_subprocess_exec(
+            *launch.argv, cwd=workspace, env=job_env(spec.request, workspace=str(workspace), data=None),
+            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=preexec)
+    stopping: list[bool] = []
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.append, True)
+    try:
+        while True:
+            try:
+                return await asyncio.wait_for(proc.wait(), timeout=0.2)
+            except TimeoutError:
+                if stopping or stop.exists():
+                    return await _stop(sandbox, spec, proc)
+    finally:
+        await sandbox.cleanup(spec.container_id)
+
+
+async def _stop(sandbox: Sandbox, spec: EntrySpec, proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM through the sandbox, the grace period, then SIGKILL: the local backend's stop."""
+    await sandbox.signal(spec.container_id, proc.pid, signal.SIGTERM)
+    try:
+        return await asyncio.wait_for(proc.wait(), timeout=spec.grace_period_s)
+    except TimeoutError:
+        await sandbox.signal(spec.container_id, proc.pid, signal.SIGKILL)
+        return await proc.wait()
+
+
+def main() -> None:
+    spec = EntrySpec.model_validate_json(os.environ["AICLOUD_RAY_ENTRY"])
+    code = asyncio.run(run(spec))
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""One real Ray cluster (a head and two worker nodes with simulated GPUs of two types) for the
+whole pytest session, started only when a test asks for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aicloud.local.ray_cluster import RayCluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    cluster = RayCluster(root=tmp_path_factory.mktemp("ray"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
