@@ -7,8 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from aicloud.client import ApiError, PlatformClient
+from aicloud.durations import parse_duration
 from aicloud.output import Format, console, emit, errors, fail
 
 create_app = typer.Typer(help="Create work on the platform.", no_args_is_help=True)
@@ -16,6 +18,8 @@ models_app = typer.Typer(help="The model registry: versions, metrics, lineage, a
                          no_args_is_help=True)
 jobs_app = typer.Typer(help="Inspect and follow jobs.", no_args_is_help=True)
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
+DECISIONS = ("admitted", "queued", "rejected")
+DECISION_POLL_S = 0.05
 COLUMNS = ("job_id", "status", "reason", "created_at")
 
 Team = Annotated[str | None, typer.Option(
@@ -51,36 +55,107 @@ def create_job(
         help="Compute product (`aicloud catalog list`); default fine-tune with GPUs, else cpu-small."
     )] = None,
     dataset: Annotated[str | None, typer.Option(help="e.g. projects/legal-rag/datasets/v2")] = None,
-    max_runtime: Annotated[int | None, typer.Option(help="Seconds before the job is stopped.")] = None,
+    max_runtime: Annotated[str | None, typer.Option(
+        help="Stop the job after this long: 90s, 30m, 12h or seconds.")] = None,
     param: Annotated[list[str] | None, typer.Option(help="KEY=VALUE hyper-parameter, repeatable.")] = None,
     model_name: Annotated[str | None, typer.Option(
         help="Register the job's output directory as a new version of this model.")] = None,
     image: Annotated[str | None, typer.Option(
         help="Container image on the kubernetes backend, pinned by digest "
              "(registry/name@sha256:...) and scanned (policies/image-attestations.yaml).")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait until the job ends.")] = False,
+    wait: Annotated[bool | None, typer.Option(
+        "--wait/--no-wait",
+        help="--wait: follow the job until it ends (exit 0 only when it completed). --no-wait: return "
+             "as soon as it is recorded (requested), before quota decides. Neither: return once quota "
+             "has decided.")] = None,
+    decision_timeout: Annotated[str, typer.Option(
+        help="How long to wait for quota's decision: 30s, 2m or seconds.")] = "30s",
     output: Output = Format.table,
 ) -> None:
-    """Submit a job: `aicloud create job --team legal --gpus 1 -- python train.py`."""
-    params = {}
-    for item in param or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001", code=2)
-        params[key] = value
+    """Submit a job: `aicloud create job --team legal --gpus 1 -- python train.py`.
+
+    It returns once quota has decided (usually within milliseconds). Admitted: exit 0. Queued
+    behind the team's running work (the reason says how many jobs are ahead): exit 0, and it
+    starts by itself. Refused: the rule it broke and what to change, exit 1 (with -o json, the
+    job with its status and reason). Not decided within --decision-timeout: exit 2; the job stays
+    requested, `aicloud jobs get ID` shows where it stands.
+    """
+    runtime_s = None if max_runtime is None else parse_duration(max_runtime, option="--max-runtime")
     body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
-            "dataset": dataset, "max_runtime_s": max_runtime, "command": command, "params": params,
-            "model_name": model_name, "image": image}
+            "dataset": dataset, "max_runtime_s": runtime_s, "command": command,
+            "params": _params(param), "model_name": model_name, "image": image}
+    timeout_s = parse_duration(decision_timeout, option="--decision-timeout")
     client = _client(team)
     job = _call(client, "POST", "/v1/jobs", json=body)
     if output is Format.table:
         console.print(f"job [bold]{job['job_id']}[/] submitted for team {job['team']} "
                       f"[dim](trace {client.trace_id})[/]")
-    if wait:
+    if wait is not False:
+        job = _decided(client, job, timeout_s=timeout_s, output=output, say=not wait)
+    if wait and job["status"] != "rejected":
         job = _wait(client, job["job_id"], timeout=None, quiet=output is Format.json)
     emit(job, fmt=output, columns=COLUMNS)
+    if job["status"] == "rejected":
+        raise fail(f"job {job['job_id']} was refused: {job['reason']}",
+                   hint="it will not run: change the request as the reason says and submit it again")
     if wait and job["status"] != "completed":
         raise typer.Exit(1)
+
+
+def _params(items: list[str] | None) -> dict[str, str]:
+    params = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001", code=2)
+        params[key] = value
+    return params
+
+
+def decision_of(job: dict[str, Any]) -> tuple[str, str] | None:
+    """Quota's latest decision on ``job`` with its reason; None while it is still requested.
+
+    A job seen past its decision with none in its history was admitted: the catalog keeps a
+    status from moving backwards, so an ``admitted`` that arrives after ``provisioning`` is
+    never recorded."""
+    if job["status"] == "requested":
+        return None
+    for entry in reversed(job.get("history") or []):
+        if entry.get("status") in DECISIONS:
+            return entry["status"], entry.get("reason") or ""
+    return ("rejected" if job["status"] == "rejected" else "admitted"), job.get("reason") or ""
+
+
+def decision_line(job: dict[str, Any]) -> str:
+    """What an admitted or queued job tells its submitter."""
+    decided = decision_of(job)
+    assert decided is not None
+    status, reason = decided
+    job_id = job["job_id"]
+    now = f" (now {job['status']})" if job["status"] != status else ""
+    if status == "queued":
+        return (f"job {job_id} is queued{now}: {reason.removeprefix('queued: ')}\n"
+                f"follow it with `aicloud jobs wait {job_id}`")
+    return f"job {job_id} {status}{now}" + (f": {reason}" if reason else "")
+
+
+def _decided(client: PlatformClient, job: dict[str, Any], *, timeout_s: int, output: Format,
+             say: bool) -> dict[str, Any]:
+    """Poll (quickly: quota decides in milliseconds) until quota has decided on the new job,
+    at most ``timeout_s``; ``say`` prints an admission or a place in the queue."""
+    job_id = job["job_id"]
+    deadline = time.monotonic() + timeout_s
+    while decision_of(job) is None:
+        if time.monotonic() > deadline:
+            emit(job, fmt=output, columns=COLUMNS)
+            raise fail(f"quota has not decided on job {job_id} after {timeout_s} s: it stays "
+                       "requested and is decided once quota gets to it",
+                       hint=f"check it with `aicloud jobs get {job_id}`", code=2)
+        time.sleep(DECISION_POLL_S)
+        job = _call(client, "GET", f"/v1/jobs/{job_id}")
+    if say and output is Format.table and job["status"] != "rejected":
+        console.print(escape(decision_line(job)), highlight=False, soft_wrap=True)
+    return dict(job)
 
 
 @jobs_app.command("list")

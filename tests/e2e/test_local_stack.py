@@ -140,6 +140,65 @@ def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, d
     job = json.loads(result.stdout)
     assert job["status"] == "rejected"
     assert "more than 4 GPUs needs manager approval" in job["reason"]
+    # without --wait it still returns the refusal, once quota has decided
+    quick = aicloud(home, "create", "job", "--gpus", "16", "--name", "e2e-huge-2", "-o", "json", "--", "true")
+    assert quick.returncode == 1
+    assert json.loads(quick.stdout)["status"] == "rejected"
+    table = aicloud(home, "create", "job", "--gpus", "16", "--name", "e2e-huge-3", "--", "true")
+    said = " ".join(table.stderr.split())
+    assert table.returncode == 1
+    assert "job e2e-huge-3 was refused: more than 4 GPUs needs manager approval" in said
+
+
+def test_create_job_returns_once_quota_admitted_it(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    result = aicloud(home, "create", "job", "--name", "e2e-admitted", "--max-runtime", "3s", "-o", "json",
+                     "--", "true")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert job["status"] in {"admitted", "provisioning", "running", "completed"}, job
+    assert job["request"]["max_runtime_s"] == 3
+    table = aicloud(home, "create", "job", "--name", "e2e-admitted-2", "--", "true")
+    assert table.returncode == 0 and "job e2e-admitted-2 admitted" in table.stdout, table.stdout
+    fire_and_forget = aicloud(home, "create", "job", "--name", "e2e-no-wait", "--no-wait", "-o", "json",
+                              "--", "true")
+    assert fire_and_forget.returncode == 0
+    assert json.loads(fire_and_forget.stdout)["status"] == "requested"
+
+
+def test_a_job_beyond_the_teams_free_gpus_is_queued_and_says_why(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    holders = ("e2e-hold-1", "e2e-hold-2")  # 2 x 4 GPUs: all of the team's quota of 8
+    for name in holders:
+        held = aicloud(home, "create", "job", "--gpus", "4", "--name", name, "--", "sleep", "300")
+        assert held.returncode == 0 and f"job {name} admitted" in held.stdout, held.stdout + held.stderr
+    try:
+        queued = aicloud(home, "create", "job", "--gpus", "1", "--name", "e2e-queued", "--", "true")
+        said = " ".join(queued.stdout.split())
+        assert queued.returncode == 0, queued.stderr
+        assert "job e2e-queued is queued: team legal uses 8 of 8 GPUs" in said
+        assert "0 job(s) ahead" in said and "aicloud jobs wait e2e-queued" in said
+    finally:
+        aicloud(home, "jobs", "cancel", "e2e-queued")  # first, or it would start
+        for name in holders:
+            aicloud(home, "jobs", "cancel", name, "--no-wait")
+
+
+def test_create_job_stops_waiting_for_a_decision_quota_does_not_take(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, components = stack
+    quota = psutil.Process(int(str(components["quota"]["pid"])))
+    quota.suspend()
+    try:
+        result = aicloud(home, "create", "job", "--name", "e2e-undecided", "--decision-timeout", "1s",
+                         "--", "true")
+    finally:
+        quota.resume()
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 2, said
+    assert "quota has not decided on job e2e-undecided after 1 s: it stays requested" in said
+    assert "aicloud jobs get e2e-undecided" in said
 
 
 @pytest.mark.parametrize(
@@ -148,6 +207,7 @@ def test_over_quota_job_is_rejected_with_a_reason(stack: tuple[Path, dict[str, d
         (("create", "job", "--name", "Bad_Name", "--", "true"),
          "name: String should match pattern '^[a-z0-9][a-z0-9-]{0,62}$'"),
         (("create", "job", "--param", "novalue", "--", "true"), "is not KEY=VALUE"),
+        (("create", "job", "--max-runtime", "3x", "--", "true"), "--max-runtime '3x' is not a duration"),
         (("create", "job", "--type", "mining", "--", "true"), "job_type"),
         (("create", "job", "--product", "gpu-farm", "--", "true"), "unknown product 'gpu-farm'"),
         (("create", "job", "--dataset", "projects/../secrets/datasets/x", "--", "true"),
