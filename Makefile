@@ -50,6 +50,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/endpoint_throughput.py
 	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/rollback_mttr.py
+	$(BIN)/python bench/engine.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,193 @@
+"""Jobs on the engines, side by side in one run (issue 17):
+
+1. ``create job`` -> the job's process running: the local backend (gVisor) vs the Ray backend,
+   each on its own local stack (``dev up`` / ``dev up --engine ray``), p50 and p90.
+2. K one-second jobs submitted at once: completed per minute through aicloud (on its Ray
+   cluster) vs the same K submitted straight to that cluster's Jobs API (the peer). Goal:
+   aicloud >= 90 % of Ray alone; every reservation released at the end (reserved == 0).
+(Node loss — seconds from a killed node to the job running again elsewhere — is not measured
+here yet: the local cluster has one node per GPU type, so a GPU job has nowhere else to go.
+tests/integration/test_ray_backend.py kills and restarts a node.)
+
+BENCH_RUNS (default 20) jobs for 1, BENCH_JOBS (default 200) for 2. Prints a table; the last
+line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import asyncpg
+from ray.job_submission import JobSubmissionClient
+
+from aicloud.client import PlatformClient
+from bench.common import percentile
+
+RUNS = int(os.environ.get("BENCH_RUNS", "20"))
+JOBS = int(os.environ.get("BENCH_JOBS", "200"))
+STAMP = ["python3", "-c", "import time; print(repr(time.time()), flush=True)"]
+ONE_SECOND = ["python3", "-c", "import time; time.sleep(1)"]
+TERMINAL = {"completed", "failed", "terminated", "rejected"}
+
+
+class Stack:
+    def __init__(self, home: Path, engine: str) -> None:
+        self.home, self.engine = home, engine
+        self.env = {**os.environ, "AICLOUD_HOME": str(home), "AICLOUD_TEAM": "legal"}
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aicloud", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+
+    def __enter__(self) -> Stack:
+        up = self.cli("dev", "up", "--detach", "--free-ports", "--engine", self.engine)
+        if up.returncode != 0:
+            raise SystemExit(f"dev up --engine {self.engine} failed:\n{up.stdout}\n{up.stderr}")
+        self.status = {row["name"]: row for row in json.loads(self.cli("dev", "status", "--json").stdout)}
+        os.environ["AICLOUD_HOME"] = str(self.home)  # PlatformClient finds the API and keys there
+        self.api = PlatformClient(team="legal")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cli("dev", "down")
+
+    def submit(self, job_id: str, command: list[str]) -> None:
+        self.api.request("POST", "/v1/jobs", json={"name": job_id, "command": command})
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.api.request("GET", f"/v1/jobs/{job_id}"))
+
+    def log(self, job_id: str) -> Path:
+        return self.home / "jobs" / "legal" / job_id / "job.log"
+
+    async def reserved(self) -> tuple[int, int]:
+        """Allocations quota still holds: (count, GPUs)."""
+        port = json.loads((self.home / "run" / "ports.json").read_text())["postgres"]
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="aicloud")
+        try:
+            row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(gpus), 0) AS gpus "
+                                      "FROM quota.allocations WHERE released_at IS NULL")
+            return int(row["n"]), int(row["gpus"])
+        finally:
+            await conn.close()
+
+
+def first_stamp(log: Path, timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and (text := log.read_text().strip()):
+            for line in text.splitlines():
+                try:
+                    return float(line)
+                except ValueError:
+                    continue
+        time.sleep(0.01)
+    raise SystemExit(f"no output in {log} after {timeout}s")
+
+
+def start_latency(stack: Stack, prefix: str) -> list[float]:
+    timings = []
+    for i in range(RUNS):
+        job_id = f"{prefix}-{i}"
+        submitted = time.time()
+        stack.submit(job_id, STAMP)
+        timings.append(first_stamp(stack.log(job_id)) - submitted)
+    return timings
+
+
+def wait_all(stack: Stack, ids: list[str], timeout: float = 1800) -> dict[str, str]:
+    deadline, states = time.monotonic() + timeout, {}
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        rows = stack.api.request("GET", "/v1/jobs", params={"limit": 500})
+        for row in rows:
+            if row["job_id"] in pending and row["status"] in TERMINAL:
+                states[row["job_id"]] = row["status"]
+                pending.discard(row["job_id"])
+        time.sleep(0.5)
+    return states
+
+
+def throughput_aicloud(stack: Stack) -> tuple[float, dict[str, int]]:
+    ids = [f"burst-{i}" for i in range(JOBS)]
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda job_id: stack.submit(job_id, ONE_SECOND), ids))
+    states = wait_all(stack, ids)
+    took = time.monotonic() - started
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return len(states) / took * 60, counts
+
+
+def throughput_ray(dashboard: str) -> tuple[float, dict[str, int]]:
+    client = JobSubmissionClient(dashboard)
+    ids: list[str] = []
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: client.submit_job(
+            entrypoint="python3 -c 'import time; time.sleep(1)'", submission_id=f"peer-{i}",
+            entrypoint_num_cpus=0), range(JOBS)))
+    states: dict[str, str] = {}
+    while len(states) < len(ids) and time.monotonic() - started < 1800:
+        for job in client.list_jobs():
+            status = job.status.value
+            if job.submission_id in ids and status in {"SUCCEEDED", "FAILED", "STOPPED"}:
+                states[job.submission_id] = status
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    counts: dict[str, int] = {}
+    for state in states.values():
+        counts[state] = counts.get(state, 0) + 1
+    return len(states) / took * 60, counts
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50_s": round(statistics.median(ordered), 3), "p90_s": round(percentile(ordered, 0.9), 3),
+            "max_s": round(ordered[-1], 3)}
+
+
+def main() -> None:
+    root = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    results: dict[str, Any] = {}
+    with Stack(root / "local", "local") as local:
+        results["create job -> running: local (gvisor)"] = summary(start_latency(local, "local"))
+    with Stack(root / "ray", "ray") as ray:
+        results["create job -> running: ray"] = summary(start_latency(ray, "ray"))
+        aicloud_rate, aicloud_states = throughput_aicloud(ray)
+        ray_rate, ray_states = throughput_ray(str(ray.status["ray"]["url"]))
+        reserved = asyncio.run(ray.reserved())
+    ratio = aicloud_rate / ray_rate if ray_rate else 0.0
+    print(f"engines — {platform.node()}, {os.cpu_count()} cores; {RUNS} starts, {JOBS} one-second jobs")
+    print(f"{'create job -> running':40} {'p50 s':>7} {'p90 s':>7} {'max s':>7}")
+    for name, row in results.items():
+        print(f"{name:40} {row['p50_s']:>7} {row['p90_s']:>7} {row['max_s']:>7}")
+    print(f"{JOBS} one-second jobs: aicloud {aicloud_rate:.1f}/min {aicloud_states}, "
+          f"Ray alone {ray_rate:.1f}/min {ray_states}, ratio {ratio:.2f} (goal >= 0.90)")
+    print(f"reservations left after the burst: {reserved[0]} ({reserved[1]} GPUs)")
+    print(json.dumps({
+        "benchmark": "engine", "results": results,
+        "burst": {"jobs": JOBS, "aicloud_per_min": round(aicloud_rate, 1), "ray_per_min": round(ray_rate, 1),
+                  "ratio": round(ratio, 3), "aicloud_states": aicloud_states, "ray_states": ray_states,
+                  "reserved_after": reserved[0]},
+        "goal_met": {"throughput_ratio": ratio >= 0.9, "reserved_zero": reserved[0] == 0},
+    }))
+
+
+if __name__ == "__main__":
+    main()
