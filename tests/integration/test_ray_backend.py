@@ -161,3 +161,24 @@ async def test_a_ray_job_without_a_running_workflow_is_stopped_and_one_with_it_k
     finally:
         await workflow.terminate("test over")
         await kept.stop(grace_period_s=1)
+
+
+async def test_teardown_of_a_start_cancelled_while_waiting_for_gpus_leaves_nothing_to_run(
+        ray_cluster: RayCluster, tmp_path: Path) -> None:
+    ray = backend(ray_cluster, tmp_path, placement_timeout_s=300)
+    waiting = request("waiting", "open('ran', 'w').write('yes')", gpus=16)
+    starting = asyncio.create_task(ray.start(waiting, gpu_type="h100-80gb"))
+    async with asyncio.timeout(60):
+        while not (tmp_path / "jobs" / "legal" / "waiting").exists():
+            await asyncio.sleep(0.1)
+        while True:
+            try:
+                if (await asyncio.to_thread(ray.api.get_job_info, "waiting")).status.value == "PENDING":
+                    break
+            except RuntimeError:  # not submitted yet
+                await asyncio.sleep(0.1)
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await ray.teardown(waiting)
+    assert stop_file(tmp_path / "jobs" / "legal" / "waiting", "waiting").exists()

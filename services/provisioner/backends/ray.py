@@ -235,11 +235,16 @@ class RayBackend(LocalBackend):
             raise RuntimeError(f"Ray cluster at {self.address} unreachable: {exc}") from None
 
     async def teardown(self, request: JobRequested) -> None:
-        """Stop every attempt of the job that still runs (an orphan of a lost worker)."""
+        """Stop every attempt of the job that still runs or waits for a node (an orphan of a
+        lost worker, or a start that was cancelled): the stop file first, so one placed later
+        does not run."""
         api = await asyncio.to_thread(lambda: self.api)
+        workspace = self.workspace(request)
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            info = await self._find(api, attempt_id(request.job_id, attempt))
+            submission_id = attempt_id(request.job_id, attempt)
+            info = await self._find(api, submission_id)
             if info is None:
                 return
             if _status(info) not in TERMINAL:
-                await asyncio.to_thread(api.stop_job, attempt_id(request.job_id, attempt))
+                stop_file(workspace, submission_id).touch()
+                await asyncio.to_thread(api.stop_job, submission_id)
