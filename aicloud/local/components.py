@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aicloud.local import servers
+from aicloud.local import ray_cluster, servers
 from aicloud.local.servers import PostgresLayout
 from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, http_ok
@@ -206,10 +206,7 @@ _READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)}
 
 
 def _ray_ready(dashboard: str) -> bool:
-    from aicloud.local.ray_cluster import LOCAL_NODES, RayCluster
-
-    port = int(dashboard.rsplit(":", 1)[1])
-    return len(RayCluster(root=Path("."), dashboard_port=port).alive_nodes()) >= 1 + len(LOCAL_NODES)
+    return len(ray_cluster.alive_nodes(dashboard)) >= 1 + len(ray_cluster.LOCAL_NODES)
 
 
 def _on_ray(site: Site) -> Env:

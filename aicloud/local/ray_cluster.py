@@ -83,11 +83,7 @@ class RayCluster:
                                 f"--num-gpus={node.gpus}", f"--resources={json.dumps(resources)}"])
 
     def alive_nodes(self) -> list[dict[str, object]]:
-        """The dashboard's view of each live node: id and total resources."""
-        answer = _get(f"{self.dashboard}/nodes?view=summary")
-        if answer is None:
-            return []
-        return [n["raylet"] for n in answer["data"]["summary"] if n["raylet"].get("state") == "ALIVE"]
+        return alive_nodes(self.dashboard)
 
     def kill_node(self, name: str) -> None:
         """A node lost at once (a crashed machine): SIGKILL every process of it."""
@@ -144,6 +140,14 @@ class RayCluster:
         path = self.root / f"ray-{name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return f"--- ray {name} ({path}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def alive_nodes(dashboard: str) -> list[dict[str, object]]:
+    """The dashboard's view of each live node: id and total resources."""
+    answer = _get(f"{dashboard}/nodes?view=summary")
+    if answer is None:
+        return []
+    return [n["raylet"] for n in answer["data"]["summary"] if n["raylet"].get("state") == "ALIVE"]
 
 
 def _get(url: str) -> Any:

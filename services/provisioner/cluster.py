@@ -11,6 +11,12 @@ from pydantic import BaseModel, Field
 
 GPU_TYPE_PREFIX = "accelerator_type:"
 LIVE = {"PENDING", "RUNNING"}
+"""A Ray job in these states holds, or waits for, a node's GPUs."""
+
+
+def status_of(job: Any) -> str:
+    """A Ray job's status as a string (the client gives an enum, the HTTP API a string)."""
+    return str(getattr(job.status, "value", job.status))
 
 
 class NodeView(BaseModel):
@@ -49,8 +55,7 @@ async def ray_view(address: str, jobs: list[Any]) -> ClusterView:
         answer = (await client.get(f"{address}/nodes", params={"view": "summary"})).json()
     in_use: dict[str, int] = {}
     for job in jobs:
-        status = str(getattr(job.status, "value", job.status))
-        if status in LIVE and job.driver_node_id:
+        if status_of(job) in LIVE and job.driver_node_id:
             in_use[job.driver_node_id] = in_use.get(job.driver_node_id, 0) + int(job.entrypoint_num_gpus or 0)
     nodes = [_node(entry, in_use) for entry in answer["data"]["summary"]]
     return ClusterView(engine="ray", address=address, nodes=nodes, gpus=pools(nodes))

@@ -18,6 +18,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from services.kit.sandbox import Sandbox
+from services.provisioner.cluster import LIVE, status_of
 from services.provisioner.endpoints.serving.replica import reap as reap_replicas
 from services.provisioner.notebooks.jupyter import reap as reap_notebooks
 from services.provisioner.signals import signal
@@ -67,7 +68,7 @@ async def stop_orphaned_ray_jobs(client: Client, api: Any) -> list[str]:
     stopped = []
     for job in await asyncio.to_thread(api.list_jobs):
         job_id = (job.metadata or {}).get("aicloud.job_id")
-        if job_id is None or str(getattr(job.status, "value", job.status)) not in {"PENDING", "RUNNING"}:
+        if job_id is None or status_of(job) not in LIVE:
             continue
         if not await _workflow_running(client, job_id):
             await asyncio.to_thread(api.stop_job, job.submission_id)

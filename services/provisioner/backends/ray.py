@@ -27,7 +27,7 @@ from contracts import JobRequested
 from services.provisioner.backends import JobUnplaceable, NodeLost
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.backends.ray_entry import EntrySpec, stop_file
-from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view
+from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view, status_of
 
 log = structlog.get_logger(__name__)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -58,10 +58,6 @@ def gpu_resource(gpu_type: str) -> str:
     return f"accelerator_type:{gpu_type}"
 
 
-def _status(info: Any) -> str:
-    return str(getattr(info.status, "value", info.status))
-
-
 def attempt_id(job_id: str, attempt: int) -> str:
     return job_id if attempt == 1 else f"{job_id}--a{attempt}"
 
@@ -86,7 +82,7 @@ class RayJob:
 
     async def until_placed(self) -> None:
         """Wait while the job waits for a node (its GPUs), up to the placement timeout."""
-        while (status := _status(await self.info())) == "PENDING":
+        while (status := status_of(await self.info())) == "PENDING":
             if time.monotonic() > self._placement_deadline:
                 await self.abandon()
                 raise JobUnplaceable(self._unplaceable())
@@ -95,11 +91,8 @@ class RayJob:
 
     async def wait(self) -> int | None:
         info = await self.info()
-        status = _status(info)
+        status = status_of(info)
         if status not in TERMINAL:
-            if status == "PENDING" and time.monotonic() > self._placement_deadline:
-                await self.abandon()
-                raise JobUnplaceable(self._unplaceable())
             await asyncio.sleep(0.5)
             return None
         return self._exit_code(info, status)
@@ -127,7 +120,7 @@ class RayJob:
         deadline = time.monotonic() + grace_period_s + 10
         while time.monotonic() < deadline:
             info = await self.info()
-            if _status(info) in TERMINAL:
+            if status_of(info) in TERMINAL:
                 return int(info.driver_exit_code) if info.driver_exit_code is not None else -15
             await asyncio.sleep(0.2)
         log.warning("ray.stop_forced", submission_id=self.submission_id)
@@ -164,7 +157,7 @@ class RayBackend(LocalBackend):
                 await self._submit(api, submission_id, request, workspace, egress=egress, gpu_type=gpu_type,
                                    grace_period_s=grace_period_s)
                 break
-            status = _status(info)
+            status = status_of(info)
             if status not in TERMINAL:  # a retried activity: the attempt it started still runs
                 log.info("ray.job_reattached", job_id=request.job_id, submission_id=submission_id)
                 break
@@ -245,6 +238,6 @@ class RayBackend(LocalBackend):
             info = await self._find(api, submission_id)
             if info is None:
                 return
-            if _status(info) not in TERMINAL:
+            if status_of(info) not in TERMINAL:
                 stop_file(workspace, submission_id).touch()
                 await asyncio.to_thread(api.stop_job, submission_id)
