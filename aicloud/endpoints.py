@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from aicloud.client import PlatformClient
+from aicloud.durations import parse_duration
 from aicloud.jobs import Output, Team, _call, _client, create_app
 from aicloud.output import Format, console, emit, errors, fail
 
@@ -200,7 +201,7 @@ def create_notebook(
     body = {
         "name": name,
         "gpus": gpus,
-        "idle_timeout_s": parse_duration(idle_timeout) if idle_timeout else None,
+        "idle_timeout_s": parse_duration(idle_timeout, option="--idle-timeout") if idle_timeout else None,
     }
     notebook = _call(client, "POST", "/v1/notebooks", json=body)
     deadline = time.monotonic() + timeout
@@ -218,14 +219,6 @@ def create_notebook(
             "dropped from the URL)",
             highlight=False,
         )
-
-
-def parse_duration(value: str) -> int:
-    units = {"s": 1, "m": 60, "h": 3600}
-    number, unit = (value[:-1], value[-1]) if value[-1:] in units else (value, "s")
-    if not number.isdigit() or int(number) <= 0:
-        raise fail(f"--idle-timeout {value!r} is not a duration", hint="e.g. 30m, 1h or 900", code=2)
-    return int(number) * units[unit]
 
 
 @notebooks_app.command("list")
@@ -274,10 +267,9 @@ def extend_notebook(
     output: Output = Format.table,
 ) -> None:
     """Push the notebook's hard cap out, once."""
+    extra_s = parse_duration(by, option="--by")
     emit(
-        _call(
-            _client(team), "POST", f"/v1/notebooks/{notebook_id}/extend", json={"extra_s": parse_duration(by)}
-        ),
+        _call(_client(team), "POST", f"/v1/notebooks/{notebook_id}/extend", json={"extra_s": extra_s}),
         fmt=output,
         columns=NOTEBOOK_COLUMNS,
     )

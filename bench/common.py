@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -34,3 +35,10 @@ def stop_servers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(int(len(sorted_values) * q), len(sorted_values) - 1)]
+
+
+def seconds_summary(values: list[float]) -> dict[str, float]:
+    """p50, p90 and max of timings in seconds, as the tables print them."""
+    ordered = sorted(values)
+    return {"p50_s": round(statistics.median(ordered), 3), "p90_s": round(percentile(ordered, 0.9), 3),
+            "max_s": round(ordered[-1], 3)}

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import asyncpg
 from ray.job_submission import JobSubmissionClient
 
 from aicloud.client import PlatformClient
-from bench.common import percentile
+from bench.common import seconds_summary as summary
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 JOBS = int(os.environ.get("BENCH_JOBS", "200"))
@@ -154,12 +153,6 @@ def throughput_ray(dashboard: str) -> tuple[float, dict[str, int]]:
     for state in states.values():
         counts[state] = counts.get(state, 0) + 1
     return len(states) / took * 60, counts
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50_s": round(statistics.median(ordered), 3), "p90_s": round(percentile(ordered, 0.9), 3),
-            "max_s": round(ordered[-1], 3)}
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import percentile
+from bench.common import seconds_summary as summary
 from contracts import JobRequested
 from services.kit.sandbox import available
 from services.provisioner.backends.local import LocalBackend
@@ -66,12 +65,6 @@ async def sandbox_alone(kind: str, root: Path) -> list[float]:
         timings.append(first_stamp(backend.workspace(request) / "job.log") - started)
         await backend.teardown(request)
     return timings
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"p50_s": round(statistics.median(ordered), 3), "p90_s": round(percentile(ordered, 0.9), 3),
-            "max_s": round(ordered[-1], 3)}
 
 
 def main() -> None:

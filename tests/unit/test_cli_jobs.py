@@ -42,6 +42,17 @@ def test_create_job_refuses_a_bad_max_runtime_before_submitting_anything() -> No
     assert "--max-runtime '3x' is not a duration" in result.output
 
 
+def test_notebooks_extend_refuses_a_bad_duration_naming_its_own_option(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aicloud import endpoints
+
+    sent: list[Any] = []
+    monkeypatch.setattr(endpoints, "_call", lambda *args, **kwargs: sent.append(args))
+    result = CliRunner().invoke(endpoints.notebooks_app, ["extend", "nb-1", "--by", "3x"])
+    assert result.exit_code == 2
+    assert "--by '3x' is not a duration" in result.output and sent == [], "nothing reaches the API"
+
+
 def test_a_job_still_requested_has_no_decision() -> None:
     assert decision_of(job("requested")) is None
 
