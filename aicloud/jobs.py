@@ -51,6 +51,9 @@ def create_job(
         str, typer.Option("--type", help="fine-tune|training|batch-inference|evaluation")
     ] = "training",
     gpus: Annotated[int, typer.Option(min=0, help="GPUs to request.")] = 0,
+    gpu_type: Annotated[str | None, typer.Option(
+        help="GPU type, one of the product's (`aicloud catalog list`; `aicloud cluster` shows what "
+             "the engine has free); default: the first the engine offers.")] = None,
     product: Annotated[str | None, typer.Option(
         help="Compute product (`aicloud catalog list`); default fine-tune with GPUs, else cpu-small."
     )] = None,
@@ -81,7 +84,7 @@ def create_job(
     requested, `aicloud jobs get ID` shows where it stands.
     """
     runtime_s = None if max_runtime is None else parse_duration(max_runtime, option="--max-runtime")
-    body = {"name": name, "job_type": job_type, "gpus": gpus, "product": product,
+    body = {"name": name, "job_type": job_type, "gpus": gpus, "gpu_type": gpu_type, "product": product,
             "dataset": dataset, "max_runtime_s": runtime_s, "command": command,
             "params": _params(param), "model_name": model_name, "image": image}
     timeout_s = parse_duration(decision_timeout, option="--decision-timeout")

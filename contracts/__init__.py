@@ -12,6 +12,7 @@ from contracts.agents import (
 )
 from contracts.alerts import AlertFired
 from contracts.budgets import BudgetChanged, BudgetExhausted, BudgetThresholdCrossed
+from contracts.cluster import ClusterCapacityChanged, GpuPoolCapacity
 from contracts.dlq import DeadLetter
 from contracts.endpoints import (
     DeleteEndpoint,
@@ -41,6 +42,7 @@ from contracts.jobs import (
     JobRequested,
     JobStarted,
     JobTerminated,
+    Placement,
 )
 from contracts.notebooks import (
     ExtendNotebook,
@@ -98,6 +100,7 @@ MESSAGES: tuple[type[Envelope], ...] = (
     AgentRunStarted,
     AgentRunFinished,
     AlertFired,
+    ClusterCapacityChanged,
 )
 """Every message type, in catalogue order."""
 
@@ -117,6 +120,7 @@ __all__ = [
     "BudgetExhausted",
     "BudgetThresholdCrossed",
     "CancelJob",
+    "ClusterCapacityChanged",
     "Command",
     "CreateSandbox",
     "DeadLetter",
@@ -134,6 +138,7 @@ __all__ = [
     "Envelope",
     "Event",
     "ExtendNotebook",
+    "GpuPoolCapacity",
     "InferenceCompleted",
     "JobAdmitted",
     "JobCompleted",
@@ -149,6 +154,7 @@ __all__ = [
     "NotebookRequested",
     "NotebookStarted",
     "NotebookStopped",
+    "Placement",
     "RollbackEndpoint",
     "SandboxCommandFinished",
     "SandboxCreated",

@@ -22,6 +22,10 @@ class JobRequested(Event):
     job_type: JobType = Field(default="training", description="Kind of job.")
     product: str = Field(default="cpu-small", description="Compute product from the catalog.")
     gpus: int = Field(default=0, ge=0, le=1024, description="Number of GPUs requested.")
+    gpu_type: str | None = Field(
+        default=None, pattern=ID_PATTERN,
+        description="GPU type, one of the product's (e.g. h100-80gb); unset: the first of the "
+                    "product's types the compute engine offers.")
     dataset: str | None = Field(default=None, description="Dataset path, e.g. projects/x/datasets/v2.")
     command: list[str] = Field(min_length=1, description="Command to run, argv style.")
     params: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters.")
@@ -47,6 +51,9 @@ class JobAdmitted(Event):
     policy_ids: list[str] = Field(default_factory=list, description="Policies that permitted it.")
     reason: str = Field(default="", description="Human-readable reason for the decision.")
     product: Product | None = Field(default=None, description="The product it was admitted on.")
+    gpu_type: str | None = Field(
+        default=None, description="The GPU type quota reserved (the request's, or the product's "
+                                  "first the engine offers); None for a job without GPUs.")
 
 
 class JobRejected(Event):
@@ -77,6 +84,17 @@ class JobProvisioning(Event):
     job_id: str = Field(pattern=ID_PATTERN)
 
 
+class Placement(BaseModel):
+    """Where an engine placed a job's process: its node and the devices it was given."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node_id: str | None = Field(default=None, description="The engine's id of the node.")
+    host: str | None = Field(default=None, description="The node's host name.")
+    gpu_ids: list[str] = Field(default_factory=list, description="CUDA_VISIBLE_DEVICES it got.")
+    isolation: str | None = Field(default=None, description="Its sandbox there (gvisor, bwrap, rlimits).")
+
+
 class JobStarted(Event):
     """The job's workload is running: its process was started in its sandbox (the job's
     status becomes ``running``)."""
@@ -84,7 +102,9 @@ class JobStarted(Event):
     SUBJECT: ClassVar[str] = subject("jobs", "started")
 
     job_id: str = Field(pattern=ID_PATTERN)
-    backend: str = Field(description="Compute backend that runs it (local, kubernetes).")
+    backend: str = Field(description="Compute backend that runs it (local, kubernetes, ray).")
+    placement: Placement | None = Field(default=None, description="Where it runs, when the "
+                                                                  "engine says (Ray).")
 
 
 class Artifact(BaseModel):

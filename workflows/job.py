@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from contracts import Envelope, JobProvisioning, JobRequested, JobStarted
@@ -42,6 +42,9 @@ class RunInput(BaseModel):
     grace_period_s: int
     egress: bool = False
     gpu_type: str | None = Field(default=None, description="Where the engine places by GPU type.")
+    node_loss_preempts: bool = Field(default=False, description=(
+        "A lost node ends the run as a preemption (non-retryable NodeLost) for the workflow to "
+        "run again; runs from before this: a retryable failure."))
 
 
 class RunResult(BaseModel):
@@ -59,6 +62,8 @@ class JobOutcome(BaseModel):
 
 
 JOB_STATUS_PATCH = "job-status-provisioning-running"
+NODE_LOSS_PATCH = "node-loss-preempts"
+NODE_LOST = "NodeLost"  # the ApplicationError type of a run whose node went away
 PREEMPTED = "preempted"
 MAX_PREEMPTIONS = 3  # preemptions a job survives; the next one ends it
 
@@ -152,11 +157,14 @@ class JobWorkflow:
         self, job: JobInput, *, limit_s: float
     ) -> tuple[RunResult | None, str | None, str | None]:
         """Run the job for at most ``limit_s``; stop it then, or on a cancel or preempt signal
-        (SIGTERM, grace, kill). Returns (result, why it was stopped, why it failed)."""
+        (SIGTERM, grace, kill), or when the engine lost its node (a preemption too: the run is
+        billed and the job resumes from its checkpoint, on another node). Returns (result, why
+        it was stopped, why it failed)."""
+        node_loss_preempts = workflow.patched(NODE_LOSS_PATCH)
         handle = workflow.start_activity(
             "run_job",
             RunInput(request=job.request, grace_period_s=job.grace_period_s, egress=job.egress,
-                     gpu_type=job.gpu_type),
+                     gpu_type=job.gpu_type, node_loss_preempts=node_loss_preempts),
             result_type=RunResult,
             start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
             heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
@@ -175,6 +183,9 @@ class JobWorkflow:
             try:
                 return handle.result(), None, None
             except ActivityError as exc:
+                if node_loss_preempts and _node_lost(exc):
+                    self._preempt_reason = f"node lost: {exc.cause}"
+                    return None, PREEMPTED, None
                 return None, None, str(exc.cause or exc)
         handle.cancel()
         try:
@@ -196,6 +207,10 @@ class JobWorkflow:
 def _ids(request: JobRequested) -> dict[str, Any]:
     """A new event's id and time, the same on every replay."""
     return job_events.envelope(request, event_id=workflow.uuid4(), at=workflow.now())
+
+
+def _node_lost(exc: ActivityError) -> bool:
+    return isinstance(exc.cause, ApplicationError) and exc.cause.type == NODE_LOST
 
 
 def _verdict(

@@ -48,6 +48,8 @@ class JobCreate(BaseModel):
     job_type: str = "training"
     product: str | None = Field(default=None, description="Default: fine-tune with GPUs, else cpu-small.")
     gpus: int = 0
+    gpu_type: str | None = Field(default=None, description="One of the product's GPU types; "
+                                 "default: the first the compute engine offers.")
     dataset: str | None = None
     command: list[str]
     params: dict[str, str] = Field(default_factory=dict)
@@ -218,6 +220,11 @@ def _check_against_catalog(request: JobRequested, products: dict[str, Product]) 
         errors.append({"loc": ["body", "product"], "type": "unknown_product",
                        "msg": f"unknown product {request.product!r}; choose one of "
                               + ", ".join(sorted(products))})
+    product = products.get(request.product)
+    if product is not None and request.gpu_type and request.gpu_type not in product.gpu_types:
+        errors.append({"loc": ["body", "gpu_type"], "type": "unknown_gpu_type",
+                       "msg": f"product {request.product} offers GPU types "
+                              f"{', '.join(product.gpu_types) or 'none'}, not {request.gpu_type}"})
     if request.dataset is not None and dataset_project(request.dataset) is None:
         errors.append({"loc": ["body", "dataset"], "type": "invalid_dataset",
                        "msg": f"{request.dataset!r} is not a dataset path: use "

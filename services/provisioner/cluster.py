@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from contracts.cluster import GpuPoolCapacity
+
 GPU_TYPE_PREFIX = "accelerator_type:"
 LIVE = {"PENDING", "RUNNING"}
 """A Ray job in these states holds, or waits for, a node's GPUs."""
@@ -49,12 +51,13 @@ def local_view() -> ClusterView:
         "configured node_gpus (start the stack with `aicloud dev up --engine ray` for a cluster)"))
 
 
-async def ray_view(address: str, jobs: list[Any]) -> ClusterView:
-    """The Ray cluster's nodes from its dashboard; GPUs in use from the jobs placed on each."""
+async def ray_view(address: str, jobs: list[Any] | None = None) -> ClusterView:
+    """The Ray cluster's nodes from its dashboard; GPUs in use from the jobs placed on each
+    (none without ``jobs``)."""
     async with httpx.AsyncClient(timeout=5) as client:
         answer = (await client.get(f"{address}/nodes", params={"view": "summary"})).json()
     in_use: dict[str, int] = {}
-    for job in jobs:
+    for job in jobs or ():
         if status_of(job) in LIVE and job.driver_node_id:
             in_use[job.driver_node_id] = in_use.get(job.driver_node_id, 0) + int(job.entrypoint_num_gpus or 0)
     nodes = [_node(entry, in_use) for entry in answer["data"]["summary"]]
@@ -85,6 +88,23 @@ def pools(nodes: list[NodeView]) -> list[GpuPool]:
             pool[1] += node.gpus_in_use
     return [GpuPool(gpu_type=t, total=total, in_use=used, free=total - used)
             for t, (total, used) in sorted(totals.items())]
+
+
+def capacity_pools(nodes: list[NodeView]) -> list[GpuPoolCapacity]:
+    """What quota admits against: GPUs by type on the nodes alive, and the biggest node of each
+    type alive or not (a type whose nodes are all down is waited for, not refused)."""
+    pools: dict[str, dict[str, Any]] = {}
+    for node in nodes:
+        if not node.gpus or not node.gpu_type:
+            continue
+        pool = pools.setdefault(node.gpu_type, {"total": 0, "largest_node": 0, "nodes_alive": 0,
+                                                "simulated": False})
+        pool["largest_node"] = max(pool["largest_node"], node.gpus)
+        pool["simulated"] = pool["simulated"] or node.simulated
+        if node.state == "ALIVE":
+            pool["total"] += node.gpus
+            pool["nodes_alive"] += 1
+    return [GpuPoolCapacity(gpu_type=t, **pool) for t, pool in sorted(pools.items())]
 
 
 async def list_ray_jobs(api: Any) -> list[Any]:

@@ -17,6 +17,7 @@ from services.kit.temporal import BackgroundWorker
 from services.provisioner import recovery
 from services.provisioner.backends.ray import RayBackend
 from services.provisioner.bootstrap import Ports
+from services.provisioner.capacity import CapacityWatcher
 from services.provisioner.endpoints.serving import hub
 from services.provisioner.endpoints.watch import EndpointWatcher
 from services.provisioner.notebooks.watch import NotebookWatcher
@@ -34,6 +35,8 @@ class Lifecycle:
         self._recovery: asyncio.Task[None] | None = None
         self._watchers: list[Watcher] = [EndpointWatcher(ports.fleet, self._signal),
                                          NotebookWatcher(ports.notebooks, self._signal)]
+        if isinstance(ports.backend, RayBackend):  # quota admits against the engine's GPUs
+            self._watchers.append(CapacityWatcher(ports.backend.nodes, ports.bus.publish))
 
     async def _signal(self, workflow_id: str, name: str, arg: Any) -> None:
         await signal(self.ports.temporal.client, workflow_id, name, arg)

@@ -21,6 +21,7 @@ class Watcher:
     """Polls every POLL_S until stopped; a failed poll is logged and the next one runs."""
 
     NAME = "watcher"
+    POLL_S = POLL_S
 
     def __init__(self, signal: Signal) -> None:
         self._signal = signal
@@ -44,4 +45,4 @@ class Watcher:
                 await self.poll()
             except Exception:  # a watcher must outlive any one bad poll
                 log.exception("watch_failed", watcher=self.NAME)
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(self.POLL_S)

@@ -1,8 +1,8 @@
 """Job requests decided a fetch at a time: four round trips per batch, not several per request.
 
 Per batch, in one transaction: BEGIN together with the decision locks of every team in the
-fetch (the node's first, then the teams in name order; other decisions take one team's lock,
-after the node's), one statement writing the inbox rows and reading those teams' facts, the
+fetch (the shared capacity's first, then the teams in name order; other decisions take one
+team's lock, after the capacity's), one statement writing the inbox rows and reading those teams' facts, the
 decisions in arrival order in Python (each one seeing the GPUs, budget and queue places the
 earlier ones took), then one statement writing every decision, allocation, queue entry and
 outgoing event, and COMMIT. A request's trace goes on: each decision runs in a span under
@@ -23,14 +23,21 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from contracts import Envelope, JobAdmitted, JobQueued, JobRejected, JobRequested
+from contracts import Envelope, JobQueued, JobRejected, JobRequested
 from guardrails.cedar import PolicyDecision
 from services.kit.db import Database
 from services.kit.outbox import Outbox, outbox_insert_many, staged
 from services.kit.subscription import Delivery, PartialFailure
 from services.kit.tracing import extract_context
 from services.quota import handlers, repo
-from services.quota.domain import Outcome, QuotaDecision, decide_budget, decide_gpus
+from services.quota.domain import (
+    Capacity,
+    Outcome,
+    QuotaDecision,
+    decide_budget,
+    decide_gpu_type,
+    decide_gpus,
+)
 from services.quota.handlers import Guardrails, budget_blocked
 
 log = structlog.get_logger(__name__)
@@ -38,7 +45,7 @@ tracer = trace.get_tracer("aicloud.quota")
 
 # The inbox rows of the batch and its teams' facts, read after the locks were taken (by an
 # earlier statement, so this one's snapshot has what the previous holder committed).
-_CLAIM_AND_FACTS = """
+_CLAIM_AND_FACTS = f"""
 WITH fresh AS (
     INSERT INTO inbox (consumer, event_id, subject)
     SELECT $1, e, $3 FROM unnest($2::uuid[]) AS e
@@ -55,9 +62,9 @@ SELECT t.team,
        (SELECT json_build_object('budget_id', budget_id, 'action', action,
                'spent_usd', spent_usd, 'amount_usd', amount_usd)
         FROM budget_blocks k WHERE k.team = t.team AND k.period = $5),
-       (SELECT coalesce(sum(gpus), 0) FROM allocations WHERE released_at IS NULL),
-       (SELECT array_agg(event_id) FROM fresh)
-FROM unnest($4::text[]) AS t(team)
+       (SELECT array_agg(event_id) FROM fresh),
+       capacity.*
+FROM unnest($4::text[]) AS t(team), ({repo.CAPACITY_FACTS}) AS capacity
 """
 
 _WRITE = f"""
@@ -67,16 +74,16 @@ WITH logged AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::jsonb[],
                          $6::text[], $7::jsonb[])
 ), held AS (
-    INSERT INTO allocations (resource_id, team, gpus, estimate_usd)
-    SELECT * FROM unnest($8::text[], $9::text[], $10::int[], $11::numeric[])
+    INSERT INTO allocations (resource_id, team, gpus, estimate_usd, gpu_type)
+    SELECT * FROM unnest($8::text[], $9::text[], $10::int[], $11::numeric[], $12::text[])
     ON CONFLICT (resource_id) DO NOTHING
 ), queued AS (
     INSERT INTO queue (job_id, team, gpus, request)
-    SELECT j, t, g, r FROM unnest($12::text[], $13::text[], $14::int[], $15::jsonb[])
+    SELECT j, t, g, r FROM unnest($13::text[], $14::text[], $15::int[], $16::jsonb[])
         WITH ORDINALITY AS u(j, t, g, r, i) ORDER BY i
     ON CONFLICT (job_id) DO NOTHING
 )
-{outbox_insert_many(16)}
+{outbox_insert_many(17)}
 """
 
 
@@ -99,7 +106,7 @@ class Writes:
     """Everything a batch's decisions write, column by column (as ``_WRITE`` takes it)."""
 
     decisions: tuple[list[Any], ...] = field(default_factory=lambda: _columns(7))
-    allocations: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
+    allocations: tuple[list[Any], ...] = field(default_factory=lambda: _columns(5))
     queue: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
     outbox: tuple[list[Any], ...] = field(default_factory=lambda: _columns(4))
 
@@ -142,17 +149,17 @@ class JobAdmission:
             [event for event, _ in batch], org=rails.org, products=rails.products,
             backend=rails.backend, attestations=rails.attestations), strict=True))
         teams = sorted({event.tenant for event, _ in batch})
-        locks = ([repo.NODE_LOCK] if rails.node_gpus is not None else []) + teams
+        locks = [repo.NODE_LOCK, *teams]
         writes = Writes()
         async with self._db.raw_transaction(begin_with=repo.take_locks(locks)) as pg:
             rows = await pg.fetch(_CLAIM_AND_FACTS, batch[0][1].consumer,
                                   [event.event_id for event, _ in batch], batch[0][1].subject,
                                   teams, handlers.current_period())
-            fresh = set(rows[0][8] or ())
+            fresh = set(rows[0][7] or ())
             if not fresh:
                 return writes  # every request was decided before (a redelivery)
             facts = {row[0]: _facts(row) for row in rows}
-            node_held = int(rows[0][7])
+            shared = repo.capacity_of(rows[0][8], rows[0][9], node_gpus=rails.node_gpus)
             for event, delivery in batch:
                 if event.event_id not in fresh:
                     continue
@@ -161,29 +168,34 @@ class JobAdmission:
                         f"{delivery.subject} process", context=extract_context(delivery.headers),
                         kind=SpanKind.CONSUMER, attributes={"aicloud.tenant": event.tenant,
                                                             "messaging.message.id": str(event.event_id)}):
-                    node_held = self._decide(event, verdicts[event.event_id], facts[event.tenant],
-                                             node_held, writes)
+                    self._decide(event, verdicts[event.event_id], facts[event.tenant], shared,
+                                 writes)
             await pg.execute(_WRITE, *writes.parameters())
         return writes
 
-    def _decide(self, event: JobRequested, verdict: PolicyDecision, facts: Facts, node_held: int,
-                writes: Writes) -> int:
-        """Decide one request (its policies' ``verdict`` given) against ``facts``, updated for
-        the next request; returns the node's GPUs in use after it."""
+    def _decide(self, event: JobRequested, verdict: PolicyDecision, facts: Facts,
+                shared: Capacity | None, writes: Writes) -> None:
+        """Decide one request (its policies' ``verdict`` given) against ``facts`` and the shared
+        capacity, both updated for the next request."""
         rails = self._rails
+        gpu_type = rails.gpu_type(event, shared)
+        product = rails.products.get(event.product)
         if not verdict.admitted:
             decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
         elif facts.block is not None:
             decision = budget_blocked(event.tenant, facts.block)
         else:
-            node = None if rails.node_gpus is None else (rails.node_gpus, node_held)
             estimate = rails.estimate(event)
-            quota = decide_budget(
+            quota = decide_gpu_type(
+                product=event.product, product_types=product.gpu_types if product else (),
+                requested=event.gpus, gpu_type=event.gpu_type,
+            ) or decide_budget(
                 team=event.tenant, estimate=estimate, amount=facts.budget, spent=facts.spent,
                 reserved=facts.reserved,
             ) or decide_gpus(
                 team=event.tenant, requested=event.gpus, in_use=facts.in_use,
-                quota=rails.quota(event.tenant), queued_ahead=facts.queued, node=node)
+                quota=rails.quota(event.tenant), queued_ahead=facts.queued, capacity=shared,
+                gpu_type=gpu_type)
             decision = QuotaDecision(quota.outcome, verdict.policy_ids + quota.policy_ids,
                                      quota.reason)
         common = handlers.event_fields(event)
@@ -192,13 +204,14 @@ class JobAdmission:
                    json.dumps(verdict.audit_findings))
         if decision.outcome is Outcome.ADMIT:
             estimate = rails.estimate(event)
-            writes.add(writes.allocations, event.job_id, event.tenant, event.gpus, estimate)
-            writes.stage(JobAdmitted(
-                job_id=event.job_id, request=event, policy_ids=list(decision.policy_ids),
-                reason=decision.reason, product=rails.products.get(event.product), **common))
+            writes.add(writes.allocations, event.job_id, event.tenant, event.gpus, estimate,
+                       shared.key(gpu_type) if shared is not None and event.gpus else None)
+            writes.stage(handlers.admitted_event(event, decision, rails, gpu_type=gpu_type))
             facts.in_use += event.gpus
             facts.reserved += estimate
-            return node_held + event.gpus
+            if shared is not None:
+                shared.take(event.gpus, gpu_type)
+            return
         if decision.outcome is Outcome.QUEUE:
             facts.queued += 1
             writes.add(writes.queue, event.job_id, event.tenant, event.gpus,
@@ -208,7 +221,6 @@ class JobAdmission:
         else:
             writes.stage(JobRejected(job_id=event.job_id, policy_ids=list(decision.policy_ids),
                                      reason=decision.reason, **common))
-        return node_held
 
     async def _one_by_one(self, batch: list[tuple[JobRequested, Delivery]]) -> None:
         """Each request as a batch of its own; raises PartialFailure naming those that failed

@@ -11,6 +11,7 @@ from contracts import (
     BudgetExhausted,
     BudgetThresholdCrossed,
     CancelJob,
+    ClusterCapacityChanged,
     EndpointDeleted,
     EndpointFailed,
     EndpointRequested,
@@ -61,6 +62,7 @@ def build(settings: QuotaSettings) -> Service:
     for ended in (JobCompleted, JobFailed, JobTerminated):
         service.consume(ended, partial(handlers.on_job_ended, rails=rails))
     service.consume(CancelJob, partial(handlers.on_cancel_job, rails=rails))
+    service.consume(ClusterCapacityChanged, partial(handlers.on_capacity_changed, rails=rails))
     service.consume(EndpointRequested, partial(entities.on_endpoint_requested, rails=rails))
     service.consume(NotebookRequested, partial(entities.on_notebook_requested, rails=rails))
     for gone in (EndpointDeleted, EndpointFailed):

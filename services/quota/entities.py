@@ -22,10 +22,9 @@ from contracts import (
 )
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
-from services.quota.domain import Outcome, QuotaDecision, decide_gpus
+from services.quota.domain import PRODUCT_POLICY, Outcome, QuotaDecision, decide_gpus
 from services.quota.handlers import SOURCE, Guardrails, budget_blocked, current_period
 
-PRODUCT_POLICY = "quota.product-limits"
 ENDPOINT_PRODUCT, NOTEBOOK_PRODUCT = "real-time-endpoint", "notebook"
 
 

@@ -8,14 +8,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+import structlog
+
 from contracts import (
     BudgetChanged,
     BudgetExhausted,
     BudgetThresholdCrossed,
     CancelJob,
+    ClusterCapacityChanged,
     JobAdmitted,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobRequested,
     JobTerminated,
 )
@@ -23,8 +27,9 @@ from contracts.catalog import ImageAttestation, Org, Product
 from guardrails.cedar import PolicyEngine
 from services.kit.inbox import UnitOfWork
 from services.quota import repo
-from services.quota.domain import Outcome, QuotaDecision, decide_gpus
+from services.quota.domain import CAPACITY_POLICY, Capacity, Outcome, QuotaDecision, decide_gpus
 
+log = structlog.get_logger(__name__)
 SOURCE = "quota"
 BUDGET_EXHAUSTED_POLICY = "quota.budget-exhausted"
 
@@ -45,6 +50,16 @@ class Guardrails:
     def quota(self, team: str) -> int:
         return self.quota_for.get(team, self.default_quota)
 
+    def gpu_type(self, request: JobRequested, shared: Capacity | None) -> str | None:
+        """The GPU type the job gets (see ``Capacity.resolve``); None without GPUs."""
+        if not request.gpus:
+            return None
+        product = self.products.get(request.product)
+        types = product.gpu_types if product is not None else ()
+        if shared is None:
+            return request.gpu_type or (types[0] if types else None)
+        return shared.resolve(request.gpu_type, types)
+
     def estimate(self, request: JobRequested) -> float:
         """Worst-case cost: the product's price for the job's whole allowed runtime."""
         product = self.products.get(request.product)
@@ -56,34 +71,41 @@ class Guardrails:
 
 async def on_job_ended(event: JobCompleted | JobFailed | JobTerminated, uow: UnitOfWork, *,
                        rails: Guardrails) -> None:
-    """Every terminal event releases what the job held, then the team's queue moves."""
-    node = await _node(uow, rails)
+    """Every terminal event releases what the job held, then the queues move."""
+    shared = await repo.capacity(uow.session, node_gpus=rails.node_gpus)
     await repo.release(uow.session, resource_id=event.job_id)
     await repo.dequeue(uow.session, job_id=event.job_id)
-    await _drain_queues(uow, team=event.tenant, rails=rails, node_held=node)
+    await _drain_queues(uow, team=event.tenant, rails=rails, shared=shared is not None)
 
 
 async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, rails: Guardrails) -> None:
     """A queued job is cancelled here (a running one by the provisioner)."""
-    node = await _node(uow, rails)
+    shared = await repo.capacity(uow.session, node_gpus=rails.node_gpus)
     if await repo.dequeue(uow.session, job_id=command.job_id) is None:
         return
     await uow.outbox.add(uow.session, JobTerminated(
         job_id=command.job_id, duration_s=0, reason="cancelled", **event_fields(command)))
-    await _drain_queues(uow, team=command.tenant, rails=rails, node_held=node)
+    await _drain_queues(uow, team=command.tenant, rails=rails, shared=shared is not None)
 
 
-async def _node(uow: UnitOfWork, rails: Guardrails) -> tuple[int, int] | None:
-    if rails.node_gpus is None:
-        return None
-    return rails.node_gpus, await repo.node_load(uow.session)
+async def on_capacity_changed(event: ClusterCapacityChanged, uow: UnitOfWork, *,
+                              rails: Guardrails) -> None:
+    """The engine's GPUs by type: kept (unless a newer report is), and with more of them the
+    queued jobs that now fit are admitted."""
+    await repo.capacity(uow.session, node_gpus=rails.node_gpus)  # the node lock first
+    kept = await repo.record_capacity(
+        uow.session, engine=event.engine, address=event.address,
+        pools=[pool.model_dump(mode="json") for pool in event.pools], observed_at=event.observed_at)
+    if kept:
+        log.info("quota.capacity", engine=event.engine,
+                 pools={p.gpu_type: f"{p.total}/{p.largest_node}" for p in event.pools})
+        await _drain_queues(uow, team="", rails=rails, shared=True)
 
 
-async def _drain_queues(uow: UnitOfWork, *, team: str, rails: Guardrails,
-                        node_held: tuple[int, int] | None) -> None:
-    """After capacity frees: the team's own queue, or with a shared node every team's queue,
-    the team waiting longest first."""
-    teams = [team] if node_held is None else await repo.teams_waiting(uow.session)
+async def _drain_queues(uow: UnitOfWork, *, team: str, rails: Guardrails, shared: bool) -> None:
+    """After capacity frees: the team's own queue, or with shared capacity (the engine's, or a
+    finite node) every team's queue, the team waiting longest first."""
+    teams = await repo.teams_waiting(uow.session) if shared else [team]
     for waiting in teams:
         await admit_from_queue(uow, team=waiting, rails=rails)
 
@@ -91,38 +113,54 @@ async def _drain_queues(uow: UnitOfWork, *, team: str, rails: Guardrails,
 async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> int:
     """Admit queued jobs in order while the head fits; the head is never overtaken.
     Returns how many were admitted."""
+    shared = await repo.capacity(uow.session, node_gpus=rails.node_gpus)  # node lock, then team's
     in_use, _ = await repo.team_load(uow.session, team=team)
     admitted = 0
     while (head := await repo.queue_head(uow.session, team=team)) is not None:
         job_id, gpus, stored = head
-        node = None
-        if rails.node_gpus is not None:
-            node = (rails.node_gpus, await repo.node_load(uow.session))
+        request = JobRequested.model_validate(stored)
+        gpu_type = rails.gpu_type(request, shared)
         decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team),
-                               node=node)
+                               capacity=shared, gpu_type=gpu_type)
+        if decision.outcome is Outcome.REJECT and decision.policy_ids == (CAPACITY_POLICY,):
+            # the engine no longer has such nodes at all: refused now rather than waiting forever
+            await repo.dequeue(uow.session, job_id=job_id)
+            await repo.log_decision(uow.session, resource_id=job_id, team=team, outcome="reject",
+                                    policy_ids=decision.policy_ids, reason=decision.reason)
+            await uow.outbox.add(uow.session, JobRejected(
+                job_id=job_id, policy_ids=list(decision.policy_ids), reason=decision.reason,
+                **event_fields(request)))
+            continue
         if decision.outcome is not Outcome.ADMIT:
             return admitted
         await repo.dequeue(uow.session, job_id=job_id)
-        request = JobRequested.model_validate(stored)
-        await _admit(uow, request, decision, rails, logged_reason=f"admitted from the queue: "
-                     f"{decision.reason}")
+        await _admit(uow, request, decision, rails, gpu_type=gpu_type,
+                     logged_reason=f"admitted from the queue: {decision.reason}")
         in_use += gpus
+        if shared is not None:
+            shared.take(gpus, gpu_type)
         admitted += 1
     return admitted
 
 
 async def _admit(uow: UnitOfWork, request: JobRequested, decision: QuotaDecision,
-                 rails: Guardrails, *, audit_findings: tuple[str, ...] = (),
+                 rails: Guardrails, *, gpu_type: str | None, audit_findings: tuple[str, ...] = (),
                  logged_reason: str | None = None) -> None:
-    """Log the admission, hold the GPUs and stage ``jobs.admitted``."""
+    """Log the admission, hold the GPUs (of their type) and stage ``jobs.admitted``."""
     await repo.admit(
         uow.session, resource_id=request.job_id, team=request.tenant, gpus=request.gpus,
         estimate_usd=rails.estimate(request), policy_ids=decision.policy_ids,
         reason=logged_reason or decision.reason, audit_findings=audit_findings,
-        event=JobAdmitted(
-            job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
-            reason=decision.reason, product=rails.products.get(request.product),
-            **event_fields(request)))
+        gpu_type=gpu_type if request.gpus else None,
+        event=admitted_event(request, decision, rails, gpu_type=gpu_type))
+
+
+def admitted_event(request: JobRequested, decision: QuotaDecision, rails: Guardrails, *,
+                   gpu_type: str | None) -> JobAdmitted:
+    return JobAdmitted(
+        job_id=request.job_id, request=request, policy_ids=list(decision.policy_ids),
+        reason=decision.reason, product=rails.products.get(request.product),
+        gpu_type=gpu_type if request.gpus else None, **event_fields(request))
 
 
 class BudgetStore(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from contracts import Envelope
 from services.kit.db import Migration, driver
 from services.kit.outbox import outbox_insert, staged
+from services.quota.domain import Capacity, Pool
 
 MIGRATIONS = (
     Migration(
@@ -84,6 +86,19 @@ MIGRATIONS = (
                 PRIMARY KEY (team, period))""",
         ),
     ),
+    Migration(
+        6,
+        "GPU type of each allocation; the compute engine's capacity by type",
+        (
+            "ALTER TABLE allocations ADD COLUMN gpu_type TEXT",
+            """CREATE TABLE engine_capacity (
+                engine TEXT PRIMARY KEY,
+                address TEXT NOT NULL DEFAULT '',
+                pools JSONB NOT NULL,
+                observed_at TIMESTAMPTZ NOT NULL,
+                received_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+        ),
+    ),
 )
 
 
@@ -102,13 +117,61 @@ def take_locks(names: Sequence[str]) -> str:
     return "; ".join(f"SELECT pg_advisory_xact_lock({lock_key(name)})" for name in names)
 
 
-async def node_load(session: AsyncSession) -> int:
-    """GPUs held on the node by every team, after taking the node lock (always before any
-    team lock, so decisions cannot deadlock)."""
+# The GPUs held by type (engine capacity) and in all (the local node), and the engine's latest
+# capacity report; read after the node lock was taken.
+CAPACITY_FACTS = """
+SELECT (SELECT json_object_agg(t, n) FROM (
+            SELECT coalesce(gpu_type, '') AS t, sum(gpus) AS n FROM allocations
+            WHERE released_at IS NULL GROUP BY coalesce(gpu_type, '')) AS held),
+       (SELECT json_build_object('engine', engine, 'pools', pools) FROM engine_capacity
+        ORDER BY observed_at DESC LIMIT 1)
+"""
+
+
+def capacity_of(held: dict[str, Any] | None, engine: dict[str, Any] | None, *,
+                node_gpus: int | None) -> Capacity | None:
+    """The shared capacity from ``CAPACITY_FACTS``'s row: the engine's report when there is one,
+    else the configured local node's GPUs, else None (no limit but the teams' quotas)."""
+    held, engine = _json(held), _json(engine)
+    held = {str(k): int(v) for k, v in (held or {}).items()}
+    if engine is not None:
+        pools = {p["gpu_type"]: Pool(total=int(p["total"]), largest_node=int(p["largest_node"]),
+                                     simulated=bool(p.get("simulated")))
+                 for p in engine["pools"]}
+        return Capacity(in_use=held, pools=pools, engine=str(engine["engine"]))
+    if node_gpus is None:
+        return None
+    return Capacity(in_use={"": sum(held.values())}, node_gpus=node_gpus)
+
+
+def _json(value: Any) -> Any:
+    """A json column as the driver gives it (text) decoded; None stays None."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def capacity(session: AsyncSession, *, node_gpus: int | None) -> Capacity | None:
+    """The shared capacity, after taking the node lock (always before any team lock, so
+    decisions cannot deadlock)."""
     await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key(NODE_LOCK)})
-    held = await session.execute(
-        text("SELECT coalesce(sum(gpus), 0) FROM allocations WHERE released_at IS NULL"))
-    return int(held.scalar_one())
+    held, engine = (await session.execute(text(CAPACITY_FACTS))).one()
+    return capacity_of(held, engine, node_gpus=node_gpus)
+
+
+async def record_capacity(session: AsyncSession, *, engine: str, address: str,
+                          pools: list[dict[str, Any]], observed_at: datetime) -> bool:
+    """Keep the engine's capacity report unless a newer one is kept already; True if kept.
+    Every other engine's report goes: one engine runs the jobs."""
+    kept = await session.execute(
+        text("INSERT INTO engine_capacity (engine, address, pools, observed_at)"
+             " VALUES (:e, :a, CAST(:p AS JSONB), :o) ON CONFLICT (engine) DO UPDATE SET"
+             " address = EXCLUDED.address, pools = EXCLUDED.pools,"
+             " observed_at = EXCLUDED.observed_at, received_at = now()"
+             " WHERE engine_capacity.observed_at < EXCLUDED.observed_at RETURNING engine"),
+        {"e": engine, "a": address, "p": json.dumps(pools), "o": observed_at})
+    if kept.first() is None:
+        return False
+    await session.execute(text("DELETE FROM engine_capacity WHERE engine <> :e"), {"e": engine})
+    return True
 
 
 async def teams_waiting(session: AsyncSession) -> list[str]:
@@ -138,16 +201,16 @@ async def team_load(session: AsyncSession, *, team: str) -> tuple[int, int]:
 
 async def admit(session: AsyncSession, *, resource_id: str, team: str, gpus: int,
                 estimate_usd: float, policy_ids: tuple[str, ...], reason: str,
-                audit_findings: tuple[str, ...], event: Envelope) -> None:
+                audit_findings: tuple[str, ...], event: Envelope, gpu_type: str | None = None) -> None:
     """Log the admission, hold the GPUs and stage ``event`` in the outbox: one statement."""
     await (await driver(session)).execute(
         "WITH logged AS (INSERT INTO decisions (resource_id, team, admitted, outcome,"
         "  policy_ids, reason, audit_findings) VALUES ($1, $2, true, 'admit', $5, $6, $7)),"
         f" staged AS ({outbox_insert(8)})"
-        " INSERT INTO allocations (resource_id, team, gpus, estimate_usd)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (resource_id) DO NOTHING",
+        " INSERT INTO allocations (resource_id, team, gpus, estimate_usd, gpu_type)"
+        " VALUES ($1, $2, $3, $4, $12) ON CONFLICT (resource_id) DO NOTHING",
         resource_id, team, gpus, estimate_usd, json.dumps(policy_ids), reason,
-        json.dumps(audit_findings), *staged(event),
+        json.dumps(audit_findings), *staged(event), gpu_type,
     )
 
 

@@ -6,7 +6,9 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -15,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from contracts import JobCompleted, JobRequested, JobStarted, JobTerminated, UsageRecorded
 from services.kit.bus import Bus
+from services.provisioner.backends import NodeLost, RunningJob
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.jobs.activities import JobActivities
 from services.provisioner.publish import Publisher
@@ -217,3 +220,56 @@ async def test_the_fourth_preemption_ends_the_job(
     assert [(e.job_id, e.reason) for e in terminated] == [("wf-evicted", "preempted")]
     usage = await collect(nats_url, prefix, UsageRecorded.SUBJECT)
     assert len(usage) == MAX_PREEMPTIONS + 1
+
+
+class LostAfterCheckpoint:
+    """The first run of a job whose node goes away once the job checkpointed epoch 3: its
+    process dies with the node, and the engine says the node was lost."""
+
+    def __init__(self, job: RunningJob, checkpoint: Path) -> None:
+        self._job, self._checkpoint = job, checkpoint
+
+    async def wait(self) -> int | None:
+        if self._checkpoint.exists() and json.loads(self._checkpoint.read_text())["epoch"] >= 3:
+            await self._job.stop(grace_period_s=0)
+            raise NodeLost("Ray job wf-lost: its node was lost (test)")
+        return await self._job.wait()
+
+    async def stop(self, *, grace_period_s: float) -> int:
+        return await self._job.stop(grace_period_s=grace_period_s)
+
+
+class NodeLosingBackend(LocalBackend):
+    async def start(self, request: JobRequested, **kwargs: Any) -> RunningJob:
+        job = await super().start(request, **kwargs)
+        self.starts = getattr(self, "starts", 0) + 1
+        if self.starts > 1:
+            return job
+        return LostAfterCheckpoint(job, self.workspace(request) / "checkpoints" / "checkpoint.json")
+
+
+async def test_a_lost_node_is_a_billed_preemption_and_the_job_resumes_from_its_checkpoint(
+    client: Client, bus: Bus, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    queue = f"lost-{uuid.uuid4().hex[:8]}"
+    backend = NodeLosingBackend(work_dir=tmp_path, memory_limit_mb=1024, dataset_root=DATASETS,
+                                artifact_root=tmp_path / "artifacts")
+    acts = JobActivities(bus=bus, backend=backend)
+    job = JobInput(request=JobRequested(
+        tenant="legal", job_id="wf-lost", gpus=1, product="fine-tune",
+        dataset="projects/legal-rag/datasets/v2", params={"epochs": "12", "epoch_pause": "0.1"},
+        command=["python3", str(ROOT / "examples" / "train.py")]), grace_period_s=2)
+    job_worker = provisioner_worker(client, task_queue=queue,
+                                    activities=[*acts.all(), *Publisher(bus=bus).all()])
+    job_worker.start()
+    try:
+        outcome = await client.execute_workflow(JobWorkflow.run, job, id=f"wf-lost-{prefix}",
+                                                task_queue=queue, execution_timeout=timedelta(minutes=2))
+    finally:
+        await job_worker.stop()
+    assert outcome.status == "completed", outcome.reason
+    assert backend.starts == 2  # not retried as a failure: run again, as a preemption
+    job_log = (tmp_path / "legal" / "wf-lost" / "job.log").read_text()
+    assert int(job_log.split("resuming from checkpoint at epoch ")[1].split()[0]) >= 3
+    usage = await collect(nats_url, prefix, UsageRecorded.SUBJECT)
+    assert len(usage) == 2  # the lost run is billed too, up to when the loss was noticed

@@ -505,3 +505,55 @@ async def test_a_budget_that_says_stop_ends_the_teams_running_jobs_only(
     assert (first["job_id"], first["reason"]) == ("stop-legal", "budget_exhausted")
     assert (second["job_id"], second["reason"]) == ("stop-research", "cancelled")
     assert {JobStarted.model_validate(s).job_id for s in seen["started"]} == {"stop-legal", "stop-research"}
+
+
+async def test_quota_admits_against_the_engines_gpus_by_type_as_nodes_join_and_leave(
+    make_service: Callable[..., Any], nats_url: str, prefix: str
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from contracts import ClusterCapacityChanged, GpuPoolCapacity
+
+    quota = await make_service("quota", team_gpu_quotas={"legal": 32, "research": 32})
+    nc = await nats.connect(nats_url)
+    sub = await nc.jetstream().subscribe(f"{prefix}.aicloud.jobs.*.v1", ordered_consumer=True)
+    now = datetime.now(UTC)
+
+    async def report(at: datetime, h100: int, a100: int) -> None:
+        await quota.bus.publish(ClusterCapacityChanged(
+            tenant="platform", engine="ray", observed_at=at, pools=[
+                GpuPoolCapacity(gpu_type="h100-80gb", total=h100, largest_node=8, nodes_alive=h100 // 8),
+                GpuPoolCapacity(gpu_type="a100-80gb", total=a100, largest_node=2, nodes_alive=a100 // 2)]))
+
+    async def decided(job_id: str) -> dict[str, Any]:
+        while True:
+            msg = await sub.next_msg(timeout=10)
+            body = json.loads(msg.data)
+            if body.get("job_id") == job_id and msg.subject.split(".")[-2] in (
+                    "admitted", "queued", "rejected"):
+                return {"outcome": msg.subject.split(".")[-2], **body}
+
+    async def ask(job_id: str, gpus: int, gpu_type: str | None, team: str = "legal") -> dict[str, Any]:
+        await quota.bus.publish(JobRequested(tenant=team, job_id=job_id, command=["x"],
+                                             product="fine-tune", gpus=gpus, gpu_type=gpu_type))
+        return await decided(job_id)
+
+    await report(now, h100=8, a100=4)
+    await asyncio.sleep(0.5)
+    refused = await ask("c-big", 4, "a100-80gb")  # two 2-GPU nodes: 4 fit no single one
+    assert refused["outcome"] == "rejected" and "largest a100-80gb node" in refused["reason"]
+    assert refused["policy_ids"][-1] == "quota.cluster-capacity"
+    assert (await ask("c-l4", 1, "l4-24gb"))["outcome"] == "rejected"  # not the product's type
+    first = await ask("c-1", 4, "h100-80gb")
+    assert first["outcome"] == "admitted" and first["gpu_type"] == "h100-80gb"
+    assert (await ask("c-2", 4, "h100-80gb", team="research"))["outcome"] == "admitted"
+    queued = await ask("c-3", 2, "h100-80gb")
+    assert queued["outcome"] == "queued" and "8 of 8 in use" in queued["reason"]
+    untyped = await ask("c-4", 2, None, team="research")  # fine-tune's first type offered: a100
+    assert untyped["outcome"] == "admitted" and untyped["gpu_type"] == "a100-80gb"
+
+    await report(now - timedelta(seconds=5), h100=16, a100=4)  # older than the one kept: ignored
+    await asyncio.sleep(0.5)
+    await report(now + timedelta(seconds=5), h100=16, a100=4)  # a second h100 node joined
+    assert (await decided("c-3"))["outcome"] == "admitted"
+    await nc.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.catalog.domain import next_status
-from services.quota.domain import Outcome, decide_gpus
+from services.quota.domain import Capacity, Outcome, Pool, decide_gpu_type, decide_gpus
 from workflows.job import RunResult, _verdict
 
 pytestmark = pytest.mark.unit
@@ -92,9 +92,79 @@ def test_worst_case_estimate_of_a_product() -> None:
     assert products["cpu-small"].estimate_usd(gpus=0, runtime_s=1800) == 0.1
 
 
+def node(in_use: int) -> Capacity:
+    return Capacity(in_use={"": in_use}, node_gpus=4)
+
+
 def test_simulated_node_capacity_is_shared_by_all_teams() -> None:
-    never = decide_gpus(team="legal", requested=6, in_use=0, quota=8, node=(4, 0))
+    never = decide_gpus(team="legal", requested=6, in_use=0, quota=8, capacity=node(0))
     assert never.outcome is Outcome.REJECT and "the node has 4 GPUs (simulated capacity)" in never.reason
-    busy = decide_gpus(team="legal", requested=2, in_use=0, quota=8, node=(4, 3))
+    busy = decide_gpus(team="legal", requested=2, in_use=0, quota=8, capacity=node(3))
     assert busy.outcome is Outcome.QUEUE and "3 of 4 in use" in busy.reason
-    assert decide_gpus(team="legal", requested=1, in_use=0, quota=8, node=(4, 3)).outcome is Outcome.ADMIT
+    admitted = decide_gpus(team="legal", requested=1, in_use=0, quota=8, capacity=node(3))
+    assert admitted.outcome is Outcome.ADMIT
+
+
+def engine(**in_use: int) -> Capacity:
+    """The local Ray cluster's report: one 8-GPU h100 node, one 4-GPU a100 node."""
+    return Capacity(in_use={k.replace("_", "-"): v for k, v in in_use.items()}, engine="ray",
+                    pools={"h100-80gb": Pool(total=8, largest_node=8, simulated=True),
+                           "a100-80gb": Pool(total=4, largest_node=4, simulated=True)})
+
+
+def test_a_gpu_type_no_node_offers_is_refused_at_once_naming_the_types_that_exist() -> None:
+    refused = decide_gpus(team="legal", requested=1, in_use=0, quota=8, capacity=engine(),
+                          gpu_type="tpu-v5")
+    assert refused.outcome is Outcome.REJECT and refused.policy_ids == ("quota.cluster-capacity",)
+    assert "no node of the ray cluster offers tpu-v5 GPUs" in refused.reason
+    assert "a100-80gb (4 on nodes up, at most 4 per node), h100-80gb (8" in refused.reason
+
+
+def test_more_gpus_than_the_largest_node_of_the_type_is_refused_even_within_the_quota() -> None:
+    refused = decide_gpus(team="legal", requested=16, in_use=0, quota=32, capacity=engine(),
+                          gpu_type="h100-80gb")
+    assert refused.outcome is Outcome.REJECT
+    assert "largest h100-80gb node of the ray cluster has 8 GPUs, simulated" in refused.reason
+    assert "ask for at most 8" in refused.reason
+
+
+def test_busy_gpus_of_one_type_queue_the_job_while_another_type_is_free() -> None:
+    capacity = engine(h100_80gb=6)
+    busy = decide_gpus(team="legal", requested=4, in_use=0, quota=8, capacity=capacity,
+                       gpu_type="h100-80gb")
+    assert busy.outcome is Outcome.QUEUE and "6 of 8 in use, simulated, 4 needed" in busy.reason
+    other = decide_gpus(team="legal", requested=4, in_use=0, quota=8, capacity=capacity,
+                        gpu_type="a100-80gb")
+    assert other.outcome is Outcome.ADMIT
+    capacity.take(4, "a100-80gb")
+    assert decide_gpus(team="legal", requested=1, in_use=4, quota=8, capacity=capacity,
+                       gpu_type="a100-80gb").outcome is Outcome.QUEUE
+
+
+def test_a_type_whose_nodes_are_all_down_waits_for_one_to_join() -> None:
+    capacity = Capacity(in_use={}, engine="ray", pools={"h100-80gb": Pool(total=0, largest_node=8)})
+    waiting = decide_gpus(team="legal", requested=2, in_use=0, quota=8, capacity=capacity,
+                          gpu_type="h100-80gb")
+    assert waiting.outcome is Outcome.QUEUE and "no h100-80gb node of the ray cluster is up" in waiting.reason
+
+
+def test_jobs_without_gpus_never_wait_for_the_engines_gpus() -> None:
+    assert decide_gpus(team="legal", requested=0, in_use=0, quota=8, capacity=engine(h100_80gb=8),
+                       gpu_type=None).outcome is Outcome.ADMIT
+
+
+def test_the_gpu_type_is_the_requested_one_else_the_products_first_the_engine_offers() -> None:
+    assert engine().resolve("h100-80gb", ("a100-80gb", "h100-80gb")) == "h100-80gb"
+    assert engine().resolve(None, ("l4-24gb", "h100-80gb")) == "h100-80gb"
+    assert engine().resolve(None, ("l4-24gb",)) == "l4-24gb"  # refused later, naming what exists
+    assert Capacity(in_use={}, node_gpus=4).resolve(None, ("a100-80gb", "h100-80gb")) == "a100-80gb"
+    assert engine().resolve(None, ()) is None
+
+
+def test_a_gpu_type_the_product_does_not_offer_is_refused_naming_its_types() -> None:
+    refused = decide_gpu_type(product="fine-tune", product_types=("a100-80gb", "h100-80gb"),
+                              requested=2, gpu_type="a10-24gb")
+    assert refused is not None and refused.outcome is Outcome.REJECT
+    assert "offers GPU types a100-80gb, h100-80gb, not a10-24gb" in refused.reason
+    assert decide_gpu_type(product="fine-tune", product_types=("a100-80gb",), requested=2,
+                           gpu_type="a100-80gb") is None

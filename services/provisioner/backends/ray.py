@@ -219,6 +219,10 @@ class RayBackend(LocalBackend):
         api = await asyncio.to_thread(lambda: self.api)
         return await ray_view(self.address, await list_ray_jobs(api))
 
+    async def nodes(self) -> ClusterView:
+        """The cluster's nodes and their GPUs, without what is in use (one request)."""
+        return await ray_view(self.address)
+
     async def check(self) -> None:
         """Readiness: the cluster's Jobs API answers (jobs wait queued in Temporal meanwhile)."""
         try:

@@ -15,9 +15,9 @@ from temporalio.exceptions import ApplicationError
 
 from contracts import JobRequested, JobStarted
 from services.kit.bus import Bus
-from services.provisioner.backends import ComputeBackend, DatasetUnavailable, JobUnplaceable
+from services.provisioner.backends import ComputeBackend, DatasetUnavailable, JobUnplaceable, NodeLost
 from services.provisioner.jobs.outputs import collect
-from workflows.job import JobOutputs, RunInput, RunResult
+from workflows.job import NODE_LOST, JobOutputs, RunInput, RunResult
 
 log = structlog.get_logger(__name__)
 SOURCE = "provisioner"
@@ -66,6 +66,11 @@ class JobActivities:
                 activity.heartbeat()
         except JobUnplaceable as exc:  # a reservation must not wait forever on a full cluster
             raise ApplicationError(str(exc), type="JobUnplaceable", non_retryable=True) from None
+        except NodeLost as exc:
+            if not run.node_loss_preempts:
+                raise  # a workflow from before: it retries the activity
+            # the workflow bills this run and runs the job again from its checkpoint
+            raise ApplicationError(str(exc), type=NODE_LOST, non_retryable=True) from None
         except asyncio.CancelledError:
             if not starting.done():
                 starting.cancel()

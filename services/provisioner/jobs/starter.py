@@ -36,10 +36,21 @@ def job_input(event: JobAdmitted) -> JobInput:
     return JobInput(
         request=request,
         max_runtime_s=min(request.max_runtime_s or limit, limit),
-        gpu_type=product.gpu_types[0] if product and product.gpu_types and request.gpus else None,
+        gpu_type=_gpu_type(event),
         price_class=product.price_class if product else "on-demand",
         egress=product is not None and product.network == "egress",
     )
+
+
+def _gpu_type(event: JobAdmitted) -> str | None:
+    """The type quota reserved; admissions from before it said so: the request's, else the
+    product's first."""
+    request, product = event.request, event.product
+    if not request.gpus:
+        return None
+    if event.gpu_type or request.gpu_type:
+        return event.gpu_type or request.gpu_type
+    return product.gpu_types[0] if product and product.gpu_types else None
 
 
 async def on_cancel_job(command: CancelJob, uow: UnitOfWork, *, client: Client) -> None:

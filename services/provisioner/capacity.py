@@ -1,0 +1,52 @@
+"""Tells quota what GPUs the compute engine has: reads the engine's nodes every few seconds and
+publishes ``cluster.capacity_changed`` when its GPUs by type change (a node joined or left), and
+at least every ``REFRESH_S`` (so a quota that lost its copy, or a new one, soon has it).
+
+An engine that does not answer publishes nothing: quota keeps admitting against the last
+report, and the jobs it admits wait for the cluster (``RayBackend.start``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from contracts.cluster import PLATFORM_TENANT, ClusterCapacityChanged, GpuPoolCapacity
+from services.provisioner.cluster import ClusterView, capacity_pools
+from services.provisioner.watch import Watcher
+
+log = structlog.get_logger(__name__)
+REFRESH_S = 60.0
+SOURCE = "provisioner"
+
+
+class CapacityWatcher(Watcher):
+    NAME = "capacity"
+    POLL_S = 2.0  # a lost node is noticed by Ray within seconds; quota hears it this much later
+
+    def __init__(self, view: Callable[[], Awaitable[ClusterView]],
+                 publish: Callable[[ClusterCapacityChanged], Awaitable[None]], *,
+                 refresh_s: float = REFRESH_S) -> None:
+        super().__init__(signal=_no_signal)
+        self._view, self._publish, self._refresh_s = view, publish, refresh_s
+        self._last: list[GpuPoolCapacity] | None = None
+        self._last_at = 0.0
+
+    async def poll(self) -> None:
+        view = await self._view()
+        pools = capacity_pools(view.nodes)
+        if pools == self._last and time.monotonic() - self._last_at < self._refresh_s:
+            return
+        await self._publish(ClusterCapacityChanged(
+            tenant=PLATFORM_TENANT, source=SOURCE, engine=view.engine, address=view.address,
+            observed_at=datetime.now(UTC), pools=pools))
+        if pools != self._last:
+            log.info("cluster.capacity_changed", engine=view.engine,
+                     pools={p.gpu_type: f"{p.total} up, {p.nodes_alive} node(s)" for p in pools})
+        self._last, self._last_at = pools, time.monotonic()
+
+
+async def _no_signal(workflow_id: str, name: str, arg: object) -> None:
+    raise AssertionError("the capacity watcher signals no workflow")
