@@ -171,8 +171,25 @@ def list_jobs(team: Team = None, output: Output = Format.table,
 
 @jobs_app.command("get")
 def get_job(job_id: str, team: Team = None, output: Output = Format.table) -> None:
-    """One job with its status and the reason for it."""
-    emit(_call(_client(team), "GET", f"/v1/jobs/{job_id}"), fmt=output, columns=COLUMNS)
+    """One job with its status and the reason for it, and where it runs (node, GPU ids, sandbox)."""
+    job = _call(_client(team), "GET", f"/v1/jobs/{job_id}")
+    emit(job, fmt=output, columns=COLUMNS)
+    if output is Format.table and (where := placement_line(job)):
+        console.print(where)
+
+
+def placement_line(job: dict[str, Any]) -> str:
+    """Where the job's process runs (ran): its node, the GPUs it was given and its sandbox."""
+    placement = (job.get("result") or {}).get("placement") or {}
+    parts = []
+    if placement.get("node_id") or placement.get("host"):
+        node = placement.get("node_id") or ""
+        parts.append(f"node {node[:12]}" + (f" ({placement['host']})" if placement.get("host") else ""))
+    if placement.get("gpu_ids"):
+        parts.append(f"GPUs {','.join(placement['gpu_ids'])}")
+    if placement.get("isolation"):
+        parts.append(f"sandbox {placement['isolation']}")
+    return "placed on " + ", ".join(parts) if parts else ""
 
 
 @jobs_app.command("wait")

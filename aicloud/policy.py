@@ -9,7 +9,7 @@ import typer
 
 from aicloud.output import Format, console, emit, fail
 from contracts import JobRequested
-from contracts.catalog import CatalogDataError, load_attestations, load_org, load_products
+from contracts.catalog import CatalogDataError, Product, load_attestations, load_org, load_products
 from guardrails import POLICY_DIR
 from guardrails.cedar import PolicyEngine, PolicyError
 
@@ -62,8 +62,31 @@ def list_products(policy_dir: PolicyDir = POLICY_DIR, output: Output = Format.ta
         products = load_products(policy_dir / "products.yaml")
     except CatalogDataError as exc:
         raise fail(str(exc), code=2) from None
-    rows = [p.model_dump(mode="json") for p in products.values()]
+    rows = [{**p.model_dump(mode="json"), "engine": _engine(p),
+             "sandbox": SANDBOX_BY_ENGINE[p.engine or ("" if p.workload == "job" else "local")]}
+            for p in products.values()]
     if output is Format.table:
         console.print("[dim]GPU types and capacity of the local stack are simulated[/]")
-    emit(rows, fmt=output, columns=("name", "workload", "gpu_types", "min_gpus", "max_gpus",
-                                    "max_runtime_s", "network", "price_class"))
+    emit(rows, fmt=output, columns=("name", "workload", "gpu_types", "max_gpus", "max_runtime_s",
+                                    "network", "price_class", "engine", "sandbox"))
+    if output is Format.table:
+        console.print(
+            "[dim]engine platform's: the provisioner's backend (local, or ray with `dev up --engine "
+            "ray`); a product bound to an engine (products.yaml `engine:`) runs there. sandbox: the "
+            "strongest available, in that order; a Ray node without runsc or bwrap runs jobs bare "
+            "and the job's log says so[/]")
+
+
+def _engine(product: Product) -> str:
+    if product.workload != "job":
+        return "local"  # notebooks and endpoints run on the provisioner's machine
+    return product.engine or "platform's"
+
+
+SANDBOX_BY_ENGINE = {
+    "local": "gvisor>bwrap>rlimits",
+    "ray": "node's gvisor>bwrap>bare",
+    "kubernetes": "gvisor runtimeclass",
+    "": "the engine's",
+}
+"""How each engine isolates a job (docs/architecture.md says more)."""

@@ -37,6 +37,11 @@ class Product(BaseModel):
     idle_shutdown_s: int | None = Field(default=None, gt=0)
     network: Literal["none", "egress"] = "none"
     price_class: Literal["on-demand", "spot"] = "on-demand"
+    engine: Literal["local", "ray", "kubernetes"] | None = Field(
+        default=None,
+        description="The compute engine its jobs run on; unset: the platform's (the provisioner's "
+                    "backend). local: sandboxed processes on the provisioner's machine, also "
+                    "where jobs otherwise go to a cluster.")
     hourly_usd: float = Field(
         default=0.0, ge=0,
         description="Estimate per GPU-hour (per job-hour without GPUs) for budget pre-authorisation.",
@@ -52,6 +57,9 @@ class Product(BaseModel):
             raise ValueError(f"max_gpus ({self.max_gpus}) is below min_gpus ({self.min_gpus})")
         if self.max_gpus > 0 and not self.gpu_types:
             raise ValueError("a product with GPUs must list its gpu_types")
+        if self.engine is not None and self.workload != "job":
+            raise ValueError(f"only jobs are bound to an engine: a {self.workload} runs on the "
+                             "provisioner's machine; remove its engine")
         return self
 
 

@@ -62,7 +62,7 @@ async def on_job_lifecycle(event: LifecycleEvent, uow: UnitOfWork) -> None:
         current = "requested"
     status = next_status(current, STATUS_OF[type(event)])
     result = event.model_dump(mode="json", include={
-        "exit_code", "duration_s", "artifacts", "metrics", "logged_params", "tracking"})
+        "exit_code", "duration_s", "artifacts", "metrics", "logged_params", "tracking", "placement"})
     await repo.set_status(
         uow.session, job_id=event.job_id, status=status,
         reason=getattr(event, "reason", "") or "", result=result,

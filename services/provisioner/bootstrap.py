@@ -11,9 +11,12 @@ from typing import Any
 
 import httpx
 
+from contracts.catalog import CatalogDataError, load_products
 from services.kit.bus import Bus
 from services.kit.catalog_keys import CatalogKeys
+from services.kit.settings import ConfigError
 from services.kit.temporal import Temporal
+from services.provisioner.backends.engines import Engines
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.backends.ray import RayBackend, ray_jobs_client
 from services.provisioner.endpoints.activities import EndpointActivities
@@ -37,6 +40,7 @@ class Ports:
     bus: Bus
     temporal: Temporal
     backend: LocalBackend
+    engines: Engines
     keys: CatalogKeys
     proxy: NotebookProxy
     tuning: Tuning
@@ -47,7 +51,8 @@ class Ports:
     def activities(self) -> list[Callable[..., Awaitable[Any]]]:
         """Every activity the provisioner's workflows call, for its one worker."""
         s, sandbox = self.settings, self.backend.sandbox
-        jobs = JobActivities(bus=self.bus, backend=self.backend, tracking_uri=s.mlflow_tracking_uri)
+        jobs = JobActivities(bus=self.bus, backend=self.backend, tracking_uri=s.mlflow_tracking_uri,
+                             engines=self.engines)
         endpoints = EndpointActivities(
             bus=self.bus, sandbox=sandbox, serving_root=s.serving_root,
             artifact_root=self.backend.artifact_root, hf_mirror=s.hf_mirror, book=self.book,
@@ -74,12 +79,24 @@ def compute_backend(settings: ProvisionerSettings) -> LocalBackend:
     return LocalBackend(**storage)
 
 
+def engines(settings: ProvisionerSettings, backend: LocalBackend) -> Engines:
+    """The platform's engine, and the local one for products bound to it."""
+    try:
+        products = load_products(settings.policy_dir / "products.yaml")
+    except CatalogDataError as exc:
+        raise ConfigError(f"provisioner cannot load the products: {exc}") from None
+    backends = {settings.backend: backend}
+    if settings.backend != "local":
+        backends["local"] = compute_backend(settings.model_copy(update={"backend": "local"}))
+    return Engines(settings.backend, backends, products)
+
+
 def bootstrap(settings: ProvisionerSettings, *, bus: Bus) -> Ports:
     backend = compute_backend(settings)
     catalog = httpx.AsyncClient(base_url=settings.catalog_url or "http://catalog.invalid", timeout=5)
     keys = CatalogKeys(catalog)
     return Ports(
-        settings=settings, bus=bus, backend=backend, keys=keys,
+        settings=settings, bus=bus, backend=backend, engines=engines(settings, backend), keys=keys,
         temporal=Temporal(settings.temporal_address, settings.temporal_namespace),
         proxy=NotebookProxy(settings.notebook_proxy_host, settings.notebook_proxy_port,
                             authenticate=keys.team_for),

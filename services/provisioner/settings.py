@@ -3,6 +3,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from guardrails import POLICY_DIR
 from services.kit.settings import Port, ServiceSettings
 from workflows.job import TASK_QUEUE
 
@@ -53,6 +54,8 @@ class ProvisionerSettings(ServiceSettings):
     notebook_proxy_host: str = "127.0.0.1"
     notebook_proxy_port: Port = Field(default=8890, description="Where developers open notebooks.")
     catalog_url: str = Field(default="", description="Checks team keys at the notebook proxy.")
+    policy_dir: Path = Field(default=POLICY_DIR,
+                             description="Holds products.yaml: a product bound to an engine runs there.")
 
     @model_validator(mode="after")
     def _ray_needs_an_address(self) -> "ProvisionerSettings":

@@ -15,7 +15,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from contracts import JobCompleted, JobRequested, JobStarted, JobTerminated, UsageRecorded
+from contracts import JobCompleted, JobRequested, JobStarted, JobTerminated, Placement, UsageRecorded
 from services.kit.bus import Bus
 from services.provisioner.backends import NodeLost, RunningJob
 from services.provisioner.backends.local import LocalBackend
@@ -237,6 +237,9 @@ class LostAfterCheckpoint:
 
     async def stop(self, *, grace_period_s: float) -> int:
         return await self._job.stop(grace_period_s=grace_period_s)
+
+    async def placement(self) -> Placement | None:
+        return await self._job.placement()
 
 
 class NodeLosingBackend(LocalBackend):

@@ -55,7 +55,11 @@ async def test_two_four_gpu_jobs_on_one_node_get_disjoint_devices(
     ray = backend(ray_cluster, tmp_path)
     jobs = [await ray.start(request(f"split-{n}", SHOW_GPUS + "; import time; time.sleep(3)", gpus=4),
                             gpu_type="h100-80gb") for n in range(2)]
+    placements = [await job.placement() for job in jobs]  # what `aicloud jobs get` shows
     assert [await finish(job) for job in jobs] == [0, 0]
+    assert {p.node_id for p in placements} == {node_id(ray_cluster, "h100-80gb")}
+    assert all(len(p.gpu_ids) == 4 for p in placements)
+    assert not set(placements[0].gpu_ids) & set(placements[1].gpu_ids)
     seen = []
     for n in range(2):
         workspace = tmp_path / "jobs" / "legal" / f"split-{n}"
@@ -182,3 +186,52 @@ async def test_teardown_of_a_start_cancelled_while_waiting_for_gpus_leaves_nothi
         await starting
     await ray.teardown(waiting)
     assert stop_file(tmp_path / "jobs" / "legal" / "waiting", "waiting").exists()
+
+
+async def test_an_entrypoint_that_exits_at_once_or_cannot_start_ends_with_its_code_and_says_why(
+        ray_cluster: RayCluster, tmp_path: Path) -> None:
+    ray = backend(ray_cluster, tmp_path)
+    quick = await ray.start(request("quick-exit", "import sys; sys.exit(3)"))
+    assert await finish(quick, timeout_s=60) == 3
+    missing = await ray.start(JobRequested(tenant="legal", job_id="no-such-cmd",
+                                           command=["/nonexistent/train"], gpus=0))
+    code = await finish(missing, timeout_s=60)
+    assert code != 0
+    log = (tmp_path / "jobs" / "legal" / "no-such-cmd" / "job.log").read_text(errors="replace")
+    assert "/nonexistent/train" in log, log
+
+
+async def test_a_job_printing_bytes_that_are_not_utf8_has_readable_logs(
+        ray_cluster: RayCluster, tmp_path: Path) -> None:
+    import httpx
+    from fastapi import FastAPI
+
+    from services.provisioner.jobs.api import build_router
+
+    ray = backend(ray_cluster, tmp_path)
+    script = "import sys; sys.stdout.buffer.write(b'loss \\xff\\xfe 0.5\\n'); sys.stdout.flush()"
+    job = await ray.start(request("binary-log", script))
+    assert await finish(job, timeout_s=60) == 0
+
+    async def no_preempt(job_id: str, reason: str) -> bool:
+        return False
+
+    app = FastAPI()
+    app.include_router(build_router(ray, no_preempt))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as client:
+        chunk = (await client.get("/internal/jobs/legal/binary-log/logs")).json()
+    assert "loss \ufffd\ufffd 0.5" in chunk["data"]
+
+
+async def test_a_ray_job_the_cluster_deleted_is_a_lost_node_and_stopping_it_is_harmless(
+        ray_cluster: RayCluster, tmp_path: Path) -> None:
+    ray = backend(ray_cluster, tmp_path)
+    job = await ray.start(request("deleted", "import time; time.sleep(60)"))
+    await asyncio.to_thread(ray.api.stop_job, "deleted")
+    async with asyncio.timeout(30):
+        while (await job.info()).status.value not in {"STOPPED", "FAILED"}:
+            await asyncio.sleep(0.2)
+    assert await asyncio.to_thread(ray.api.delete_job, "deleted")  # type: ignore[attr-defined]
+    with pytest.raises(NodeLost, match="no longer exists on the cluster"):
+        await job.wait()
+    assert await job.stop(grace_period_s=1) == -15

@@ -54,3 +54,24 @@ def test_collect_stores_artifacts_with_digests(tmp_path: Path) -> None:
     assert outputs.artifacts[1].uri == stored.resolve().as_uri()
     assert outputs.artifacts[1].bytes == 4 and len(outputs.artifacts[1].sha256) == 64
     assert outputs.dataset_digest is None and outputs.code_digest
+
+
+def test_a_log_that_is_not_utf8_reads_with_replacement_characters_and_never_raises() -> None:
+    from services.provisioner.jobs.api import decode_log
+
+    data = b"loss 0.5\n\xff\xfe garbage \xc3\x28\n"
+    text, used = decode_log(data)
+    assert text == "loss 0.5\n\ufffd\ufffd garbage \ufffd(\n" and used == len(data)
+
+
+def test_a_character_cut_at_the_end_of_a_log_chunk_waits_for_the_next_chunk() -> None:
+    from services.provisioner.jobs.api import decode_log
+
+    euro = "€".encode()  # three bytes
+    data = b"price " + euro + b" " + euro[:2]
+    text, used = decode_log(data)
+    assert text == "price € " and used == len(data) - 2
+    rest, _ = decode_log(data[used:] + euro[2:])
+    assert rest == "€"
+    assert decode_log(euro[:1]) == ("\ufffd", 1)  # alone in its chunk: shown, never stuck
+    assert decode_log(b"") == ("", 0)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from contracts import JobRequested
+from contracts import JobRequested, Placement
 
 
 class RunningJob(Protocol):
+    async def placement(self) -> Placement | None:
+        """Where it runs (node, GPU ids, sandbox), once its process started."""
+        ...
+
     async def wait(self) -> int | None:
         """Wait up to a heartbeat interval; the exit code once finished, else None."""
         ...

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import structlog
 
-from contracts import JobRequested
+from contracts import JobRequested, Placement
 from contracts.catalog import dataset_project
 from services.kit.sandbox import Limits, Sandbox, choose
 from services.provisioner.backends import DatasetUnavailable, RunningJob
@@ -33,6 +33,9 @@ class LocalProcess:
         self._proc = proc
         self._sandbox = sandbox
         self._container_id = container_id
+
+    async def placement(self) -> Placement:
+        return Placement(host=os.uname().nodename, isolation=str(self._sandbox.isolation))
 
     async def wait(self) -> int | None:
         try:

@@ -12,6 +12,7 @@ a retried activity finds the attempt it started instead of starting the job twic
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import shlex
 import sys
@@ -23,10 +24,10 @@ from typing import Any, Protocol
 import httpx
 import structlog
 
-from contracts import JobRequested
+from contracts import JobRequested, Placement
 from services.provisioner.backends import JobUnplaceable, NodeLost
 from services.provisioner.backends.local import LocalBackend
-from services.provisioner.backends.ray_entry import EntrySpec, stop_file
+from services.provisioner.backends.ray_entry import PLACEMENT, EntrySpec, stop_file
 from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view, status_of
 
 log = structlog.get_logger(__name__)
@@ -53,6 +54,11 @@ def ray_jobs_client(address: str) -> JobsApi:
     return JobSubmissionClient(address)  # type: ignore[return-value]
 
 
+def _missing(exc: RuntimeError) -> bool:
+    """The Jobs API answers 404 (no such job) as a RuntimeError."""
+    return "does not exist" in str(exc) or "404" in str(exc)
+
+
 def gpu_resource(gpu_type: str) -> str:
     """The custom resource a node offering this GPU type declares (Ray's own convention)."""
     return f"accelerator_type:{gpu_type}"
@@ -71,7 +77,15 @@ class RayJob:
         self._placement_deadline = time.monotonic() + placement_timeout_s
 
     async def info(self) -> Any:
-        return await asyncio.to_thread(self._api.get_job_info, self.submission_id)
+        """The job as Ray knows it; a job the cluster no longer has (deleted, or its head restarted
+        and forgot it) is a lost node to the platform: the job runs again from its checkpoint."""
+        try:
+            return await asyncio.to_thread(self._api.get_job_info, self.submission_id)
+        except RuntimeError as exc:
+            if not _missing(exc):
+                raise
+            raise NodeLost(f"Ray job {self.submission_id} no longer exists on the cluster (deleted, "
+                           "or its head restarted)") from None
 
     async def abandon(self) -> None:
         """Give up on an attempt still waiting for a node: Ray is told to stop it, and should it
@@ -88,6 +102,24 @@ class RayJob:
                 raise JobUnplaceable(self._unplaceable())
             await asyncio.sleep(0.2)
         log.info("ray.job_placed", submission_id=self.submission_id, status=status)
+
+    async def placement(self, wait_s: float = 5.0) -> Placement:
+        """The node Ray placed it on, and what its entrypoint recorded there once it started the
+        job: the GPU ids Ray gave it and its sandbox (waited for up to ``wait_s``)."""
+        info = await self.info()
+        recorded = self._workspace / PLACEMENT
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and status_of(info) == "RUNNING":
+            try:
+                found = json.loads(recorded.read_text())
+                if found.get("submission_id", self.submission_id) == self.submission_id:
+                    return Placement(node_id=info.driver_node_id, host=found.get("host"),
+                                     gpu_ids=[str(g) for g in found.get("gpu_ids", [])],
+                                     isolation=found.get("isolation"))
+            except (OSError, ValueError):
+                pass
+            await asyncio.sleep(0.1)
+        return Placement(node_id=info.driver_node_id)
 
     async def wait(self) -> int | None:
         info = await self.info()
@@ -119,7 +151,10 @@ class RayJob:
         stop_file(self._workspace, self.submission_id).touch()
         deadline = time.monotonic() + grace_period_s + 10
         while time.monotonic() < deadline:
-            info = await self.info()
+            try:
+                info = await self.info()
+            except NodeLost:  # nothing left to stop
+                return -15
             if status_of(info) in TERMINAL:
                 return int(info.driver_exit_code) if info.driver_exit_code is not None else -15
             await asyncio.sleep(0.2)
@@ -187,8 +222,8 @@ class RayBackend(LocalBackend):
     async def _find(self, api: JobsApi, submission_id: str) -> Any | None:
         try:
             return await asyncio.to_thread(api.get_job_info, submission_id)
-        except RuntimeError as exc:  # the Jobs API answers 404 as a RuntimeError
-            if "does not exist" in str(exc) or "404" in str(exc):
+        except RuntimeError as exc:
+            if _missing(exc):
                 return None
             raise
 

@@ -75,7 +75,8 @@ async def run(spec: EntrySpec) -> int:
                             limits=Limits(memory_bytes=spec.memory_limit_mb * 1024 * 1024),
                             network=spec.egress, runtime=job_runtime())
     (workspace / PLACEMENT).write_text(json.dumps(
-        {"gpu_ids": [g for g in gpus.split(",") if g] if spec.request.gpus else [],
+        {"submission_id": spec.submission_id,
+         "gpu_ids": [g for g in gpus.split(",") if g] if spec.request.gpus else [],
          "host": os.uname().nodename, "isolation": str(sandbox.isolation)}))
 
     def preexec() -> None:

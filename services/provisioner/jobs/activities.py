@@ -15,7 +15,14 @@ from temporalio.exceptions import ApplicationError
 
 from contracts import JobRequested, JobStarted
 from services.kit.bus import Bus
-from services.provisioner.backends import ComputeBackend, DatasetUnavailable, JobUnplaceable, NodeLost
+from services.provisioner.backends import (
+    ComputeBackend,
+    DatasetUnavailable,
+    JobUnplaceable,
+    NodeLost,
+    RunningJob,
+)
+from services.provisioner.backends.engines import Engines, EngineUnavailable
 from services.provisioner.jobs.outputs import collect
 from workflows.job import NODE_LOST, JobOutputs, RunInput, RunResult
 
@@ -24,10 +31,16 @@ SOURCE = "provisioner"
 
 
 class JobActivities:
-    def __init__(self, *, bus: Bus, backend: ComputeBackend, tracking_uri: str | None = None) -> None:
+    def __init__(self, *, bus: Bus, backend: ComputeBackend, tracking_uri: str | None = None,
+                 engines: Engines | None = None) -> None:
         self.bus = bus
         self._backend = backend
+        self._engines = engines
         self._tracking_uri = tracking_uri
+
+    def _for(self, request: JobRequested) -> ComputeBackend:
+        """The backend of the job's engine (its product's, else the platform's)."""
+        return self._engines.for_request(request) if self._engines is not None else self._backend
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         """Every activity JobWorkflow calls, for the worker."""
@@ -36,16 +49,20 @@ class JobActivities:
     @activity.defn(name="provision_job")
     async def provision_job(self, request: JobRequested) -> str:
         try:
-            await self._backend.provision(request)
+            backend = self._for(request)
+            await backend.provision(request)
         except DatasetUnavailable as exc:
             raise ApplicationError(str(exc), type="DatasetUnavailable", non_retryable=True) from None
-        return self._backend.name
+        except EngineUnavailable as exc:
+            raise ApplicationError(str(exc), type="EngineUnavailable", non_retryable=True) from None
+        return backend.name
 
     @activity.defn(name="collect_outputs")
     async def collect_outputs(self, request: JobRequested) -> JobOutputs:
+        backend = self._for(request)
         return await asyncio.to_thread(
-            collect, request=request, workspace=self._backend.workspace(request),
-            dataset_dir=self._backend.dataset_dir(request), artifact_root=self._backend.artifact_root,
+            collect, request=request, workspace=backend.workspace(request),
+            dataset_dir=backend.dataset_dir(request), artifact_root=backend.artifact_root,
             tracking_uri=self._tracking_uri,
         )
 
@@ -54,14 +71,15 @@ class JobActivities:
         started = time.time()
         # Heartbeat from the first moment: ending a dead worker's attempt and starting the
         # sandbox must not look like a dead worker themselves.
-        starting = asyncio.create_task(self._backend.start(
+        backend = self._for(run.request)
+        starting = asyncio.create_task(backend.start(
             run.request, egress=run.egress, gpu_type=run.gpu_type, grace_period_s=run.grace_period_s))
         try:
             while not starting.done():
                 activity.heartbeat()
                 await asyncio.wait([starting], timeout=0.5)
             job = starting.result()
-            await self._announce_running(run.request)
+            await self._announce_running(run.request, job, backend=backend.name)
             while (code := await job.wait()) is None:
                 activity.heartbeat()
         except JobUnplaceable as exc:  # a reservation must not wait forever on a full cluster
@@ -82,7 +100,7 @@ class JobActivities:
             raise
         return RunResult(exit_code=code, started_at_s=started, ended_at_s=time.time())
 
-    async def _announce_running(self, request: JobRequested) -> None:
+    async def _announce_running(self, request: JobRequested, job: RunningJob, *, backend: str) -> None:
         """``jobs.started`` (status ``running``) once the process runs: from here, not from the
         workflow, so it means the process started, not that it is about to. Its event id is
         fixed per attempt (a retried publish is one message; a resumed job announces again).
@@ -91,12 +109,18 @@ class JobActivities:
         event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"aicloud:{info.workflow_id}:{info.workflow_run_id}:"
                                                   f"{info.activity_id}:{info.attempt}:started")
         try:
+            placement = await job.placement()
             await self.bus.publish(JobStarted(
                 event_id=event_id, tenant=request.tenant, source=SOURCE,
-                correlation_id=request.job_id, job_id=request.job_id, backend=self._backend.name))
+                correlation_id=request.job_id, job_id=request.job_id, backend=backend,
+                placement=placement))
         except Exception as exc:
             log.warning("job.started_not_published", job_id=request.job_id, error=str(exc))
 
     @activity.defn(name="teardown_job")
     async def teardown_job(self, request: JobRequested) -> None:
-        await self._backend.teardown(request)
+        try:
+            backend = self._for(request)
+        except EngineUnavailable:
+            return  # it never started anywhere
+        await backend.teardown(request)

@@ -14,6 +14,23 @@ from services.provisioner.cluster import ClusterView
 MAX_CHUNK = 256 * 1024
 
 
+def decode_log(data: bytes) -> tuple[str, int]:
+    """A chunk of a job's log as text, and how many of its bytes that used: what is not UTF-8
+    (a job may print anything) becomes U+FFFD, and a character cut at the chunk's end is left
+    for the next chunk rather than shown broken. Never raises."""
+    used = len(data)
+    # a UTF-8 sequence is at most 4 bytes: look for a lead byte among the last 3
+    for back in range(1, min(3, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # a continuation byte: keep looking for its lead
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        if need > back and len(data) > back:  # incomplete, and not the only thing in the chunk
+            used = len(data) - back
+        break
+    return data[:used].decode("utf-8", errors="replace"), used
+
+
 class LogChunk(BaseModel):
     data: str
     next_offset: int
@@ -59,6 +76,7 @@ def build_router(backend: LocalBackend, preempt: Preempt) -> APIRouter:
         with log.open("rb") as handle:
             handle.seek(offset)
             data = handle.read(MAX_CHUNK)
-        return LogChunk(data=data.decode("utf-8", errors="replace"), next_offset=offset + len(data))
+        text, used = decode_log(data)
+        return LogChunk(data=text, next_offset=offset + used)
 
     return router
