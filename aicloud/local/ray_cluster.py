@@ -85,6 +85,17 @@ class RayCluster:
     def alive_nodes(self) -> list[dict[str, object]]:
         return alive_nodes(self.dashboard)
 
+    def add_node(self, node: NodeSpec) -> str:
+        """One more worker node (a machine joining the cluster), waited for until it is alive;
+        returns its node id. Works on a cluster this object did not start too (given its
+        ports): only what it started is stopped by ``stop``."""
+        known = {n.get("nodeId") for n in self.alive_nodes()}
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.nodes = (*self.nodes, node)
+        self._spawn_worker(node)
+        self._wait(lambda: any(n.get("nodeId") not in known for n in self.alive_nodes()), node.name)
+        return next(str(n["nodeId"]) for n in self.alive_nodes() if n.get("nodeId") not in known)
+
     def kill_node(self, name: str) -> None:
         """A node lost at once (a crashed machine): SIGKILL every process of it."""
         _kill_session(self.procs[name].pid, signal.SIGKILL)
@@ -100,7 +111,8 @@ class RayCluster:
         for proc in self.procs.values():
             _kill_session(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        if "head" in self.procs:  # the cluster's own folder, when this object started it
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def restart_node(self, name: str) -> None:
         """Start a worker node again (after ``kill_node``) and wait until it is alive."""

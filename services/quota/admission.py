@@ -181,7 +181,10 @@ class JobAdmission:
         gpu_type = rails.gpu_type(event, shared)
         product = rails.products.get(event.product)
         if not verdict.admitted:
-            decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids, verdict.reason)
+            # what could never run anyway says so too (16 GPUs need approval *and* a bigger node)
+            never = shared.never_fits(event.gpus, gpu_type) if shared is not None and event.gpus else None
+            decision = QuotaDecision(Outcome.REJECT, verdict.policy_ids,
+                                     verdict.reason + (f"; besides, {never}" if never else ""))
         elif facts.block is not None:
             decision = budget_blocked(event.tenant, facts.block)
         else:

@@ -5,6 +5,9 @@ and `dev down` leaves no Ray process behind."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import psutil
 import pytest
 from ray.job_submission import JobSubmissionClient
 
+from aicloud.local.ray_cluster import NodeSpec, RayCluster
 from tests.e2e.test_local_stack import ROOT, aicloud, processes_under
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +72,92 @@ def test_the_golden_path_job_runs_on_ray_and_registers_its_model(
     [version] = model["versions"]
     assert version["lineage"]["job"]["id"] == "ray-train"
     assert version["lineage"]["dataset"]["path"] == "projects/legal-rag/datasets/v2"
+
+
+def test_a_request_no_node_can_hold_is_refused_at_once_and_an_admitted_job_says_where_it_runs(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+    started = time.monotonic()
+    refused = aicloud(home, "create", "job", "--gpus", "16", "--gpu-type", "h100-80gb", "--name",
+                      "too-big", "-o", "json", "--", "python3", "-c", "print(1)")
+    took = time.monotonic() - started  # the CLI's own start included: said, not asserted on
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    job = json.loads(refused.stdout)
+    assert job["status"] == "rejected" and "manager approval" in job["reason"]
+    assert "the largest h100-80gb node of the ray cluster has 8 GPUs" in job["reason"], (job, took)
+    wrong = aicloud(home, "create", "job", "--gpus", "1", "--gpu-type", "l4-24gb", "--", "true")
+    assert wrong.returncode != 0
+    assert "offers GPU types a100-80gb, h100-80gb, not l4-24gb" in " ".join(wrong.stderr.split())
+    placed = aicloud(home, "create", "job", "--gpus", "2", "--gpu-type", "h100-80gb", "--name", "placed",
+                     "--wait", "-o", "json", "--", "python3", "-c", "import time; time.sleep(2)", timeout=300)
+    assert placed.returncode == 0, placed.stderr
+    where = json.loads(aicloud(home, "jobs", "get", "placed", "-o", "json").stdout)["result"]["placement"]
+    assert where["node_id"] and len(where["gpu_ids"]) == 2 and where["isolation"]
+    table = aicloud(home, "jobs", "get", "placed")
+    assert f"placed on node {where['node_id'][:12]}" in table.stdout and "GPUs " in table.stdout
+
+
+def stack_node_session(gcs_address: str, gpu_type: str, spare: RayCluster) -> int:
+    """The session of the stack's own worker node offering ``gpu_type`` (not the spare's)."""
+    mine = {p.pid for p in spare.procs.values()}
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if (f"--address={gcs_address}" in line and f"accelerator_type:{gpu_type}" in line
+                and " start " in f" {line} " and proc.pid not in mine):
+            return os.getsid(proc.pid)
+    raise AssertionError(f"no {gpu_type} node of the stack found")
+
+
+def test_a_lost_node_is_a_preemption_and_the_job_resumes_on_a_node_that_joined(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, components = stack
+    gcs, dashboard = str(components["ray"]["address"]), str(components["ray"]["url"])
+    spare = RayCluster(root=home / "spare-node", nodes=(), gcs_port=int(gcs.rsplit(":", 1)[1]),
+                       dashboard_port=int(dashboard.rsplit(":", 1)[1]))
+    try:
+        spare_id = spare.add_node(NodeSpec("a100-spare", gpus=4, gpu_type="a100-80gb"))  # joins
+        deadline = time.monotonic() + 60
+        while True:  # the cluster, and then quota, hear of it
+            shown = aicloud(home, "cluster", "-o", "json")
+            view = json.loads(shown.stdout) if shown.returncode == 0 else {"gpus": [], "error": shown.stderr}
+            if {p["gpu_type"]: p["total"] for p in view["gpus"]}.get("a100-80gb") == 8:
+                break
+            assert time.monotonic() < deadline, view
+            time.sleep(0.5)
+        time.sleep(3)  # the provisioner reports every 2 s
+        probes = [aicloud(home, "create", "job", "--gpus", "4", "--gpu-type", "a100-80gb", "--name",
+                          f"probe-{n}", "-o", "json", "--", "python3", "-c", "import time; time.sleep(600)")
+                  for n in range(2)]
+        # two 4-GPU jobs fit the 8 a100s of two nodes; with one node the second would queue
+        assert [json.loads(p.stdout)["status"] for p in probes] == ["admitted", "admitted"], probes
+        for n in range(2):
+            aicloud(home, "jobs", "cancel", f"probe-{n}")
+            aicloud(home, "jobs", "wait", f"probe-{n}", timeout=120)
+
+        submitted = aicloud(home, "create", "job", "--type", "fine-tune", "--gpus", "2", "--gpu-type",
+                            "a100-80gb", "--name", "lost-node", "--dataset", "projects/legal-rag/datasets/v2",
+                            "--param", "epochs=150", "--param", "epoch_pause=0.2", "--", "python3",
+                            str(ROOT / "examples" / "train.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        checkpoint = home / "jobs" / "legal" / "lost-node" / "checkpoints" / "checkpoint.json"
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() or json.loads(checkpoint.read_text())["epoch"] < 3:
+            assert time.monotonic() < deadline, aicloud(home, "jobs", "get", "lost-node").stdout
+            time.sleep(0.2)
+        first = json.loads(aicloud(home, "jobs", "get", "lost-node", "-o", "json").stdout)
+        ran_on = first["result"]["placement"]["node_id"]
+        if ran_on == spare_id:  # a machine dies: whichever the job runs on
+            spare.kill_node("a100-spare")
+        else:
+            os.killpg(stack_node_session(gcs, "a100-80gb", spare), signal.SIGKILL)
+        done = aicloud(home, "jobs", "wait", "lost-node", "-o", "json", timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        job = json.loads(done.stdout)
+        log = (home / "jobs" / "legal" / "lost-node" / "job.log").read_text()
+        assert int(log.split("resuming from checkpoint at epoch ")[1].split()[0]) >= 3
+        assert job["result"]["placement"]["node_id"] != ran_on
+    finally:
+        spare.stop()
 
 
 def test_down_leaves_no_ray_process_behind(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:

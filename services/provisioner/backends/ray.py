@@ -68,18 +68,51 @@ def attempt_id(job_id: str, attempt: int) -> str:
     return job_id if attempt == 1 else f"{job_id}--a{attempt}"
 
 
+class JobStates:
+    """Every Ray job's state from one ``list_jobs`` call, shared by all the jobs being watched
+    and read again at most every ``max_age_s``: a few hundred running jobs cost the cluster's
+    dashboard one request per poll instead of one each (and no thread of this process each).
+    A job not in the list (submitted after it was read) is asked for on its own."""
+
+    def __init__(self, api: JobsApi, *, max_age_s: float = 0.4) -> None:
+        self._api, self._max_age_s = api, max_age_s
+        self._jobs: dict[str, Any] = {}
+        self._read_at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        """Read the jobs again unless that was done less than ``max_age_s`` ago; raises what
+        the client raises when the cluster does not answer."""
+        async with self._lock:  # one read in flight; the others wait for it
+            if time.monotonic() - self._read_at > self._max_age_s:
+                jobs = await asyncio.to_thread(self._api.list_jobs)
+                self._jobs = {job.submission_id: job for job in jobs if job.submission_id}
+                self._read_at = time.monotonic()
+
+    async def get(self, submission_id: str) -> Any:
+        await self.refresh()
+        found = self._jobs.get(submission_id)
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self._api.get_job_info, submission_id)
+
+
 class RayJob:
     def __init__(self, api: JobsApi, submission_id: str, request: JobRequested, *, workspace: Path,
-                 gpu_type: str | None, placement_timeout_s: float) -> None:
+                 gpu_type: str | None, placement_timeout_s: float,
+                 states: JobStates | None = None) -> None:
         self._api, self.submission_id, self._request = api, submission_id, request
         self._workspace = workspace
         self._gpu_type = gpu_type
         self._placement_deadline = time.monotonic() + placement_timeout_s
+        self._states = states
 
     async def info(self) -> Any:
         """The job as Ray knows it; a job the cluster no longer has (deleted, or its head restarted
         and forgot it) is a lost node to the platform: the job runs again from its checkpoint."""
         try:
+            if self._states is not None:
+                return await self._states.get(self.submission_id)
             return await asyncio.to_thread(self._api.get_job_info, self.submission_id)
         except RuntimeError as exc:
             if not _missing(exc):
@@ -174,6 +207,8 @@ class RayBackend(LocalBackend):
         self._python = python  # the nodes' Python with the platform installed (same image)
         self.placement_timeout_s = placement_timeout_s
         self.name = "ray"
+        self._states: JobStates | None = None
+        self._states_api: JobsApi | None = None
 
     @property
     def api(self) -> JobsApi:
@@ -199,9 +234,14 @@ class RayBackend(LocalBackend):
         else:
             raise RuntimeError(f"job {request.job_id}: {MAX_ATTEMPTS} attempts on Ray already")
         job = RayJob(api, submission_id, request, workspace=workspace, gpu_type=gpu_type,
-                     placement_timeout_s=self.placement_timeout_s)
+                     placement_timeout_s=self.placement_timeout_s, states=self._states_of(api))
         await job.until_placed()  # the job's status says running once its process runs
         return job
+
+    def _states_of(self, api: JobsApi) -> JobStates:
+        if self._states is None or self._states_api is not api:  # a new client after an outage
+            self._states, self._states_api = JobStates(api), api
+        return self._states
 
     async def _reachable(self, deadline: float) -> JobsApi:
         """The Jobs API; while the cluster does not answer the job waits (its activity heartbeats),
@@ -209,7 +249,7 @@ class RayBackend(LocalBackend):
         while True:
             try:
                 api = await asyncio.to_thread(lambda: self.api)
-                await asyncio.to_thread(api.list_jobs)
+                await self._states_of(api).refresh()  # shared by every job starting now
                 return api
             except (OSError, RuntimeError, ValueError) as exc:  # requests' errors are OSErrors
                 self._api_client = None
