@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 up: install  ## the whole platform in the foreground (Ctrl-C stops it)
 	$(BIN)/aicloud dev up
 
-demo: install  ## bring the platform up, walk the golden path, leave it running
-	$(BIN)/aicloud dev up --detach
+ENGINE ?= local
+demo: install  ## bring the platform up, walk the golden path, leave it running (ENGINE=ray: on a Ray cluster)
+	$(BIN)/aicloud dev up --detach --engine $(ENGINE)
 	$(BIN)/aicloud demo
 
 down:

@@ -14,10 +14,19 @@ import typer
 
 from aicloud import demo_agents, demo_endpoints, demo_router
 from aicloud.client import ApiError, PlatformClient
+from aicloud.jobs import placement_line
 from aicloud.local.stack import Stack, default_home
 from aicloud.output import console, fail
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _cluster(client: PlatformClient) -> None:
+    """On the Ray engine: the cluster's GPUs by type, as quota admits against them."""
+    view = client.request("GET", "/v1/cluster")
+    pools = ", ".join(f"{p['gpu_type']} {p['free']}/{p['total']} free" for p in view["gpus"])
+    console.print(f"   engine: Ray at {view['address']}, {len(view['nodes'])} nodes; GPUs {pools} "
+                  "(aicloud cluster)")
 
 
 def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> None:
@@ -43,6 +52,10 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
         logged = ", ".join(f"{k}={v}" for k, v in sorted((result.get("logged_params") or {}).items()))
         console.print(f"   MLflow: params {logged}; run {tracked['run_id']} in "
                       f"experiment aicloud/{team} at {tracked['uri']}")
+    if where := placement_line(client.request("GET", f"/v1/jobs/{name}")):
+        console.print(f"   {where} (aicloud jobs get {name})")
+    if "ray" in urls:
+        _cluster(client)
     console.print(f"   trace: {client.trace_id} (grep it in the traces folder)")
     console.print(f"   workflow: {urls['temporal']}/namespaces/default/workflows/{name}")
     console.print("   lineage: aicloud models get clause-risk -o json")

@@ -37,3 +37,6 @@ class ClusterCapacityChanged(Event):
     address: str = Field(default="", max_length=512)
     observed_at: datetime = Field(description="When the engine was read.")
     pools: list[GpuPoolCapacity] = Field(default_factory=list, max_length=256)
+    reachable: bool = Field(
+        default=True, description="False: the engine stopped answering (pools are the last it "
+                                  "gave); new jobs wait queued until it answers again.")

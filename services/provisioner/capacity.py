@@ -2,8 +2,9 @@
 publishes ``cluster.capacity_changed`` when its GPUs by type change (a node joined or left), and
 at least every ``REFRESH_S`` (so a quota that lost its copy, or a new one, soon has it).
 
-An engine that does not answer publishes nothing: quota keeps admitting against the last
-report, and the jobs it admits wait for the cluster (``RayBackend.start``)."""
+An engine that stops answering is reported once (``reachable: false``, with the last pools):
+quota then queues new jobs until a report says it answers again; jobs admitted before wait for
+the cluster in ``RayBackend.start``, up to the placement timeout."""
 
 from __future__ import annotations
 
@@ -33,19 +34,37 @@ class CapacityWatcher(Watcher):
         self._view, self._publish, self._refresh_s = view, publish, refresh_s
         self._last: list[GpuPoolCapacity] | None = None
         self._last_at = 0.0
+        self._reachable = True
+        self._engine, self._address = "unknown", ""
 
     async def poll(self) -> None:
-        view = await self._view()
+        try:
+            view = await self._view()
+        except Exception as exc:
+            await self._unreachable(exc)
+            raise
         pools = capacity_pools(view.nodes)
-        if pools == self._last and time.monotonic() - self._last_at < self._refresh_s:
+        if (pools == self._last and self._reachable
+                and time.monotonic() - self._last_at < self._refresh_s):
             return
         await self._publish(ClusterCapacityChanged(
             tenant=PLATFORM_TENANT, source=SOURCE, engine=view.engine, address=view.address,
             observed_at=datetime.now(UTC), pools=pools))
-        if pools != self._last:
+        if pools != self._last or not self._reachable:
             log.info("cluster.capacity_changed", engine=view.engine,
                      pools={p.gpu_type: f"{p.total} up, {p.nodes_alive} node(s)" for p in pools})
-        self._last, self._last_at = pools, time.monotonic()
+        self._last, self._last_at, self._reachable = pools, time.monotonic(), True
+        self._engine, self._address = view.engine, view.address
+
+    async def _unreachable(self, exc: Exception) -> None:
+        """Once per outage: quota queues new jobs (the last pools kept) until the engine answers."""
+        if not self._reachable or self._last is None:
+            return
+        await self._publish(ClusterCapacityChanged(
+            tenant=PLATFORM_TENANT, source=SOURCE, engine=self._engine, address=self._address,
+            observed_at=datetime.now(UTC), pools=self._last, reachable=False))
+        log.warning("cluster.unreachable", engine=self._engine, address=self._address, error=str(exc))
+        self._reachable = False
 
 
 async def _no_signal(workflow_id: str, name: str, arg: object) -> None:

@@ -178,6 +178,7 @@ class JobAdmission:
         """Decide one request (its policies' ``verdict`` given) against ``facts`` and the shared
         capacity, both updated for the next request."""
         rails = self._rails
+        shared = rails.capacity_for(event, shared)
         gpu_type = rails.gpu_type(event, shared)
         product = rails.products.get(event.product)
         if not verdict.admitted:

@@ -43,6 +43,7 @@ class Capacity:
     pools: dict[str, Pool] | None = None
     node_gpus: int | None = None
     engine: str = "local"
+    reachable: bool = True  # False: the engine stopped answering; GPU jobs wait queued
 
     def resolve(self, gpu_type: str | None, product_types: tuple[str, ...]) -> str | None:
         """The GPU type a job gets: the one it asked for, else the first of its product's that
@@ -89,6 +90,13 @@ class Capacity:
         return (f"queued: the node's GPUs are busy ({used} of {self.node_gpus} in use, simulated "
                 f"capacity, {requested} needed); it starts when running work ends")
 
+    def unreachable(self) -> str | None:
+        """Why every job on the engine waits (with GPUs or not), while it does not answer."""
+        if self.pools is None or self.reachable:
+            return None
+        return (f"queued: the {self.engine} cluster does not answer; it starts when the cluster "
+                "is back (aicloud cluster)")
+
     def take(self, gpus: int, gpu_type: str | None) -> None:
         key = (gpu_type or "") if self.pools is not None else ""
         self.in_use[key] = self.in_use.get(key, 0) + gpus
@@ -127,7 +135,9 @@ def decide_gpus(*, team: str, requested: int, in_use: int, quota: int,
             f"team {team} asked for {requested} GPUs but its whole quota is {quota}: request at "
             f"most {quota}, or ask the platform team to raise the quota",
         )
-    busy = shared.busy(requested, gpu_type) if shared is not None else None
+    busy = capacity.unreachable() if capacity is not None else None
+    if busy is None and shared is not None:
+        busy = shared.busy(requested, gpu_type)
     fits_team = requested + in_use <= quota
     if fits_team and busy is not None:
         return QuotaDecision(Outcome.QUEUE, (CAPACITY_POLICY,), busy)

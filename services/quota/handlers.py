@@ -60,6 +60,14 @@ class Guardrails:
             return request.gpu_type or (types[0] if types else None)
         return shared.resolve(request.gpu_type, types)
 
+    def capacity_for(self, request: JobRequested, shared: Capacity | None) -> Capacity | None:
+        """The shared capacity the job draws on: none when its product is bound to another
+        engine than the one that reported (``engine: local`` where the platform runs Ray)."""
+        product = self.products.get(request.product)
+        if shared is None or shared.pools is None or product is None or product.engine is None:
+            return shared
+        return shared if product.engine == shared.engine else None
+
     def estimate(self, request: JobRequested) -> float:
         """Worst-case cost: the product's price for the job's whole allowed runtime."""
         product = self.products.get(request.product)
@@ -95,8 +103,9 @@ async def on_capacity_changed(event: ClusterCapacityChanged, uow: UnitOfWork, *,
     await repo.capacity(uow.session, node_gpus=rails.node_gpus)  # the node lock first
     kept = await repo.record_capacity(
         uow.session, engine=event.engine, address=event.address,
-        pools=[pool.model_dump(mode="json") for pool in event.pools], observed_at=event.observed_at)
-    if kept:
+        pools=[pool.model_dump(mode="json") for pool in event.pools], observed_at=event.observed_at,
+        reachable=event.reachable)
+    if kept and event.reachable:
         log.info("quota.capacity", engine=event.engine,
                  pools={p.gpu_type: f"{p.total}/{p.largest_node}" for p in event.pools})
         await _drain_queues(uow, team="", rails=rails, shared=True)
@@ -119,9 +128,10 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
     while (head := await repo.queue_head(uow.session, team=team)) is not None:
         job_id, gpus, stored = head
         request = JobRequested.model_validate(stored)
-        gpu_type = rails.gpu_type(request, shared)
+        mine = rails.capacity_for(request, shared)
+        gpu_type = rails.gpu_type(request, mine)
         decision = decide_gpus(team=team, requested=gpus, in_use=in_use, quota=rails.quota(team),
-                               capacity=shared, gpu_type=gpu_type)
+                               capacity=mine, gpu_type=gpu_type)
         if decision.outcome is Outcome.REJECT and decision.policy_ids == (CAPACITY_POLICY,):
             # the engine no longer has such nodes at all: refused now rather than waiting forever
             await repo.dequeue(uow.session, job_id=job_id)
@@ -137,8 +147,8 @@ async def admit_from_queue(uow: UnitOfWork, *, team: str, rails: Guardrails) -> 
         await _admit(uow, request, decision, rails, gpu_type=gpu_type,
                      logged_reason=f"admitted from the queue: {decision.reason}")
         in_use += gpus
-        if shared is not None:
-            shared.take(gpus, gpu_type)
+        if mine is not None:
+            mine.take(gpus, gpu_type)
         admitted += 1
     return admitted
 

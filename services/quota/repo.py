@@ -99,6 +99,11 @@ MIGRATIONS = (
                 received_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
         ),
     ),
+    Migration(
+        7,
+        "whether the compute engine answers",
+        ("ALTER TABLE engine_capacity ADD COLUMN reachable BOOLEAN NOT NULL DEFAULT true",),
+    ),
 )
 
 
@@ -123,7 +128,8 @@ CAPACITY_FACTS = """
 SELECT (SELECT json_object_agg(t, n) FROM (
             SELECT coalesce(gpu_type, '') AS t, sum(gpus) AS n FROM allocations
             WHERE released_at IS NULL GROUP BY coalesce(gpu_type, '')) AS held),
-       (SELECT json_build_object('engine', engine, 'pools', pools) FROM engine_capacity
+       (SELECT json_build_object('engine', engine, 'pools', pools, 'reachable', reachable)
+        FROM engine_capacity
         ORDER BY observed_at DESC LIMIT 1)
 """
 
@@ -138,7 +144,8 @@ def capacity_of(held: dict[str, Any] | None, engine: dict[str, Any] | None, *,
         pools = {p["gpu_type"]: Pool(total=int(p["total"]), largest_node=int(p["largest_node"]),
                                      simulated=bool(p.get("simulated")))
                  for p in engine["pools"]}
-        return Capacity(in_use=held, pools=pools, engine=str(engine["engine"]))
+        return Capacity(in_use=held, pools=pools, engine=str(engine["engine"]),
+                        reachable=bool(engine.get("reachable", True)))
     if node_gpus is None:
         return None
     return Capacity(in_use={"": sum(held.values())}, node_gpus=node_gpus)
@@ -158,16 +165,17 @@ async def capacity(session: AsyncSession, *, node_gpus: int | None) -> Capacity 
 
 
 async def record_capacity(session: AsyncSession, *, engine: str, address: str,
-                          pools: list[dict[str, Any]], observed_at: datetime) -> bool:
+                          pools: list[dict[str, Any]], observed_at: datetime,
+                          reachable: bool = True) -> bool:
     """Keep the engine's capacity report unless a newer one is kept already; True if kept.
     Every other engine's report goes: one engine runs the jobs."""
     kept = await session.execute(
-        text("INSERT INTO engine_capacity (engine, address, pools, observed_at)"
-             " VALUES (:e, :a, CAST(:p AS JSONB), :o) ON CONFLICT (engine) DO UPDATE SET"
-             " address = EXCLUDED.address, pools = EXCLUDED.pools,"
+        text("INSERT INTO engine_capacity (engine, address, pools, observed_at, reachable)"
+             " VALUES (:e, :a, CAST(:p AS JSONB), :o, :r) ON CONFLICT (engine) DO UPDATE SET"
+             " address = EXCLUDED.address, pools = EXCLUDED.pools, reachable = EXCLUDED.reachable,"
              " observed_at = EXCLUDED.observed_at, received_at = now()"
              " WHERE engine_capacity.observed_at < EXCLUDED.observed_at RETURNING engine"),
-        {"e": engine, "a": address, "p": json.dumps(pools), "o": observed_at})
+        {"e": engine, "a": address, "p": json.dumps(pools), "o": observed_at, "r": reachable})
     if kept.first() is None:
         return False
     await session.execute(text("DELETE FROM engine_capacity WHERE engine <> :e"), {"e": engine})

@@ -556,4 +556,16 @@ async def test_quota_admits_against_the_engines_gpus_by_type_as_nodes_join_and_l
     await asyncio.sleep(0.5)
     await report(now + timedelta(seconds=5), h100=16, a100=4)  # a second h100 node joined
     assert (await decided("c-3"))["outcome"] == "admitted"
+
+    # the cluster stops answering: new work on it waits queued, GPUs or not, until it is back
+    await quota.bus.publish(ClusterCapacityChanged(
+        tenant="platform", engine="ray", observed_at=now + timedelta(seconds=10), reachable=False,
+        pools=[GpuPoolCapacity(gpu_type="h100-80gb", total=16, largest_node=8, nodes_alive=2)]))
+    await asyncio.sleep(0.5)
+    waiting = await ask("c-down", 1, "h100-80gb", team="research")
+    assert waiting["outcome"] == "queued" and "does not answer" in waiting["reason"]
+    await quota.bus.publish(JobRequested(tenant="legal", job_id="c-cpu", command=["x"]))
+    assert (await decided("c-cpu"))["outcome"] == "queued"
+    await report(now + timedelta(seconds=15), h100=16, a100=4)
+    assert {(await decided(j))["outcome"] for j in ("c-down", "c-cpu")} == {"admitted"}
     await nc.close()

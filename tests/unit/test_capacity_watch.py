@@ -76,3 +76,28 @@ async def test_an_engine_that_does_not_answer_publishes_nothing() -> None:
     with pytest.raises(OSError):
         await CapacityWatcher(view, publish).poll()
     assert sent == []
+
+
+async def test_an_engine_that_stops_answering_is_reported_once_and_again_when_it_is_back() -> None:
+    sent: list[ClusterCapacityChanged] = []
+    answering = [True]
+
+    async def view() -> ClusterView:
+        if not answering[0]:
+            raise OSError("connection refused")
+        return ClusterView(engine="ray", address="http://ray:8265", nodes=[node("a", "h100-80gb", 8)])
+
+    async def publish(event: ClusterCapacityChanged) -> None:
+        sent.append(event)
+
+    watcher = CapacityWatcher(view, publish, refresh_s=3600)
+    await watcher.poll()
+    answering[0] = False
+    for _ in range(3):
+        with pytest.raises(OSError):
+            await watcher.poll()
+    assert [e.reachable for e in sent] == [True, False]
+    assert sent[1].pools == sent[0].pools and sent[1].engine == "ray"  # the last pools kept
+    answering[0] = True
+    await watcher.poll()
+    assert [e.reachable for e in sent] == [True, False, True]

@@ -168,3 +168,15 @@ def test_a_gpu_type_the_product_does_not_offer_is_refused_naming_its_types() -> 
     assert "offers GPU types a100-80gb, h100-80gb, not a10-24gb" in refused.reason
     assert decide_gpu_type(product="fine-tune", product_types=("a100-80gb",), requested=2,
                            gpu_type="a100-80gb") is None
+
+
+def test_while_the_engine_does_not_answer_every_job_on_it_waits_queued() -> None:
+    down = Capacity(in_use={}, engine="ray", reachable=False,
+                    pools={"h100-80gb": Pool(total=8, largest_node=8)})
+    for gpus, gpu_type in ((2, "h100-80gb"), (0, None)):
+        waiting = decide_gpus(team="legal", requested=gpus, in_use=0, quota=8, capacity=down,
+                              gpu_type=gpu_type)
+        assert waiting.outcome is Outcome.QUEUE and "the ray cluster does not answer" in waiting.reason
+    never = decide_gpus(team="legal", requested=16, in_use=0, quota=32, capacity=down,
+                        gpu_type="h100-80gb")
+    assert never.outcome is Outcome.REJECT  # what can never fit is still said at once
