@@ -33,14 +33,14 @@ import asyncpg
 from ray.job_submission import JobSubmissionClient
 
 from aicloud.client import PlatformClient
-from aicloud.local.ray_cluster import NodeSpec, RayCluster
+from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash
 from bench.common import seconds_summary as summary
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 JOBS = int(os.environ.get("BENCH_JOBS", "200"))
 LOSSES = int(os.environ.get("BENCH_LOSSES", "3"))
-STAMPS = ["python3", "-c", "import time\nwhile True:\n    print(repr(time.time()), flush=True)\n"
-          "    time.sleep(0.2)"]
+RUNS_FOREVER = ["python3", "-c", "import time\nprint('start', repr(time.time()), flush=True)\n"
+                "while True:\n    time.sleep(1)"]
 STAMP = ["python3", "-c", "import time; print(repr(time.time()), flush=True)"]
 ONE_SECOND = ["python3", "-c", "import time; time.sleep(1)"]
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
@@ -159,13 +159,13 @@ def throughput_ray(dashboard: str) -> tuple[float, dict[str, int]]:
     return len(states) / took * 60, counts
 
 
-def stamps(log: Path) -> list[float]:
+def starts(log: Path) -> list[float]:
+    """When each run of the job started, from its ``start <time>`` lines."""
     found = []
     for line in (log.read_text(errors="replace") if log.exists() else "").splitlines():
-        try:
-            found.append(float(line))
-        except ValueError:
-            continue
+        word, _, stamp = line.partition(" ")
+        if word == "start":
+            found.append(float(stamp))
     return found
 
 
@@ -182,19 +182,22 @@ def node_loss(stack: Stack) -> list[float]:
             spare_ids[spares.add_node(NodeSpec(name, gpus=4, gpu_type="a100-80gb"))] = name
             time.sleep(3)  # quota hears of it (the provisioner reports every 2 s)
             job_id = f"lost-{i}"
-            stack.submit(job_id, STAMPS, gpus=2, gpu_type="a100-80gb", product="fine-tune")
+            stack.submit(job_id, RUNS_FOREVER, gpus=2, gpu_type="a100-80gb", product="fine-tune")
             log = stack.log(job_id)
-            first_stamp(log)
+            deadline = time.monotonic() + 120
+            while not starts(log) or stack.job(job_id)["status"] != "running":
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{job_id} did not start within 120 s")
+                time.sleep(0.1)
             node = ((stack.job(job_id).get("result") or {}).get("placement") or {}).get("node_id")
-            before = len(stamps(log))
             killed = time.time()
             if node in spare_ids:
                 spares.kill_node(spare_ids.pop(node))
             else:
-                os.killpg(_stack_node_session(gcs, spares), 9)
+                crash(_stack_node_session(gcs, spares))
             deadline = time.monotonic() + 120
-            while True:  # the first line of the run on the other node
-                later = [t for t in stamps(log)[before:] if t > killed + 0.5]
+            while True:  # the run on the other node starts
+                later = [t for t in starts(log) if t > killed]
                 if later:
                     timings.append(later[0] - killed)
                     break

@@ -97,8 +97,10 @@ class RayCluster:
         return next(str(n["nodeId"]) for n in self.alive_nodes() if n.get("nodeId") not in known)
 
     def kill_node(self, name: str) -> None:
-        """A node lost at once (a crashed machine): SIGKILL every process of it."""
-        _kill_session(self.procs[name].pid, signal.SIGKILL)
+        """A node lost at once (a crashed machine): SIGKILL every process of it, the sandboxes
+        its jobs run in too (gVisor's sandbox and gofer leave the node's session)."""
+        crash(self.procs[name].pid)
+
 
     def stop(self, grace_s: float = 5.0) -> None:
         for name in [*reversed([n.name for n in self.nodes]), "head"]:
@@ -185,6 +187,21 @@ def _kill_session(sid: int, sig: signal.Signals) -> None:
     for proc in _session(sid):
         try:
             proc.send_signal(sig)
+        except psutil.Error:
+            continue
+
+
+def crash(sid: int) -> None:
+    """SIGKILL a node's session and every process descended from it, as a machine crash would."""
+    doomed = _session(sid)
+    for proc in list(doomed):
+        try:
+            doomed.extend(proc.children(recursive=True))
+        except psutil.Error:
+            continue
+    for proc in doomed:
+        try:
+            proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             continue
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ import psutil
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from aicloud.local.ray_cluster import NodeSpec, RayCluster
+from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash
 from tests.e2e.test_local_stack import ROOT, aicloud, processes_under
 
 pytestmark = pytest.mark.e2e
@@ -149,12 +148,13 @@ def test_a_lost_node_is_a_preemption_and_the_job_resumes_on_a_node_that_joined(
         if ran_on == spare_id:  # a machine dies: whichever the job runs on
             spare.kill_node("a100-spare")
         else:
-            os.killpg(stack_node_session(gcs, "a100-80gb", spare), signal.SIGKILL)
+            crash(stack_node_session(gcs, "a100-80gb", spare))
         done = aicloud(home, "jobs", "wait", "lost-node", "-o", "json", timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         job = json.loads(done.stdout)
         log = (home / "jobs" / "legal" / "lost-node" / "job.log").read_text()
         assert int(log.split("resuming from checkpoint at epoch ")[1].split()[0]) >= 3
+        assert log.count("epoch 150/150") == 1  # the lost run died with its node: one writer
         assert job["result"]["placement"]["node_id"] != ran_on
     finally:
         spare.stop()

@@ -117,6 +117,7 @@ class RayJob:
         except RuntimeError as exc:
             if not _missing(exc):
                 raise
+            stop_file(self._workspace, self.submission_id).touch()  # should it still run somewhere
             raise NodeLost(f"Ray job {self.submission_id} no longer exists on the cluster (deleted, "
                            "or its head restarted)") from None
 
@@ -167,6 +168,9 @@ class RayJob:
         if status == "SUCCEEDED":
             return 0
         if error in LOST:
+            # should the node be cut off rather than dead, its entrypoint stops the job when it
+            # sees this, so two attempts never write the same checkpoints
+            stop_file(self._workspace, self.submission_id).touch()
             raise NodeLost(f"Ray job {self.submission_id}: its node was lost ({info.message})")
         if error in UNPLACEABLE:
             raise JobUnplaceable(self._unplaceable())
