@@ -6,10 +6,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
 from contracts import DeadLetter, InferenceCompleted
+from services.observability_collector.genai import Caps, GenAIMetrics, LabelCap
 
 
 class PlatformMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, caps: Caps = Caps()) -> None:
+        self.genai = GenAIMetrics(registry, caps)
+        self._dead_subject, self._dead_reason = LabelCap("subject", 200), LabelCap("reason", 50)
         self.events = Counter("aicloud_platform_events_total", "Events seen on the bus.",
                               ["subject", "tenant"], registry=registry)
         self.dead_letters = Counter("aicloud_dead_letters_total", "Messages dead-lettered.",
@@ -24,13 +27,18 @@ class PlatformMetrics:
     async def on_events(self, events: list[BaseModel]) -> dict[int, str]:
         """A fetch of events from one stream: counted, none refused."""
         for event in events:
-            if isinstance(event, DeadLetter):
-                self.dead_letters.labels(subject=event.subject, reason=event.reason).inc()
+            if isinstance(event, DeadLetter):  # its subject is whatever an outsider sent
+                self.dead_letters.labels(subject=self._dead_subject(event.subject),
+                                         reason=self._dead_reason(event.reason)).inc()
                 continue
-            subject = getattr(event, "SUBJECT", type(event).__name__)
-            self.events.labels(subject=subject, tenant=getattr(event, "tenant", "")).inc()
+            subject = getattr(event, "SUBJECT", type(event).__name__)  # subjects: a fixed set
             if isinstance(event, InferenceCompleted):
-                self.tokens.labels(event.tenant, event.model, "in").inc(event.tokens_in)
-                self.tokens.labels(event.tenant, event.model, "out").inc(event.tokens_out)
-                self.latency.labels(event.model).observe(event.latency_ms / 1000)
+                team, model = self.genai.observe(event)
+                self.tokens.labels(team, model, "in").inc(event.tokens_in)
+                self.tokens.labels(team, model, "out").inc(event.tokens_out)
+                self.latency.labels(model).observe(event.latency_ms / 1000)
+            else:
+                team = self.genai.team(getattr(event, "tenant", ""))
+            self.events.labels(subject=subject, tenant=team).inc()
+        self.genai.flush_overflow(self._dead_subject, self._dead_reason)
         return {}
