@@ -17,14 +17,17 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from aicloud.local.servers import free_port
+from aicloud.local.servers import free_block, free_port
 
 START_TIMEOUT_S = 90.0
+RAY_PORTS = range(10_000, 20_000)  # the nodes' agents, managers and workers (not the stack's)
+WORKER_PORTS = 51
 HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
                  "health_check_failure_threshold": 3}
 
@@ -125,11 +128,15 @@ class RayCluster:
         self._wait(lambda: any(n.get("nodeId") not in known for n in self.alive_nodes()), name)
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                 f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                 f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
-        low = free_port()
-        workers = [f"--min-worker-port={low}", f"--max-worker-port={low + 50}"] if name != "head" else []
+        # the nodes' own ports from a band of their own: the stack picks its ports in another
+        # process, from 20000-31999, and cannot know which of those a node took
+        port = partial(free_port, band=RAY_PORTS)
+        ports = [f"--dashboard-agent-listen-port={port()}", f"--dashboard-agent-grpc-port={port()}",
+                 f"--metrics-export-port={port()}", f"--runtime-env-agent-port={port()}",
+                 f"--node-manager-port={port()}", f"--object-manager-port={port()}"]
+        low = free_block(WORKER_PORTS, band=RAY_PORTS)
+        workers = ([f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS - 1}"]
+                   if name != "head" else [])
         ray = Path(sys.executable).with_name("ray")
         argv = [str(ray), "start", *args, *ports, *workers, "--node-ip-address=127.0.0.1",
                 "--disable-usage-stats", "--block"]

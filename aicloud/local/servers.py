@@ -51,10 +51,31 @@ _PICK_FROM = range(20_000, 32_000)
 _HANDED: set[int] = set()  # never the same port twice from one process (a stack asks for 14)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now, outside the ephemeral range."""
+def free_block(size: int, *, band: range, host: str = "127.0.0.1") -> int:
+    """The first of ``size`` consecutive ports in ``band`` nobody listens on now."""
     for _ in range(200):
-        port = random.choice(_PICK_FROM)
+        first = random.randrange(band.start, band.stop - size)
+        if any(port in _HANDED for port in range(first, first + size)):
+            continue
+        if all(_bindable(host, port) for port in range(first, first + size)):
+            _HANDED.update(range(first, first + size))
+            return first
+    raise RuntimeError(f"no {size} free consecutive ports in {band.start}-{band.stop - 1}")
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, band: range = _PICK_FROM) -> int:
+    """A port nobody listens on now, outside the ephemeral range (from ``band``)."""
+    for _ in range(200):
+        port = random.choice(band)
         if port in _HANDED:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
