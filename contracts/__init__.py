@@ -30,6 +30,7 @@ from contracts.endpoints import (
     WakeEndpoint,
 )
 from contracts.envelope import Command, Envelope, Event, dead_letter_subject, subject
+from contracts.gpus import DeviceSample, GpuSampled
 from contracts.inference import InferenceCompleted
 from contracts.jobs import (
     CancelJob,
@@ -101,6 +102,7 @@ MESSAGES: tuple[type[Envelope], ...] = (
     AgentRunFinished,
     AlertFired,
     ClusterCapacityChanged,
+    GpuSampled,
 )
 """Every message type, in catalogue order."""
 
@@ -125,6 +127,7 @@ __all__ = [
     "CreateSandbox",
     "DeadLetter",
     "DeleteEndpoint",
+    "DeviceSample",
     "EndpointAdmitted",
     "EndpointCanaryDecided",
     "EndpointDeleted",
@@ -139,6 +142,7 @@ __all__ = [
     "Event",
     "ExtendNotebook",
     "GpuPoolCapacity",
+    "GpuSampled",
     "InferenceCompleted",
     "JobAdmitted",
     "JobCompleted",

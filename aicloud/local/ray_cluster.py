@@ -26,7 +26,9 @@ import psutil
 from aicloud.local.servers import free_block, free_port
 
 START_TIMEOUT_S = 90.0
-RAY_PORTS = range(10_000, 20_000)  # the nodes' agents, managers and workers (not the stack's)
+# The nodes' agents, managers and workers: above the ephemeral range (32768-60999 here), away
+# from the stack's 20000-31999 and from Ray's own default worker range (10002-19999).
+RAY_PORTS = range(61_000, 65_000)
 WORKER_PORTS = 51
 HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
                  "health_check_failure_threshold": 3}
@@ -134,9 +136,8 @@ class RayCluster:
         ports = [f"--dashboard-agent-listen-port={port()}", f"--dashboard-agent-grpc-port={port()}",
                  f"--metrics-export-port={port()}", f"--runtime-env-agent-port={port()}",
                  f"--node-manager-port={port()}", f"--object-manager-port={port()}"]
-        low = free_block(WORKER_PORTS, band=RAY_PORTS)
-        workers = ([f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS - 1}"]
-                   if name != "head" else [])
+        low = free_block(WORKER_PORTS, band=RAY_PORTS)  # the head's too: Ray's default clashes
+        workers = [f"--min-worker-port={low}", f"--max-worker-port={low + WORKER_PORTS - 1}"]
         ray = Path(sys.executable).with_name("ray")
         argv = [str(ray), "start", *args, *ports, *workers, "--node-ip-address=127.0.0.1",
                 "--disable-usage-stats", "--block"]

@@ -72,10 +72,10 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1", *, band: range = _PICK_FROM) -> int:
+def free_port(host: str = "127.0.0.1", *, band: range | None = None) -> int:
     """A port nobody listens on now, outside the ephemeral range (from ``band``)."""
     for _ in range(200):
-        port = random.choice(band)
+        port = random.choice(band or _PICK_FROM)
         if port in _HANDED:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

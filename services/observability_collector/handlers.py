@@ -5,13 +5,23 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel
 
-from contracts import DeadLetter, InferenceCompleted
+from contracts import (
+    DeadLetter,
+    EndpointDeleted,
+    GpuSampled,
+    InferenceCompleted,
+    JobCompleted,
+    JobFailed,
+    JobTerminated,
+)
 from services.observability_collector.genai import Caps, GenAIMetrics, LabelCap
+from services.observability_collector.gpus import GpuGauges
 
 
 class PlatformMetrics:
     def __init__(self, registry: CollectorRegistry, caps: Caps = Caps()) -> None:
         self.genai = GenAIMetrics(registry, caps)
+        self.gpus = GpuGauges(registry)
         self._dead_subject, self._dead_reason = LabelCap("subject", 200), LabelCap("reason", 50)
         self.events = Counter("aicloud_platform_events_total", "Events seen on the bus.",
                               ["subject", "tenant"], registry=registry)
@@ -32,6 +42,12 @@ class PlatformMetrics:
                                          reason=self._dead_reason(event.reason)).inc()
                 continue
             subject = getattr(event, "SUBJECT", type(event).__name__)  # subjects: a fixed set
+            if isinstance(event, GpuSampled):
+                self.gpus.observe(event)
+            elif isinstance(event, JobCompleted | JobFailed | JobTerminated):
+                self.gpus.forget("job", event.job_id)
+            elif isinstance(event, EndpointDeleted):
+                self.gpus.forget("endpoint", event.endpoint)
             if isinstance(event, InferenceCompleted):
                 team, model = self.genai.observe(event)
                 self.tokens.labels(team, model, "in").inc(event.tokens_in)

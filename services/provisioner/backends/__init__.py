@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from contracts import JobRequested, Placement
+from contracts import DeviceSample, JobRequested, Placement
 
 
 class RunningJob(Protocol):
     async def placement(self) -> Placement | None:
         """Where it runs (node, GPU ids, sandbox), once its process started."""
+        ...
+
+    async def gpu_samples(self) -> list[DeviceSample]:
+        """Its GPUs now, read on its node; [] where there are none to read."""
         ...
 
     async def wait(self) -> int | None:

@@ -17,12 +17,14 @@ from pathlib import Path
 import psutil
 import structlog
 
-from contracts import JobRequested, Placement
+from contracts import DeviceSample, JobRequested, Placement
 from contracts.catalog import dataset_project
+from services.kit import gpu
 from services.kit.sandbox import Limits, Sandbox, choose
 from services.provisioner.backends import DatasetUnavailable, RunningJob
 from services.provisioner.cluster import ClusterView, local_view
 from services.provisioner.jobs import tracking
+from services.provisioner.jobs.gpus import job_devices
 
 log = structlog.get_logger(__name__)
 SAFE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -33,6 +35,18 @@ class LocalProcess:
         self._proc = proc
         self._sandbox = sandbox
         self._container_id = container_id
+
+    async def gpu_samples(self) -> list[DeviceSample]:
+        """The devices the job's processes hold memory on (NVML on this machine)."""
+        def read() -> list[DeviceSample]:
+            try:
+                children = psutil.Process(self._proc.pid).children(recursive=True)
+                tree = [self._proc.pid, *(p.pid for p in children)]
+            except psutil.Error:
+                return []
+            return job_devices(gpu.sample(tree))
+
+        return await asyncio.to_thread(read)
 
     async def placement(self) -> Placement:
         return Placement(host=os.uname().nodename, isolation=str(self._sandbox.isolation))

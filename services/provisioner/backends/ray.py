@@ -24,11 +24,12 @@ from typing import Any, Protocol
 import httpx
 import structlog
 
-from contracts import JobRequested, Placement
+from contracts import DeviceSample, JobRequested, Placement
 from services.provisioner.backends import JobUnplaceable, NodeLost
 from services.provisioner.backends.local import LocalBackend
 from services.provisioner.backends.ray_entry import PLACEMENT, EntrySpec, stop_file
 from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view, status_of
+from services.provisioner.jobs.gpus import read_devices
 
 log = structlog.get_logger(__name__)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -154,6 +155,10 @@ class RayJob:
                 pass
             await asyncio.sleep(0.1)
         return Placement(node_id=info.driver_node_id)
+
+    async def gpu_samples(self) -> list[DeviceSample]:
+        """What the job's entrypoint last read on its node (real devices only)."""
+        return await asyncio.to_thread(read_devices, self._workspace)
 
     async def wait(self) -> int | None:
         info = await self.info()

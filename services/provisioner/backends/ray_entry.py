@@ -22,12 +22,15 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from contracts import JobRequested
 from services.kit.sandbox import Isolation, Limits, Sandbox, choose
+
+SAMPLE_EVERY_S = 10.0  # as services.provisioner.jobs.gpus (not imported here: the entry starts lean)
 
 PLACEMENT = ".aicloud-placement.json"
 STOPPED_BEFORE_START = 3
@@ -95,6 +98,7 @@ async def run(spec: EntrySpec) -> int:
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=preexec)
     stopping: list[bool] = []
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.append, True)
+    sampled_at = 0.0
     try:
         while True:
             try:
@@ -102,8 +106,22 @@ async def run(spec: EntrySpec) -> int:
             except TimeoutError:
                 if stopping or stop.exists():
                     return await _stop(sandbox, spec, proc)
+            if spec.request.gpus and time.monotonic() - sampled_at > SAMPLE_EVERY_S:
+                sampled_at = time.monotonic()
+                await asyncio.to_thread(_sample_gpus, workspace, gpus)
     finally:
         await sandbox.cleanup(spec.container_id)
+
+
+def _sample_gpus(workspace: Path, visible: str) -> None:
+    """The devices Ray gave the job, read here on its node, for the provisioner to publish."""
+    from services.kit import gpu
+    from services.provisioner.jobs.gpus import job_devices, write_devices
+
+    try:
+        write_devices(workspace, job_devices(gpu.sample(), visible=visible))
+    except Exception as exc:  # a GPU reading never stops a job
+        print(f"[aicloud] GPU sample failed: {exc}", file=sys.stderr, flush=True)
 
 
 async def _stop(sandbox: Sandbox, spec: EntrySpec, proc: asyncio.subprocess.Process) -> int:

@@ -13,7 +13,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from contracts import JobRequested, JobStarted
+from contracts import GpuSampled, JobRequested, JobStarted
 from services.kit.bus import Bus
 from services.provisioner.backends import (
     ComputeBackend,
@@ -23,6 +23,7 @@ from services.provisioner.backends import (
     RunningJob,
 )
 from services.provisioner.backends.engines import Engines, EngineUnavailable
+from services.provisioner.jobs.gpus import SAMPLE_EVERY_S
 from services.provisioner.jobs.outputs import collect
 from workflows.job import NODE_LOST, JobOutputs, RunInput, RunResult
 
@@ -80,8 +81,12 @@ class JobActivities:
                 await asyncio.wait([starting], timeout=0.5)
             job = starting.result()
             await self._announce_running(run.request, job, backend=backend.name)
+            sampled_at = time.monotonic()
             while (code := await job.wait()) is None:
                 activity.heartbeat()
+                if time.monotonic() - sampled_at >= SAMPLE_EVERY_S:
+                    sampled_at = time.monotonic()
+                    await self._report_gpus(run.request, job)
         except JobUnplaceable as exc:  # a reservation must not wait forever on a full cluster
             raise ApplicationError(str(exc), type="JobUnplaceable", non_retryable=True) from None
         except NodeLost as exc:
@@ -99,6 +104,18 @@ class JobActivities:
             log.info("job.stopped", job_id=run.request.job_id, exit_code=code)
             raise
         return RunResult(exit_code=code, started_at_s=started, ended_at_s=time.time())
+
+    async def _report_gpus(self, request: JobRequested, job: RunningJob) -> None:
+        """``gpus.sampled`` with the job's devices as its node reads them; nothing without a GPU.
+        A failed reading or publish is logged: it never stops the job."""
+        try:
+            devices = await job.gpu_samples()
+            if devices:
+                await self.bus.publish(GpuSampled(
+                    tenant=request.tenant, source=SOURCE, correlation_id=request.job_id,
+                    workload="job", workload_id=request.job_id, devices=devices))
+        except Exception as exc:
+            log.warning("job.gpu_sample_failed", job_id=request.job_id, error=str(exc)[:500])
 
     async def _announce_running(self, request: JobRequested, job: RunningJob, *, backend: str) -> None:
         """``jobs.started`` (status ``running``) once the process runs: from here, not from the
