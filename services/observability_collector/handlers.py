@@ -16,12 +16,14 @@ from contracts import (
 )
 from services.observability_collector.genai import Caps, GenAIMetrics, LabelCap
 from services.observability_collector.gpus import GpuGauges
+from services.observability_collector.jobs import JobStarts
 
 
 class PlatformMetrics:
     def __init__(self, registry: CollectorRegistry, caps: Caps = Caps()) -> None:
         self.genai = GenAIMetrics(registry, caps)
         self.gpus = GpuGauges(registry)
+        self.job_starts = JobStarts(registry)
         self._dead_subject, self._dead_reason = LabelCap("subject", 200), LabelCap("reason", 50)
         self.events = Counter("aicloud_platform_events_total", "Events seen on the bus.",
                               ["subject", "tenant"], registry=registry)
@@ -42,6 +44,7 @@ class PlatformMetrics:
                                          reason=self._dead_reason(event.reason)).inc()
                 continue
             subject = getattr(event, "SUBJECT", type(event).__name__)  # subjects: a fixed set
+            self.job_starts.observe(event)
             if isinstance(event, GpuSampled):
                 self.gpus.observe(event)
             elif isinstance(event, JobCompleted | JobFailed | JobTerminated):
