@@ -130,9 +130,12 @@ class RayJob:
         await asyncio.to_thread(self._api.stop_job, self.submission_id)
 
     async def until_placed(self) -> None:
-        """Wait while the job waits for a node (its GPUs), up to the placement timeout."""
+        """Wait while the job waits for a node (its GPUs), up to the placement timeout. A job
+        without GPUs waits for nothing but Ray starting it (a burst of hundreds takes Ray
+        minutes on a small head): it is not given up on here; Ray's own start timeout
+        (``RAY_JOB_START_TIMEOUT_SECONDS``, 15 min) fails it, as unplaceable, if it never starts."""
         while (status := status_of(await self.info())) == "PENDING":
-            if time.monotonic() > self._placement_deadline:
+            if self._request.gpus and time.monotonic() > self._placement_deadline:
                 await self.abandon()
                 raise JobUnplaceable(self._unplaceable())
             await asyncio.sleep(0.2)
