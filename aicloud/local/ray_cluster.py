@@ -60,6 +60,7 @@ class RayCluster:
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    lost: set[str] = field(default_factory=set)  # nodes killed on purpose: not a start failure
 
     @property
     def dashboard(self) -> str:
@@ -105,6 +106,7 @@ class RayCluster:
         """A node lost at once (a crashed machine): SIGKILL every process of it, the sandboxes
         its jobs run in too (gVisor's sandbox and gofer leave the node's session)."""
         crash(self.procs[name].pid)
+        self.lost.add(name)
 
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -125,6 +127,7 @@ class RayCluster:
         """Start a worker node again (after ``kill_node``) and wait until it is alive."""
         node = next(n for n in self.nodes if n.name == name)
         self.procs[name].wait(10)
+        self.lost.discard(name)
         known = {n.get("nodeId") for n in self.alive_nodes()}  # the dead one may still be listed
         self._spawn_worker(node)
         self._wait(lambda: any(n.get("nodeId") not in known for n in self.alive_nodes()), name)
@@ -152,7 +155,7 @@ class RayCluster:
             if callable(ready) and ready():
                 return
             for name, proc in self.procs.items():
-                if proc.poll() is not None:
+                if name not in self.lost and proc.poll() is not None:
                     raise RayStartError(f"Ray {name} exited with {proc.returncode}:\n{self.log_tail(name)}")
             time.sleep(0.3)
         raise RayStartError(f"Ray {what} not up within {START_TIMEOUT_S:.0f} s:\n"
