@@ -24,7 +24,7 @@ def rules(
              "docs/runbooks/slos.md; default: the repository path.")] = None,
 ) -> None:
     """Prometheus recording rules and multi-window burn-rate alerts. Exit code 2 on a bad file."""
-    from services.observability_collector.slo import (
+    from guardrails.slo import (
         RUNBOOK_BASE,
         SloFileError,
         build_rules,

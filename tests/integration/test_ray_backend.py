@@ -232,6 +232,7 @@ async def test_a_ray_job_the_cluster_deleted_is_a_lost_node_and_stopping_it_is_h
         while (await job.info()).status.value not in {"STOPPED", "FAILED"}:
             await asyncio.sleep(0.2)
     assert await asyncio.to_thread(ray.api.delete_job, "deleted")  # type: ignore[attr-defined]
+    await asyncio.sleep(1)  # the backend's shared view of its jobs is read again (JobStates)
     with pytest.raises(NodeLost, match="no longer exists on the cluster"):
         await job.wait()
     assert await job.stop(grace_period_s=1) == -15

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from aicloud import slo as slo_cli
 from guardrails import POLICY_DIR
-from services.observability_collector.slo import (
+from guardrails.slo import (
     ALERTS,
     WINDOWS,
     SloFileError,
