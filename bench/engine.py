@@ -33,7 +33,7 @@ import asyncpg
 from ray.job_submission import JobSubmissionClient
 
 from aicloud.client import PlatformClient
-from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash
+from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash, node_session
 from bench.common import seconds_summary as summary
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
@@ -194,7 +194,7 @@ def node_loss(stack: Stack) -> list[float]:
             if node in spare_ids:
                 spares.kill_node(spare_ids.pop(node))
             else:
-                crash(_stack_node_session(gcs, spares))
+                crash(node_session(gcs, "a100-80gb", besides=spares))
             deadline = time.monotonic() + 120
             while True:  # the run on the other node starts
                 later = [t for t in starts(log) if t > killed]
@@ -209,18 +209,6 @@ def node_loss(stack: Stack) -> list[float]:
     finally:
         spares.stop()
     return timings
-
-
-def _stack_node_session(gcs_address: str, spares: RayCluster) -> int:
-    import psutil
-
-    mine = {p.pid for p in spares.procs.values()}
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if (f"--address={gcs_address}" in line and "accelerator_type:a100-80gb" in line
-                and proc.pid not in mine):
-            return os.getsid(proc.pid)
-    raise SystemExit("the stack's a100 node is not running")
 
 
 def main() -> None:

@@ -202,6 +202,19 @@ def _kill_session(sid: int, sig: signal.Signals) -> None:
             continue
 
 
+def node_session(gcs_address: str, gpu_type: str, *, besides: RayCluster | None = None) -> int:
+    """The session of a worker node joined to the cluster at ``gcs_address`` that offers
+    ``gpu_type`` and was not started by ``besides`` (a cluster another process runs, such as
+    the stack's); ``crash`` takes it down. LookupError when there is none."""
+    mine = {p.pid for p in besides.procs.values()} if besides is not None else set()
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or [])
+        if (f"--address={gcs_address}" in line and f"accelerator_type:{gpu_type}" in line
+                and " start " in f" {line} " and proc.pid not in mine):
+            return os.getsid(proc.pid)
+    raise LookupError(f"no {gpu_type} node of the cluster at {gcs_address} is running")
+
+
 def crash(sid: int) -> None:
     """SIGKILL a node's session and every process descended from it, as a machine crash would."""
     doomed = _session(sid)

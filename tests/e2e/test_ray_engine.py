@@ -5,7 +5,6 @@ and `dev down` leaves no Ray process behind."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import psutil
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash
+from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash, node_session
 from tests.e2e.test_local_stack import ROOT, aicloud, processes_under
 
 pytestmark = pytest.mark.e2e
@@ -96,17 +95,6 @@ def test_a_request_no_node_can_hold_is_refused_at_once_and_an_admitted_job_says_
     assert f"placed on node {where['node_id'][:12]}" in table.stdout and "GPUs " in table.stdout
 
 
-def stack_node_session(gcs_address: str, gpu_type: str, spare: RayCluster) -> int:
-    """The session of the stack's own worker node offering ``gpu_type`` (not the spare's)."""
-    mine = {p.pid for p in spare.procs.values()}
-    for proc in psutil.process_iter(["cmdline"]):
-        line = " ".join(proc.info["cmdline"] or [])
-        if (f"--address={gcs_address}" in line and f"accelerator_type:{gpu_type}" in line
-                and " start " in f" {line} " and proc.pid not in mine):
-            return os.getsid(proc.pid)
-    raise AssertionError(f"no {gpu_type} node of the stack found")
-
-
 def test_a_lost_node_is_a_preemption_and_the_job_resumes_on_a_node_that_joined(
         stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, components = stack
@@ -148,7 +136,7 @@ def test_a_lost_node_is_a_preemption_and_the_job_resumes_on_a_node_that_joined(
         if ran_on == spare_id:  # a machine dies: whichever the job runs on
             spare.kill_node("a100-spare")
         else:
-            crash(stack_node_session(gcs, "a100-80gb", spare))
+            crash(node_session(gcs, "a100-80gb", besides=spare))
         done = aicloud(home, "jobs", "wait", "lost-node", "-o", "json", timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
         job = json.loads(done.stdout)
