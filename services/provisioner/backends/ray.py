@@ -141,13 +141,13 @@ class RayJob:
             await asyncio.sleep(0.2)
         log.info("ray.job_placed", submission_id=self.submission_id, status=status)
 
-    async def placement(self, wait_s: float = 5.0) -> Placement:
+    async def placement(self, wait_s: float = 30.0) -> Placement:
         """The node Ray placed it on, and what its entrypoint recorded there once it started the
         job: the GPU ids Ray gave it and its sandbox (waited for up to ``wait_s``)."""
         info = await self.info()
         recorded = self._workspace / PLACEMENT
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and status_of(info) == "RUNNING":
+        deadline, asked = time.monotonic() + wait_s, time.monotonic()
+        while True:
             try:
                 found = json.loads(recorded.read_text())
                 if found.get("submission_id", self.submission_id) == self.submission_id:
@@ -156,7 +156,11 @@ class RayJob:
                                      isolation=found.get("isolation"))
             except (OSError, ValueError):
                 pass
+            if time.monotonic() >= deadline or status_of(info) != "RUNNING":
+                break  # one that ended before recording anything: stop waiting
             await asyncio.sleep(0.1)
+            if time.monotonic() - asked > 1.0:
+                info, asked = await self.info(), time.monotonic()
         return Placement(node_id=info.driver_node_id)
 
     async def gpu_samples(self) -> list[DeviceSample]:

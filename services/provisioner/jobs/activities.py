@@ -126,7 +126,13 @@ class JobActivities:
         event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"aicloud:{info.workflow_id}:{info.workflow_run_id}:"
                                                   f"{info.activity_id}:{info.attempt}:started")
         try:
-            placement = await job.placement()
+            # The entrypoint records its GPU ids once its interpreter is up: seconds on a
+            # loaded node. Heartbeat meanwhile, so the wait never looks like a dead worker.
+            placing = asyncio.create_task(job.placement())
+            while not placing.done():
+                activity.heartbeat()
+                await asyncio.wait([placing], timeout=0.5)
+            placement = placing.result()
             await self.bus.publish(JobStarted(
                 event_id=event_id, tenant=request.tenant, source=SOURCE,
                 correlation_id=request.job_id, job_id=request.job_id, backend=backend,
