@@ -52,6 +52,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/scale_from_zero.py
 	$(BIN)/python bench/rollback_mttr.py
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/collector.py
 
 lint: install
 	$(BIN)/ruff check .

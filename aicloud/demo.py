@@ -116,6 +116,11 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print(f"   agent runtime    {urls['agent-runtime']}/docs (sandboxes, agent runs, state)")
     console.print("   endpoints        aicloud endpoints list; notebooks: aicloud notebooks list")
     console.print(f"   metrics          {urls['observability-collector']}/metrics")
+    console.print(f"   observability    {urls['observability-collector']}/observability (this demo's "
+                  "traffic: models, GPUs, drift, quality, SLOs, alerts; aicloud slo status)")
+    if "prometheus" in urls:
+        console.print(f"   Prometheus       {urls['prometheus']}/alerts (SLO burn-rate rules; "
+                      f"Alertmanager {urls.get('alertmanager', '-')})")
     console.print(f"   traces           {stack.home / 'traces'}/*.jsonl")
     console.print("   stop everything  aicloud dev down")
 

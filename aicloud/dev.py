@@ -44,7 +44,10 @@ def up(
                 status.update(line)
                 console.print(f"  [green]✓[/] {line}")
 
-            stack.up(free_ports=free_ports, report=report, engine=engine)
+            def warn(line: str) -> None:
+                console.print(f"  [yellow]![/] {line}")
+
+            stack.up(free_ports=free_ports, report=report, engine=engine, warn=warn)
     except (StackError, MissingBinary, subprocess.CalledProcessError) as exc:
         raise fail(f"the platform did not start: {exc}",
                    hint="`aicloud dev logs NAME` shows a component's whole log") from None
@@ -147,6 +150,12 @@ def _print_links(stack: Stack) -> None:
                   f"{stack.home / 'router-keys.json'})")
     console.print(f"  bill dashboard  {urls.get('cost-ledger')}/bill")
     console.print(f"  metrics         {urls.get('observability-collector')}/metrics")
+    console.print(f"  observability   {urls.get('observability-collector')}/observability  (models, "
+                  "GPUs, drift, SLOs, alerts)")
+    if "prometheus" in urls:
+        console.print(f"  Prometheus      {urls['prometheus']}/alerts  (SLO burn-rate rules)")
+    if "alertmanager" in urls:
+        console.print(f"  Alertmanager    {urls['alertmanager']}  (pages reach the bus: aicloud.alerts.>)")
 
 
 def _wait_for_interrupt(stack: Stack) -> None:

@@ -10,7 +10,7 @@ from contracts.agents import (
     SandboxEgress,
     ToolCalled,
 )
-from contracts.alerts import AlertFired
+from contracts.alerts import AlertFired, AlertResolved
 from contracts.budgets import BudgetChanged, BudgetExhausted, BudgetThresholdCrossed
 from contracts.cluster import ClusterCapacityChanged, GpuPoolCapacity
 from contracts.dlq import DeadLetter
@@ -31,7 +31,7 @@ from contracts.endpoints import (
 )
 from contracts.envelope import Command, Envelope, Event, dead_letter_subject, subject
 from contracts.gpus import DeviceSample, GpuSampled
-from contracts.inference import InferenceCompleted
+from contracts.inference import InferenceCompleted, InferenceSampled
 from contracts.jobs import (
     CancelJob,
     JobAdmitted,
@@ -92,6 +92,7 @@ MESSAGES: tuple[type[Envelope], ...] = (
     BudgetExhausted,
     BudgetChanged,
     InferenceCompleted,
+    InferenceSampled,
     CreateSandbox,
     SandboxCreated,
     SandboxDeleted,
@@ -101,6 +102,7 @@ MESSAGES: tuple[type[Envelope], ...] = (
     AgentRunStarted,
     AgentRunFinished,
     AlertFired,
+    AlertResolved,
     ClusterCapacityChanged,
     GpuSampled,
 )
@@ -118,6 +120,7 @@ __all__ = [
     "AgentRunFinished",
     "AgentRunStarted",
     "AlertFired",
+    "AlertResolved",
     "BudgetChanged",
     "BudgetExhausted",
     "BudgetThresholdCrossed",
@@ -144,6 +147,7 @@ __all__ = [
     "GpuPoolCapacity",
     "GpuSampled",
     "InferenceCompleted",
+    "InferenceSampled",
     "JobAdmitted",
     "JobCompleted",
     "JobFailed",

@@ -35,3 +35,17 @@ class InferenceCompleted(Event):
     error: str | None = Field(default=None, max_length=2000, description="Why it was not ok.")
     pii_findings: list[str] = Field(
         default_factory=list, description="Kinds of personal data found in the prompt (never the data).")
+
+
+class InferenceSampled(Event):
+    """One answer of a platform endpoint, sampled for quality scoring (policies/quality.yaml).
+    Only answers whose prompt held no personal data are sampled; both texts are cut short."""
+
+    SUBJECT: ClassVar[str] = subject("inference", "sampled")
+
+    request_id: str
+    model: str = Field(description="Model alias the caller asked for.")
+    endpoint: str = Field(min_length=1, max_length=128, description="The platform endpoint that answered.")
+    version: str | None = Field(default=None, max_length=128)
+    question: str = Field(max_length=100_000, description="The prompt as the endpoint received it.")
+    answer: str = Field(max_length=100_000)

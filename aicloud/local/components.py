@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aicloud.local import ray_cluster, servers
+from aicloud.local import monitoring, ray_cluster, servers
 from aicloud.local.servers import PostgresLayout
 from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, http_ok
@@ -155,6 +155,17 @@ def _agent_runtime(site: Site) -> Env:
             "ROUTER_KEYS_FILE": str(site.home / "router-keys.json")}
 
 
+def _collector(site: Site) -> Env:
+    found = monitoring.binaries()
+    return {"ALERT_WEBHOOK_TOKEN": site.files.secret(monitoring.WEBHOOK_TOKEN),
+            "PROMETHEUS_URL": site.http("prometheus") if found.prometheus else "",
+            "ALERTMANAGER_URL": site.http("alertmanager") if found.alertmanager else "",
+            "SLO_FILE": str(monitoring.SLO_FILE),
+            # the quality judge asks the router with the platform team's key (the team pays)
+            "ROUTER_URL": site.http("inference-router"),
+            "JUDGE_KEYS_FILE": str(site.home / "router-keys.json")}
+
+
 def _database_ready(port: int) -> bool:
     if not servers.port_open(port):
         return False
@@ -192,7 +203,7 @@ SERVICES: tuple[Service, ...] = (
     Service("cost-ledger", _cost_ledger),
     Service("inference-router", _router, outside_env=_router_providers),
     Service("agent-runtime", _agent_runtime),
-    Service("observability-collector"),
+    Service("observability-collector", lambda s: _collector(s)),
 )
 # --engine ray: a real Ray cluster (a head and two worker nodes with simulated GPUs) runs the jobs
 RAY = Infra("ray", url=lambda p: f"http://127.0.0.1:{p['ray-dashboard']}",
@@ -202,7 +213,46 @@ RAY = Infra("ray", url=lambda p: f"http://127.0.0.1:{p['ray-dashboard']}",
                             "--dashboard-port", str(s.ports["ray-dashboard"])],
             ready=lambda c, _: _ray_ready(c.url))
 ENGINES = ("local", "ray")
-_READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)}
+
+
+def _prometheus_argv(site: Site, binary: str, alerting: bool) -> list[str]:
+    root = site.files.data / "prometheus"
+    config = monitoring.write_yaml(root / "prometheus.yml", monitoring.prometheus_config(
+        targets={svc.name: site.ports[svc.name] for svc in SERVICES},
+        alertmanager_port=site.ports["alertmanager"] if alerting else None, rules_dir=root / "rules"))
+    return monitoring.prometheus_argv(binary, config=config, data=root / "tsdb",
+                                      port=site.ports["prometheus"])
+
+
+def _alertmanager_argv(site: Site, binary: str) -> list[str]:
+    root = site.files.data / "alertmanager"
+    site.files.secret(monitoring.WEBHOOK_TOKEN)
+    config = monitoring.write_yaml(root / "alertmanager.yml", monitoring.alertmanager_config(
+        webhook_url=site.http("observability-collector") + monitoring.WEBHOOK_PATH,
+        token_file=site.home / "run" / monitoring.WEBHOOK_TOKEN))
+    return monitoring.alertmanager_argv(binary, config=config, data=root / "data",
+                                        port=site.ports["alertmanager"])
+
+
+def _monitoring(found: monitoring.Binaries) -> list[Infra]:
+    """Prometheus and Alertmanager, each where it is installed."""
+    infra = []
+    if found.prometheus is not None:
+        binary = found.prometheus
+        infra.append(Infra("prometheus", url=lambda p: f"http://127.0.0.1:{p['prometheus']}",
+                           argv=lambda s: _prometheus_argv(s, binary, found.alertmanager is not None),
+                           ready=lambda c, _: http_ok(c.url + "/-/ready")))
+    if found.alertmanager is not None:
+        manager = found.alertmanager
+        infra.append(Infra("alertmanager", url=lambda p: f"http://127.0.0.1:{p['alertmanager']}",
+                           argv=lambda s: _alertmanager_argv(s, manager),
+                           ready=lambda c, _: http_ok(c.url + "/-/ready")))
+    return infra
+
+
+MONITORING = ("prometheus", "alertmanager")
+_READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)} | {
+    name: lambda c, _: http_ok(c.url + "/-/ready") for name in MONITORING}
 
 
 def _ray_ready(dashboard: str) -> bool:
@@ -213,13 +263,20 @@ def _on_ray(site: Site) -> Env:
     return {"BACKEND": "ray", "RAY_ADDRESS": site.http("ray-dashboard")}
 
 
-def plan(files: StackFiles, ports: Ports, *,
-         engine: str = "local") -> tuple[list[Component], list[Component]]:
+def plan(files: StackFiles, ports: Ports, *, engine: str = "local",
+         warn: Callable[[str], None] = lambda _: None) -> tuple[list[Component], list[Component]]:
     """The infrastructure components and the services, ready to spawn; with ``engine`` ray the
-    cluster is infrastructure too and the provisioner runs jobs on it."""
+    cluster is infrastructure too and the provisioner runs jobs on it. Prometheus and
+    Alertmanager run where installed; ``warn`` hears what is missing or refused."""
     files.logs.mkdir(parents=True, exist_ok=True)
     site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"))
-    infra = [*INFRA, RAY] if engine == "ray" else list(INFRA)
+    found = monitoring.binaries()
+    for line in found.missing():
+        warn(line)
+    if found.prometheus is not None:
+        for line in monitoring.write_rules(files.data / "prometheus" / "rules", monitoring.runbook_base()):
+            warn(line)
+    infra = [*INFRA, *_monitoring(found), *([RAY] if engine == "ray" else [])]
     services = [Service("provisioner", lambda s: _provisioner(s) | _on_ray(s)) if engine == "ray"
                 and svc.name == "provisioner" else svc for svc in SERVICES]
     return [i.component(site) for i in infra], [svc.component(site) for svc in services]

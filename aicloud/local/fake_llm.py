@@ -11,6 +11,10 @@ through the model name, so the router's fallbacks and stream handling can be sho
   ...-hang      waits 5 s before answering (for timeouts)
   ...-big       streams 64 MiB in 4 KiB chunks (for backpressure)
 
+A model whose name holds ``judge`` grades an answer the way ``policies/quality.yaml`` asks, and
+deterministically (so quality tests are exact): the user message's text after ``Answer:`` scores
+1 when it is empty or a refusal ("sorry", "cannot", "can't", "don't know"), else 5.
+
 ``GET /_requests`` shows the bodies it received (to prove what reached a provider);
 ``GET /_stats`` counts streams started, finished and abandoned by the caller.
 """
@@ -79,7 +83,7 @@ class FakeLlm:
         body = await self._body(request, anthropic=False)
         model = body.get("model", "")
         await _misbehave(model)
-        text = " ".join([*WORDS, model])
+        text = judge(body) if "judge" in model else " ".join([*WORDS, model])
         prompt_tokens = _count(body.get("messages"))
         if body.get("tools") and not body.get("stream"):
             return web.json_response(agent_turn(body, model, prompt_tokens))
@@ -101,7 +105,7 @@ class FakeLlm:
         body = await self._body(request, anthropic=True)
         model = body.get("model", "")
         await _misbehave(model, anthropic=True)
-        text = " ".join([*WORDS, model])
+        text = judge(body) if "judge" in model else " ".join([*WORDS, model])
         prompt_tokens = _count(body.get("messages")) + _count(body.get("system"))
         if not body.get("stream"):
             return web.json_response({
@@ -169,6 +173,19 @@ for path in sorted(glob.glob('*.csv')):
             continue
         print(f'  {column}: mean {statistics.mean(values):.2f}, min {min(values):g}, max {max(values):g}')
 """
+
+
+REFUSALS = ("sorry", "cannot", "can't", "don't know")
+
+
+def judge(body: dict[str, Any]) -> str:
+    """The evaluator's verdict on the last user message's ``Answer:`` part, as the rubric asks."""
+    messages = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    content = messages[-1].get("content") if messages else ""
+    answer = str(content or "").rpartition("Answer:")[2].strip().lower()
+    bad = not answer or any(word in answer for word in REFUSALS)
+    reason = "an empty answer or a refusal" if bad else "answers the question"
+    return json.dumps({"score": 1 if bad else 5, "reason": reason})
 
 
 def agent_turn(body: dict[str, Any], model: str, prompt_tokens: int) -> dict[str, Any]:

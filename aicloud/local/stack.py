@@ -35,8 +35,9 @@ class Stack:
     def ports(self, *, free: bool) -> Ports:
         return self.files.ports(free=free)
 
-    def plan(self, ports: Ports, *, engine: str = "local") -> tuple[list[Component], list[Component]]:
-        return components.plan(self.files, ports, engine=engine)
+    def plan(self, ports: Ports, *, engine: str = "local",
+             warn: Report = lambda _: None) -> tuple[list[Component], list[Component]]:
+        return components.plan(self.files, ports, engine=engine, warn=warn)
 
     def spawn(self, component: Component) -> None:
         supervisor.spawn(component, cwd=self.home)
@@ -47,16 +48,18 @@ class Stack:
     def probe(self, component: Component, ports: Ports) -> Probe:
         return components.probe(component, ports)
 
-    def up(self, *, free_ports: bool, report: Report, engine: str = "local") -> list[Component]:
+    def up(self, *, free_ports: bool, report: Report, engine: str = "local",
+           warn: Report | None = None) -> list[Component]:
         """Start every component (infra first, then services, each group in parallel); with
-        ``engine`` ray, a Ray cluster too, which runs the jobs."""
+        ``engine`` ray, a Ray cluster too, which runs the jobs. ``warn`` hears what does not
+        run (an optional server that is not installed), default ``report``."""
         running = self.read_state()
         if running and all(supervisor.alive(c["pid"]) for c in running):
             report("already running; use `aicloud dev down` to stop it")
             return [Component.from_state(c) for c in running]
         self.down(report=lambda _: None)
         ports = self.ports(free=free_ports)
-        infra, services = self.plan(ports, engine=engine)
+        infra, services = self.plan(ports, engine=engine, warn=warn or report)
         started: list[Component] = []
         try:
             for group in (infra, services):

@@ -19,6 +19,7 @@ DEFAULT_PORTS: Ports = {
     "catalog": 8000, "quota": 8001, "provisioner": 8002, "cost-ledger": 8003,
     "inference-router": 8004, "agent-runtime": 8005, "observability-collector": 8006,
     "fake-llm": 8010, "notebook-proxy": 8890, "ray": 6380, "ray-dashboard": 8265,
+    "prometheus": 9090, "alertmanager": 9093,
 }
 
 

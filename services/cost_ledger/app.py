@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from contracts import InferenceCompleted, UsageRecorded
 from contracts.catalog import CatalogDataError, load_org
 from contracts.pricebook import PriceBookError, load_price_book
 from services.cost_ledger.api import build_router
+from services.cost_ledger.domain import BOOKED
 from services.cost_ledger.ledger import Ledger
+from services.cost_ledger.metrics import LedgerMetrics
 from services.cost_ledger.repo import MIGRATIONS
 from services.cost_ledger.settings import CostLedgerSettings
 from services.kit.runtime import Service, run
@@ -21,10 +22,9 @@ def build(settings: CostLedgerSettings) -> Service:
     except (PriceBookError, CatalogDataError) as exc:
         raise ConfigError(f"cost-ledger cannot start: {exc}") from None
     ledger = Ledger(db=service.db, outbox=service.outbox, prices=prices, teams=teams,
-                    pools=dict(settings.pool_gpus))
-    service.consume_batch(UsageRecorded, ledger.ingest, fetch=settings.batch, linger_s=settings.linger_s)
-    service.consume_batch(InferenceCompleted, ledger.ingest, fetch=settings.batch,
-                          linger_s=settings.linger_s)
+                    metrics=LedgerMetrics(service.metrics.registry), pools=dict(settings.pool_gpus))
+    for booked in BOOKED:
+        service.consume_batch(booked, ledger.ingest, fetch=settings.batch, linger_s=settings.linger_s)
     service.include_router(build_router(ledger, admin_token=settings.admin_token))
     return service
 

@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from contracts import InferenceCompleted, UsageRecorded
+from contracts import Envelope, InferenceCompleted, UsageRecorded
 from contracts.pricebook import PriceBook
 
+BOOKED: tuple[type[Envelope], ...] = (UsageRecorded, InferenceCompleted)  # each on its own consumer
 HOUR = timedelta(hours=1)
 MAX_DURATION = timedelta(days=31)
 MAX_GPUS, MAX_VCPUS, MAX_MEMORY_GB = 1024, 20_000, 200_000

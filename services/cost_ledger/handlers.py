@@ -1,13 +1,15 @@
 """The ledger's writes: a fetched batch of usage priced and charged, and a budget set; each
 raises the budget alerts the new spend calls for. ``LedgerStore`` is what they need of one
-transaction (its lines, budgets, alerts and outbox)."""
+transaction (its lines, budgets, alerts and outbox), ``Transaction`` opens and commits one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
+from uuid import UUID
 
 import structlog
 
@@ -21,14 +23,15 @@ from contracts import (
 from contracts.pricebook import PriceBook
 from services.cost_ledger import domain
 from services.cost_ledger.domain import Budget, Line, Unbillable, month_bounds
+from services.cost_ledger.metrics import LedgerMetrics
 
 log = structlog.get_logger(__name__)
 SOURCE = "cost-ledger"
 
 
 class LedgerStore(Protocol):
-    async def append(self, lines: Sequence[Line]) -> set[tuple[str, str]]:
-        """Lines not seen before (by event id and line); the (team, month) pairs they touched."""
+    async def append(self, lines: Sequence[Line]) -> set[tuple[UUID, str, str]]:
+        """Lines not seen before (by event id and line); the (event id, team, month) of each."""
         ...
 
     async def budgets(self, *, teams: Sequence[str]) -> dict[str, Budget]: ...
@@ -40,6 +43,21 @@ class LedgerStore(Protocol):
                            spent: Decimal) -> bool: ...
     async def rearm_alerts(self, *, team: str, period: str, below_percent: Decimal) -> None: ...
     async def stage(self, event: Envelope) -> None: ...
+
+
+Transaction = Callable[[], AbstractAsyncContextManager[LedgerStore]]
+
+
+async def ingest(events: Sequence[Envelope], *, prices: PriceBook, teams: frozenset[str],
+                 transaction: Transaction, metrics: LedgerMetrics) -> tuple[dict[int, str], set[UUID]]:
+    """Charge a batch in one transaction. Returns the events refused for good (by position) with
+    the reason, and the ids of those booked; each booked one's lag is observed once committed,
+    since until then it is not in spend, budgets or the bill."""
+    lines, refused = price(events, prices=prices, teams=teams)
+    async with transaction() as store:
+        booked = await charge(lines, store=store)
+    metrics.observe_lag(events, booked=booked, committed_at=datetime.now(UTC))
+    return refused, booked
 
 
 def price(events: Sequence[Envelope], *, prices: PriceBook,
@@ -61,21 +79,21 @@ def lines_of(event: Envelope, *, prices: PriceBook, teams: frozenset[str]) -> li
     return domain.usage_lines(event, prices, teams=teams)  # type: ignore[arg-type]
 
 
-async def charge(lines: Sequence[Line], *, store: LedgerStore) -> set[tuple[str, str]]:
+async def charge(lines: Sequence[Line], *, store: LedgerStore) -> set[UUID]:
     """Append the lines and alert for each (team, month) that new lines were charged to; a
-    redelivered event's lines are not new, so it charges and alerts nothing. Returns those
-    (team, month) pairs."""
-    touched = await store.append(lines)
+    redelivered event's lines are not new, so it charges and alerts nothing. Returns the ids of
+    the events that new lines were charged for."""
+    new = await store.append(lines)
     periods: dict[str, set[str]] = {}
-    for team, period in touched:
+    for _, team, period in new:
         periods.setdefault(period, set()).add(team)
-    found = await store.budgets(teams=sorted({t for t, _ in touched}))
+    found = await store.budgets(teams=sorted({t for _, t, _ in new}))
     for period, teams in periods.items():
         start, end = month_bounds(period)
         spent = await store.month_spend(teams=sorted(teams & set(found)), start=start, end=end)
         for team, amount in spent.items():
             await alert(found[team], period=period, spent=amount, store=store)
-    return touched
+    return {event_id for event_id, _, _ in new}
 
 
 async def set_budget(budget: Budget, *, now: datetime, store: LedgerStore) -> None:

@@ -23,6 +23,7 @@ from contracts import Envelope
 from contracts.pricebook import PriceBook
 from services.cost_ledger import domain, handlers, repo
 from services.cost_ledger.domain import Budget, month_bounds
+from services.cost_ledger.metrics import LedgerMetrics
 from services.cost_ledger.repo import SqlLedger
 from services.kit.db import Database
 from services.kit.outbox import Outbox
@@ -55,15 +56,15 @@ class Ledger:
     outbox: Outbox
     prices: PriceBook
     teams: frozenset[str]
+    metrics: LedgerMetrics
     pools: dict[str, int] = field(default_factory=dict)  # GPU type -> GPUs in the pool
     live: Live = field(default_factory=Live)
 
     async def ingest(self, events: Sequence[Envelope]) -> dict[int, str]:
         """Charge a batch; returns the events refused for good (by position) with the reason."""
-        lines, refused = handlers.price(events, prices=self.prices, teams=self.teams)
-        async with self.store() as store:
-            inserted = await handlers.charge(lines, store=store)
-        if inserted:
+        refused, booked = await handlers.ingest(events, prices=self.prices, teams=self.teams,
+                                                transaction=self.store, metrics=self.metrics)
+        if booked:
             await self.live.changed()
         return refused
 

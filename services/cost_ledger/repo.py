@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,7 +40,7 @@ WITH new_lines AS (
                          CAST(:quantity AS numeric[]), CAST(:unit AS text[]), CAST(:usd AS numeric[]),
                          CAST(:flag AS text[]))
     ON CONFLICT (event_id, line) DO NOTHING
-    RETURNING {_ROLL}, hour, usd, CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END AS gpu_s
+    RETURNING event_id, {_ROLL}, hour, usd, CASE WHEN unit = 'gpu_seconds' THEN quantity ELSE 0 END AS gpu_s
 ), rolled AS (
     INSERT INTO spend_hourly ({_ROLL}, hour, usd, gpu_seconds, lines)
     SELECT {_ROLL}, hour, sum(usd), sum(gpu_s), count(*) FROM new_lines
@@ -64,13 +65,13 @@ WITH new_lines AS (
         gpu_seconds = spend_team_daily.gpu_seconds + EXCLUDED.gpu_seconds
     RETURNING 1
 )
-SELECT DISTINCT team, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM') AS period FROM new_lines
+SELECT DISTINCT event_id, team, to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM') AS period FROM new_lines
 """
 
 
-async def append(session: AsyncSession, lines: Sequence[Line]) -> set[tuple[str, str]]:
-    """Insert lines not seen before (by event id and line); returns the (team, month) pairs they
-    touched, e.g. ``("legal", "2026-11")``: empty when every line was a duplicate."""
+async def append(session: AsyncSession, lines: Sequence[Line]) -> set[tuple[UUID, str, str]]:
+    """Insert lines not seen before (by event id and line); returns the (event id, team, month)
+    of each, e.g. ``(UUID(...), "legal", "2026-11")``: empty when every line was a duplicate."""
     if not lines:
         return set()
     columns: dict[str, list[Any]] = {
@@ -82,7 +83,7 @@ async def append(session: AsyncSession, lines: Sequence[Line]) -> set[tuple[str,
         "quantity": [ln.quantity for ln in lines], "unit": [ln.unit for ln in lines],
         "usd": [ln.usd for ln in lines], "flag": [ln.flag for ln in lines]}
     rows = await session.execute(text(_INSERT), columns)
-    return {(r.team, r.period) for r in rows}
+    return {(r.event_id, r.team, r.period) for r in rows}
 
 
 async def reverse(session: AsyncSession, *, entry_id: int, reason: str) -> int | None:
@@ -225,7 +226,7 @@ class SqlLedger:
     def __init__(self, session: AsyncSession, outbox: Outbox) -> None:
         self.session, self.outbox = session, outbox
 
-    async def append(self, lines: Sequence[Line]) -> set[tuple[str, str]]:
+    async def append(self, lines: Sequence[Line]) -> set[tuple[UUID, str, str]]:
         return await append(self.session, lines)
 
     async def budgets(self, *, teams: Sequence[str]) -> dict[str, Budget]:

@@ -24,10 +24,12 @@ from contracts import (
 )
 from contracts.catalog import CatalogDataError, load_org
 from contracts.pricebook import PriceBookError, load_price_book
+from guardrails.quality import QualityFileError, load_quality
 from services.inference_router import handlers, keys, repo
 from services.inference_router.config import Route, RouteConfigError, load_config
 from services.inference_router.gateway import Block, Budgets, Gateway
 from services.inference_router.limits import KvBuckets, Limiter
+from services.inference_router.quality import Sampler
 from services.inference_router.replicas import Sessions
 from services.inference_router.repo import MIGRATIONS
 from services.inference_router.routing import RouteTable
@@ -50,13 +52,15 @@ class Router:
         try:
             self.config = load_config(settings.routes_file)
             prices = load_price_book(settings.price_book)
-        except (RouteConfigError, PriceBookError) as exc:
+            quality = load_quality(settings.quality_file) if settings.quality_file else None
+        except (RouteConfigError, PriceBookError, QualityFileError) as exc:
             raise ConfigError(f"inference-router cannot start: {exc}") from None
         self.prices = prices
         self.session: aiohttp.ClientSession | None = None
         self.routes = RouteTable()
         self.budgets = Budgets()
         self.sink = UsageSink(service.bus, spool=settings.usage_spool)
+        self.sampler = Sampler(service.bus.publish, quality, registry=service.metrics.registry)
         self.gateway: Gateway | None = None
         self.overrides: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -68,7 +72,8 @@ class Router:
                          db=self.service.db, checks=self.service.checks,
                          admin_token=self.settings.admin_token,
                          max_body_bytes=self.settings.max_body_bytes,
-                         max_tokens_cap=self.settings.max_tokens_cap, store_route=self.store_route)
+                         max_tokens_cap=self.settings.max_tokens_cap, store_route=self.store_route,
+                         sampler=self.sampler)
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=512, ttl_dns_cache=300)

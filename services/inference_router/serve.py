@@ -20,6 +20,7 @@ from aiohttp import web
 from services.inference_router import wire
 from services.inference_router.gateway import Admission, Gateway, upstream_failure
 from services.inference_router.providers import UpstreamError
+from services.inference_router.quality import answer_text
 from services.inference_router.requests import Call
 from services.inference_router.routing import Step
 from services.inference_router.telemetry import Outcome
@@ -124,6 +125,8 @@ def _whole(call: Call, step: Step, raw: bytes, outcome: Outcome) -> web.Response
         outcome.usage.tokens_in = count_tokens(call.prompt_text())
     choices = payload.get("choices") or [{}]
     outcome.finish = payload.get("stop_reason") or (choices[0] or {}).get("finish_reason")
+    if outcome.sampled:
+        outcome.answer = answer_text(payload)
     return web.Response(body=raw, content_type=JSON, headers={"x-request-id": call.request_id})
 
 

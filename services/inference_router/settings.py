@@ -20,6 +20,9 @@ class RouterSettings(ServiceSettings):
         description="Routes YAML (providers, model aliases); re-read when it changes.")
     price_book: Path = Field(default=POLICY_DIR / "pricebook.yaml")
     org_file: Path = Field(default=POLICY_DIR / "org.yaml", description="Teams, for demo keys.")
+    quality_file: Path | None = Field(
+        default=POLICY_DIR / "quality.yaml",
+        description="What share of platform endpoints' answers is sampled for quality scoring.")
     admin_token: str = Field(default="", description="Bearer token for /admin; empty: admin API off.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     max_tokens_cap: int = Field(default=32_768, ge=1, description="Largest max_tokens accepted.")

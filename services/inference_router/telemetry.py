@@ -83,6 +83,8 @@ class Outcome:
     cost: Decimal | None = None
     cost_flagged: bool = False
     pii: list[str] = field(default_factory=list)
+    sampled: bool = False  # keep the answer for quality scoring (quality.Sampler)
+    answer: str | None = None
 
 
 def start_span(call: Call, parent: Any) -> Span:

@@ -20,6 +20,7 @@ from services.inference_router import keys as keystore
 from services.inference_router.config import Route
 from services.inference_router.gateway import Gateway
 from services.inference_router.openapi import spec as openapi_spec
+from services.inference_router.quality import Sampler
 from services.inference_router.requests import ApiError, Operation, parse_call
 from services.inference_router.serve import execute
 from services.inference_router.telemetry import EndpointDemand, Outcome, RouterMetrics, finish, start_span
@@ -38,12 +39,12 @@ RouteStore = Callable[[str, Route | None], Awaitable[None]]
 class RouterApi:
     def __init__(self, *, gateway: Gateway, sink: UsageSink, metrics: Metrics, db: Database,
                  checks: dict[str, ReadinessCheck], admin_token: str, max_body_bytes: int,
-                 max_tokens_cap: int, store_route: RouteStore) -> None:
+                 max_tokens_cap: int, store_route: RouteStore, sampler: Sampler) -> None:
         self.gw, self.sink, self.metrics, self.db, self.checks = gateway, sink, metrics, db, checks
         self.router_metrics = RouterMetrics(metrics.registry)
         metrics.registry.register(EndpointDemand(gateway.routes.endpoints.demand))
         self.admin_token, self.max_body, self.max_tokens_cap = admin_token, max_body_bytes, max_tokens_cap
-        self.store_route = store_route
+        self.store_route, self.sampler = store_route, sampler
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[self._errors])
@@ -112,6 +113,7 @@ class RouterApi:
                           request_id=request_id, headers=_lower(request.headers),
                           max_tokens_cap=self.max_tokens_cap)
         outcome = Outcome(call, key.team, key.key_id, start_span(call, extract(request.headers)))
+        outcome.sampled = self.sampler.pick(call)
         admission = None
         try:
             admission = await self.gw.admit(call, key)
@@ -137,6 +139,7 @@ class RouterApi:
                     "budget": float(outcome.cost or 0)}
                 self.gw.release(admission, used=used)
             finish(outcome, metrics=self.router_metrics, sink=self.sink)
+            self.sampler.offer(outcome)
 
     async def models(self, request: web.Request) -> web.Response:
         key = await self.gw.authenticate(request.headers.get("authorization"),

@@ -10,20 +10,26 @@ from contracts import (
     EndpointDeleted,
     GpuSampled,
     InferenceCompleted,
+    InferenceSampled,
     JobCompleted,
     JobFailed,
     JobTerminated,
 )
+from services.observability_collector.drift import DriftMonitor
 from services.observability_collector.genai import Caps, GenAIMetrics, LabelCap
 from services.observability_collector.gpus import GpuGauges
 from services.observability_collector.jobs import JobStarts
+from services.observability_collector.quality import QualityJudge
 
 
 class PlatformMetrics:
-    def __init__(self, registry: CollectorRegistry, caps: Caps = Caps()) -> None:
+    def __init__(self, registry: CollectorRegistry, caps: Caps = Caps(),
+                 quality: QualityJudge | None = None) -> None:
+        self.quality = quality
         self.genai = GenAIMetrics(registry, caps)
         self.gpus = GpuGauges(registry)
         self.job_starts = JobStarts(registry)
+        self.drift = DriftMonitor(registry)
         self._dead_subject, self._dead_reason = LabelCap("subject", 200), LabelCap("reason", 50)
         self.events = Counter("aicloud_platform_events_total", "Events seen on the bus.",
                               ["subject", "tenant"], registry=registry)
@@ -51,13 +57,19 @@ class PlatformMetrics:
                 self.gpus.forget("job", event.job_id)
             elif isinstance(event, EndpointDeleted):
                 self.gpus.forget("endpoint", event.endpoint)
+                self.drift.forget(event.endpoint)
+                if self.quality is not None:
+                    self.quality.forget(event.endpoint)
+            elif isinstance(event, InferenceSampled) and self.quality is not None:
+                self.quality.offer(event)
             if isinstance(event, InferenceCompleted):
                 team, model = self.genai.observe(event)
+                self.drift.observe(event)
                 self.tokens.labels(team, model, "in").inc(event.tokens_in)
                 self.tokens.labels(team, model, "out").inc(event.tokens_out)
                 self.latency.labels(model).observe(event.latency_ms / 1000)
             else:
                 team = self.genai.team(getattr(event, "tenant", ""))
             self.events.labels(subject=subject, tenant=team).inc()
-        self.genai.flush_overflow(self._dead_subject, self._dead_reason)
+        self.genai.flush_overflow(self._dead_subject, self._dead_reason, self.drift.endpoints)
         return {}

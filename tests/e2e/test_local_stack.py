@@ -14,12 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nats
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from nats.js.api import DeliverPolicy
 
 from contracts import UsageRecorded
 
@@ -66,7 +68,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict
 
 def test_up_reports_every_component_healthy(stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
     home, components = stack
-    assert set(components) == {
+    assert set(components) - {"prometheus", "alertmanager"} == {  # those two: where installed
         "nats", "postgres", "temporal", "catalog", "quota", "provisioner", "cost-ledger",
         "inference-router", "agent-runtime", "observability-collector", "fake-llm",
     }
@@ -387,6 +389,86 @@ def _gpu_hours(team: str, hours: int, resource: str) -> UsageRecorded:
     start = datetime.now(UTC).replace(day=2, hour=0, minute=0, second=0, microsecond=0)
     return UsageRecorded(tenant=team, kind="training", resource_id=resource, gpu_type="h100-80gb",
                          gpus_requested=1, started_at=start, ended_at=start + timedelta(hours=hours))
+
+
+def test_an_error_burst_pages_through_prometheus_and_alertmanager_onto_the_bus(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    """Real Prometheus evaluates the SLO rules on the router's real counters; its fast-burn page
+    goes through real Alertmanager to the collector's webhook and onto the bus, with its runbook;
+    `aicloud slo status` shows the budget burning and the page."""
+    home, components = stack
+    if "alertmanager" not in components or "prometheus" not in components:
+        pytest.skip("needs Debian's prometheus and prometheus-alertmanager (.ci/run installs them)")
+    key = json.loads((home / "router-keys.json").read_text())["legal"]
+    router = f"{components['inference-router']['url']}/v1/chat/completions"
+    burst_until, codes = time.monotonic() + 8, []
+    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+        while time.monotonic() < burst_until:  # several scrapes see the error counter grow
+            for model in ("broken-gpt", "gpt-4o-mini"):
+                codes.append(http.post(router, json={
+                    "model": model, "messages": [{"role": "user", "content": "hi"}]}).status_code)
+            time.sleep(0.2)
+    assert 200 in codes and any(code >= 500 for code in codes), codes
+    fired = asyncio.run(_alerts_fired(str(components["nats"]["url"]), "router-availability", within_s=60))
+    assert fired["alert"] == "SLOErrorBudgetBurnFast" and fired["severity"] == "critical"
+    assert fired["labels"]["service"] == "inference-router"
+    assert fired["runbook_url"].endswith("runbooks/slos.md#router-availability")
+    status = aicloud(home, "slo", "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    row = next(r for r in found["slos"] if r["slo"] == "router-availability")
+    assert found["prometheus"]["reachable"] is True
+    assert row["error_budget_left"] < 0 and row["burn_rate_1h"] > 14.4  # a third of requests failed
+    assert "SLOErrorBudgetBurnFast" in {a["alert"] for a in row["alerts"]}
+    table = aicloud(home, "slo", "status")
+    assert "router-availability" in table.stdout and "runbook:" in table.stdout
+
+
+async def _alerts_fired(nats_url: str, slo: str, *, within_s: float) -> dict[str, Any]:
+    nc = await nats.connect(nats_url)
+    try:
+        sub = await nc.jetstream().subscribe("aicloud.alerts.fired.v1", deliver_policy=DeliverPolicy.ALL)
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=max(deadline - time.monotonic(), 0.1))
+            except nats.errors.TimeoutError:
+                break
+            event: dict[str, Any] = json.loads(msg.data)
+            if event["labels"].get("slo") == slo and event["alert"] == "SLOErrorBudgetBurnFast":
+                return event
+        raise AssertionError(f"no SLOErrorBudgetBurnFast page for {slo} on the bus within {within_s} s")
+    finally:
+        await nc.close()
+
+
+def test_the_observability_page_shows_models_slos_and_the_page_live_in_a_browser(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    """Real Chromium on /observability: the firing page and the burning SLO from the burst, the
+    models' traffic, and a model that gets traffic after the page loaded, without a reload."""
+    from playwright.sync_api import sync_playwright
+
+    home, components = stack
+    if "prometheus" not in components:
+        pytest.skip("needs Debian's prometheus (.ci/run installs it)")
+    key = json.loads((home / "router-keys.json").read_text())["legal"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(f"{components['observability-collector']['url']}/observability")
+        page.wait_for_selector("#live.on", timeout=15_000)
+        page.wait_for_selector('tr[data-slo="router-availability"].firing', timeout=30_000)
+        assert "SLOErrorBudgetBurnFast" in page.locator("#alerts").inner_text()
+        assert page.locator('#alerts a[href*="slos.md#router-availability"]').count() >= 1
+        with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+            for _ in range(5):  # a model the page has not shown yet
+                http.post(f"{components['inference-router']['url']}/v1/chat/completions",
+                          json={"model": "strict-gpt", "messages": [{"role": "user", "content": "hi"}]})
+                time.sleep(1)
+        page.wait_for_selector('tr[data-model="strict-gpt"]', timeout=30_000)
+        tokens = page.locator('tr[data-model="strict-gpt"] .tokens').inner_text()
+        assert float(tokens) > 0
+        browser.close()
 
 
 def test_the_bill_dashboard_updates_live_in_a_browser(

@@ -19,6 +19,7 @@ import httpx
 import nats
 import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from contracts import (
     EndpointDeleted,
@@ -26,8 +27,11 @@ from contracts import (
     EndpointRetired,
     EndpointScaledToZero,
     Envelope,
+    InferenceSampled,
     WakeEndpoint,
 )
+from guardrails.quality import QUALITY_FILE, load_quality
+from services.observability_collector.quality import JudgeAccess, QualityJudge
 from tests.integration.router_fixtures import ADMIN, RouterUnderTest, Usage
 
 pytestmark = pytest.mark.integration
@@ -39,6 +43,7 @@ class Replica:
     def __init__(self, name: str, socket: Path) -> None:
         self.name, self.socket = name, socket
         self.bodies: list[dict[str, Any]] = []
+        self.answer = "Paris is the capital of France."
         self._runner: web.AppRunner | None = None
 
     @property
@@ -49,6 +54,7 @@ class Replica:
         app = web.Application()
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/predict", self._predict)
+        app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.UnixSite(self._runner, str(self.socket)).start()
@@ -66,6 +72,14 @@ class Replica:
             {"object": "embedding", "index": i, "embedding": [float(len(t)), 0.25]}
             for i, t in enumerate(texts)], "usage": {"prompt_tokens": 2, "total_tokens": 2}},
             headers={"x-replica": self.name})
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        self.bodies.append(body := await request.json())
+        return web.json_response({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": self.answer}}],
+            "usage": {"prompt_tokens": 8, "completion_tokens": 6, "total_tokens": 14}})
 
     async def _predict(self, request: web.Request) -> web.Response:
         self.bodies.append(body := await request.json())
@@ -369,3 +383,52 @@ async def test_a_restarted_router_still_routes_and_still_holds_and_wakes(
     assert all(r.status_code == 200 for r in served) and a.bodies and b.bodies
     assert woken.status_code == 200 and len(sleepy.bodies) == 1
     assert [w.endpoint for w in bus.wakes] == ["sleepy"]
+
+
+async def test_sampled_answers_are_judged_through_the_router_and_the_judge_bills_platform(
+        make_router: Callable[..., Any], replicas: Any, bus: Bus, usage: Usage, tmp_path: Path,
+        nats_url: str, prefix: str) -> None:
+    """policies/quality.yaml at a sample rate of 1: every answer of a platform chat endpoint goes
+    on the bus; the collector's judge asks the fake evaluator through the router with the platform
+    team's key; the score falls as the endpoint starts refusing; the ledger's event for each
+    judgement is the platform team's, the endpoint's requests stay the caller's."""
+    quality = tmp_path / "quality.yaml"
+    quality.write_text(QUALITY_FILE.read_text().replace("sample_rate: 0.2", "sample_rate: 1.0")
+                       .replace("window: 20", "window: 3"))
+    router = await make_router(quality_file=quality)
+    router.routes_file.write_text(router.routes_file.read_text()
+                                  + "  judge:\n    targets: [{provider: openai, model: fake-judge}]\n")
+    async def has_judge() -> bool:
+        return await route_of(router, "judge") is not None
+
+    await eventually(has_judge, "the judge route loaded")
+    key, platform_key = await router.key(), await router.key(team="platform")
+    replica = await replicas("qa")
+    await bus.publish(ready("qa", replica.url, version="1", kind="chat"))
+    await targets_become(router, "qa", 1)
+    samples: list[InferenceSampled] = []
+
+    async def collect(msg: Any) -> None:
+        samples.append(InferenceSampled.model_validate_json(msg.data))
+
+    await bus.nc.subscribe(f"{prefix}.{InferenceSampled.SUBJECT}", cb=collect)
+    registry = CollectorRegistry()
+    judge = QualityJudge(registry, policy=load_quality(quality),
+                         access=JudgeAccess(router.url, lambda: platform_key))
+    scores = []
+    async with httpx.AsyncClient(base_url=router.url, timeout=30) as client:
+        for n, answer in enumerate(["Paris is the capital of France."] * 3
+                                   + ["Sorry, I cannot help with that."] * 3, start=1):
+            replica.answer = answer
+            asked = await client.post("/v1/chat/completions", headers=bearer(key), json={
+                "model": "qa", "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            assert asked.status_code == 200, asked.text
+            await eventually(lambda n=n: len(samples) >= n, f"sample {n} on the bus")
+            scores.append(await judge.judge(client, samples[-1]))
+    assert [None if s is None else round(s, 3) for s in scores] == [1.0, 1.0, 1.0, 0.667, 0.333, 0.0]
+    assert samples[0].endpoint == "qa" and samples[0].answer == "Paris is the capital of France."
+    events = await usage.wait_for(12)
+    judged = [e for e in events if e["model"] == "judge"]
+    asked_qa = [e for e in events if e["model"] == "qa"]
+    assert len(judged) == 6 and {e["tenant"] for e in judged} == {"platform"}
+    assert len(asked_qa) == 6 and {e["tenant"] for e in asked_qa} == {"legal"}

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from uuid import UUID
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from contracts import BudgetChanged, BudgetExhausted, BudgetThresholdCrossed, Envelope, UsageRecorded
 from contracts.pricebook import load_price_book
 from services.cost_ledger import handlers
 from services.cost_ledger.domain import Budget, Line, period_of
+from services.cost_ledger.metrics import LedgerMetrics
 
 pytestmark = pytest.mark.unit
 PRICES = load_price_book(Path(__file__).resolve().parents[2] / "policies" / "pricebook.yaml")
@@ -29,10 +33,10 @@ class MemoryLedger:
     alerts: set[tuple[str, str, int]] = field(default_factory=set)
     staged: list[Envelope] = field(default_factory=list)
 
-    async def append(self, lines: Sequence[Line]) -> set[tuple[str, str]]:
+    async def append(self, lines: Sequence[Line]) -> set[tuple[UUID, str, str]]:
         new = [ln for ln in lines if (ln.event_id, ln.line) not in self.lines]
         self.lines |= {(ln.event_id, ln.line): ln for ln in new}
-        return {(ln.team, period_of(ln.hour)) for ln in new}
+        return {(ln.event_id, ln.team, period_of(ln.hour)) for ln in new}
 
     async def budgets(self, *, teams: Sequence[str]) -> dict[str, Budget]:
         return {t: b for t, b in self.budget_of.items() if t in teams}
@@ -128,3 +132,52 @@ async def test_a_raised_budget_rearms_the_thresholds_the_spend_is_now_below() ->
     store.staged.clear()
     await handlers.set_budget(Budget("legal", Decimal("12")), now=now, store=store)
     assert [type(e) for e in store.staged] == [BudgetChanged, BudgetThresholdCrossed]
+
+
+async def book(store: MemoryLedger, metrics: LedgerMetrics, events: Sequence[Envelope]) -> set[UUID]:
+    _, booked = await handlers.ingest(events, prices=PRICES, teams=TEAMS,
+                                      transaction=lambda: nullcontext(store), metrics=metrics)
+    return booked
+
+
+def lag(registry: CollectorRegistry, sample: str) -> float | None:
+    return registry.get_sample_value(f"aicloud_ledger_lag_seconds_{sample}",
+                                     {"subject": UsageRecorded.SUBJECT})
+
+
+async def test_a_booked_event_is_observed_once_with_its_lag_and_a_redelivery_not_again() -> None:
+    registry = CollectorRegistry()
+    metrics, store = LedgerMetrics(registry), MemoryLedger()
+    usage = hour_of_h100(occurred_at=datetime.now(UTC) - timedelta(seconds=5))
+    assert await book(store, metrics, [usage]) == {usage.event_id}
+    assert lag(registry, "count") == 1
+    assert (lag(registry, "sum") or 0) >= 5
+    assert await book(store, metrics, [usage, usage.model_copy()]) == set()
+    assert lag(registry, "count") == 1
+
+
+async def test_copies_of_a_new_event_in_one_batch_are_observed_once() -> None:
+    registry = CollectorRegistry()
+    usage = hour_of_h100()
+    await book(MemoryLedger(), LedgerMetrics(registry), [usage, usage.model_copy()])
+    assert lag(registry, "count") == 1
+
+
+async def test_an_event_from_a_clock_ahead_of_ours_is_observed_as_no_lag() -> None:
+    registry = CollectorRegistry()
+    await book(MemoryLedger(), LedgerMetrics(registry),
+               [hour_of_h100(occurred_at=datetime.now(UTC) + timedelta(minutes=2))])
+    assert (lag(registry, "count"), lag(registry, "sum")) == (1, 0)
+
+
+async def test_a_batch_whose_commit_fails_is_not_observed() -> None:
+    @asynccontextmanager
+    async def failing_commit() -> AsyncIterator[MemoryLedger]:
+        yield MemoryLedger()
+        raise ConnectionError("connection lost at COMMIT")
+
+    registry = CollectorRegistry()
+    with pytest.raises(ConnectionError):
+        await handlers.ingest([hour_of_h100()], prices=PRICES, teams=TEAMS,
+                              transaction=failing_commit, metrics=LedgerMetrics(registry))
+    assert lag(registry, "count") == 0

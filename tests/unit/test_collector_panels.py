@@ -1,0 +1,66 @@
+"""The page's and Grafana's queries: valid PromQL (promtool), one set for both, the dashboard
+file in deploy/ in step with them; the page answers without Prometheus, saying why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from guardrails import POLICY_DIR
+from services.observability_collector.alerts import AlertBook
+from services.observability_collector.api import build_router
+from services.observability_collector.panels import (
+    DASHBOARD_FILE,
+    PANELS,
+    grafana_dashboard,
+    render_dashboard,
+)
+from services.observability_collector.slos import SloFile
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+    rules = {"groups": [{"name": "panels", "rules": [
+        {"record": f"aicloud:panel:{panel.id}", "expr": panel.query} for panel in PANELS]}]}
+    path = tmp_path / "panels.yml"
+    path.write_text(yaml.safe_dump(rules))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(PANELS)} rules found" in result.stdout
+
+
+def test_the_grafana_dashboard_in_deploy_is_built_from_the_same_queries() -> None:
+    committed = (ROOT / DASHBOARD_FILE).read_text()
+    assert committed == render_dashboard(), \
+        "regenerate it: python -m services.observability_collector.panels"
+    exprs = [panel["targets"][0]["expr"] for panel in json.loads(committed)["panels"]]
+    assert exprs == [panel.query for panel in PANELS]
+    assert grafana_dashboard()["__inputs"][0]["name"] == "DS_PROMETHEUS"
+
+
+def test_the_page_and_its_snapshot_answer_without_prometheus() -> None:
+    app = FastAPI()
+    app.include_router(build_router(book=AlertBook(bus=None), token="t",  # type: ignore[arg-type]
+                                    slos=SloFile(POLICY_DIR / "slos.yaml"), prometheus=None))
+    http = TestClient(app)
+    page = http.get("/observability")
+    assert page.status_code == 200 and "/observability/page.js" in page.text
+    assert '"router-availability"' in page.text  # the first snapshot is in the page itself
+    found = http.get("/observability/snapshot").json()
+    assert found["prometheus"]["reachable"] is False
+    assert set(found["panels"]) == {panel.id for panel in PANELS}
+    assert all(panel["rows"] == [] for panel in found["panels"].values())
+    assert http.get("/observability/page.js").headers["content-type"].startswith("text/javascript")
