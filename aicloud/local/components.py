@@ -234,6 +234,11 @@ def _alertmanager_argv(site: Site, binary: str) -> list[str]:
                                         port=site.ports["alertmanager"])
 
 
+def _prometheus_ready(component: Component, _: Ports) -> bool:
+    """Prometheus and Alertmanager both answer ``/-/ready``."""
+    return http_ok(component.url + "/-/ready")
+
+
 def _monitoring(found: monitoring.Binaries) -> list[Infra]:
     """Prometheus and Alertmanager, each where it is installed."""
     infra = []
@@ -241,18 +246,18 @@ def _monitoring(found: monitoring.Binaries) -> list[Infra]:
         binary = found.prometheus
         infra.append(Infra("prometheus", url=lambda p: f"http://127.0.0.1:{p['prometheus']}",
                            argv=lambda s: _prometheus_argv(s, binary, found.alertmanager is not None),
-                           ready=lambda c, _: http_ok(c.url + "/-/ready")))
+                           ready=_prometheus_ready))
     if found.alertmanager is not None:
         manager = found.alertmanager
         infra.append(Infra("alertmanager", url=lambda p: f"http://127.0.0.1:{p['alertmanager']}",
                            argv=lambda s: _alertmanager_argv(s, manager),
-                           ready=lambda c, _: http_ok(c.url + "/-/ready")))
+                           ready=_prometheus_ready))
     return infra
 
 
 MONITORING = ("prometheus", "alertmanager")
 _READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)} | {
-    name: lambda c, _: http_ok(c.url + "/-/ready") for name in MONITORING}
+    name: _prometheus_ready for name in MONITORING}
 
 
 def _ray_ready(dashboard: str) -> bool:

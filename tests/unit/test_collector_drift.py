@@ -8,8 +8,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from guardrails.model_alerts import model_alert_rules
 from services.observability_collector.drift import DRIFT_THRESHOLD, DriftMonitor, endpoint_of, psi
 from services.observability_collector.genai import OTHER
 from services.observability_collector.handlers import PlatformMetrics
+from tests.unit.conftest import run_promtool
 
 pytestmark = pytest.mark.unit
 
@@ -172,23 +171,10 @@ def test_observe_keeps_up_with_the_collectors_event_rate() -> None:
 
 
 @pytest.fixture
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    return found
-
-
-@pytest.fixture
 def rules_file(tmp_path: Path) -> Path:
     path = tmp_path / "model-rules.yaml"
     path.write_text(yaml.safe_dump(model_alert_rules(), sort_keys=False))
     return path
-
-
-def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool, *map(str, args)], capture_output=True, text=True, timeout=120,
-                          check=False)
 
 
 def test_the_model_rules_pass_promtool_check_rules(promtool: str, rules_file: Path) -> None:

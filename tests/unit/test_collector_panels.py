@@ -4,8 +4,6 @@ file in deploy/ in step with them; the page answers without Prometheus, saying w
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,21 +21,18 @@ from services.observability_collector.panels import (
     render_dashboard,
 )
 from services.observability_collector.slos import SloFile
+from tests.unit.conftest import run_promtool
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+def test_every_panel_query_is_valid_promql(promtool: str, tmp_path: Path) -> None:
     rules = {"groups": [{"name": "panels", "rules": [
         {"record": f"aicloud:panel:{panel.id}", "expr": panel.query} for panel in PANELS]}]}
     path = tmp_path / "panels.yml"
     path.write_text(yaml.safe_dump(rules))
-    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = run_promtool(promtool, "check", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(PANELS)} rules found" in result.stdout
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from services.inference_router.quality import Sampler, answer_text
 from services.inference_router.requests import parse_call
 from services.inference_router.telemetry import Outcome
 from services.observability_collector.quality import JudgeAccess, QualityJudge
+from tests.unit.conftest import run_promtool
 
 pytestmark = pytest.mark.unit
 SCORE = "aicloud_endpoint_quality_score"
@@ -157,10 +156,7 @@ def test_the_judge_without_a_key_or_room_drops_and_counts() -> None:
     assert len(judge.windows) == 500  # the endpoint label cap: the rest are not tracked
 
 
-def test_a_quality_below_the_threshold_for_five_minutes_opens_a_ticket(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+def test_a_quality_below_the_threshold_for_five_minutes_opens_a_ticket(promtool: str, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(model_alert_rules(quality_threshold=0.6), sort_keys=False))
     poor = f'{SCORE}{{endpoint="qa",version="2",instance="c"}}'
@@ -178,6 +174,5 @@ def test_a_quality_below_the_threshold_for_five_minutes_opens_a_ticket(tmp_path:
                     "description": "The evaluator model's mean score of the recent sampled answers "
                                    "of qa 2 is 0.25 (below 0.6 for 5m; 1 is best).",
                     "runbook_url": "docs/runbooks/models.md#endpoint-quality-low"}}]}]}]}))
-    result = subprocess.run([promtool, "test", "rules", str(spec)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = run_promtool(promtool, "test", "rules", spec)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -4,8 +4,6 @@ stay quiet inside the budget; a broken file is refused and the last good rules k
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from guardrails.slo import (
     load_slos,
     write_rules,
 )
+from tests.unit.conftest import run_promtool
 
 pytestmark = pytest.mark.unit
 
@@ -35,21 +34,8 @@ ROUTER_ERROR = 'aicloud_router_requests_total{status="error",team="legal",model=
 
 
 @pytest.fixture
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
-    return found
-
-
-@pytest.fixture
 def rules_file(tmp_path: Path) -> Path:
     return write_rules(build_rules(load_slos(SLOS)), tmp_path / "slo-rules.yaml")
-
-
-def run_promtool(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool, *map(str, args)], capture_output=True, text=True, timeout=120,
-                          check=False)
 
 
 def alert(rules: Path, slo: str, alertname: str) -> dict[str, Any]:
