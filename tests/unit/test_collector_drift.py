@@ -21,7 +21,7 @@ from guardrails.model_alerts import model_alert_rules
 from services.observability_collector.drift import DRIFT_THRESHOLD, DriftMonitor, endpoint_of, psi
 from services.observability_collector.genai import OTHER
 from services.observability_collector.handlers import PlatformMetrics
-from tests.unit.conftest import run_promtool
+from tests.unit.promtool_fixtures import run_promtool
 
 pytestmark = pytest.mark.unit
 

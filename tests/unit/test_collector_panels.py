@@ -21,7 +21,7 @@ from services.observability_collector.panels import (
     render_dashboard,
 )
 from services.observability_collector.slos import SloFile
-from tests.unit.conftest import run_promtool
+from tests.unit.promtool_fixtures import run_promtool
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

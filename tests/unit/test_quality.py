@@ -23,7 +23,7 @@ from services.inference_router.quality import Sampler, answer_text
 from services.inference_router.requests import parse_call
 from services.inference_router.telemetry import Outcome
 from services.observability_collector.quality import JudgeAccess, QualityJudge
-from tests.unit.conftest import run_promtool
+from tests.unit.promtool_fixtures import run_promtool
 
 pytestmark = pytest.mark.unit
 SCORE = "aicloud_endpoint_quality_score"

@@ -23,7 +23,7 @@ from guardrails.slo import (
     load_slos,
     write_rules,
 )
-from tests.unit.conftest import run_promtool
+from tests.unit.promtool_fixtures import run_promtool
 
 pytestmark = pytest.mark.unit
 

@@ -1,0 +1,1 @@
+from tests.unit.promtool_fixtures import promtool  # noqa: F401  (the fixture)
