@@ -30,7 +30,7 @@ class CapacityWatcher(Watcher):
     def __init__(self, view: Callable[[], Awaitable[ClusterView]],
                  publish: Callable[[ClusterCapacityChanged], Awaitable[None]], *,
                  refresh_s: float = REFRESH_S) -> None:
-        super().__init__(signal=_no_signal)
+        super().__init__()
         self._view, self._publish, self._refresh_s = view, publish, refresh_s
         self._last: list[GpuPoolCapacity] | None = None
         self._last_at = 0.0
@@ -65,7 +65,3 @@ class CapacityWatcher(Watcher):
             observed_at=datetime.now(UTC), pools=self._last, reachable=False))
         log.warning("cluster.unreachable", engine=self._engine, address=self._address, error=str(exc))
         self._reachable = False
-
-
-async def _no_signal(workflow_id: str, name: str, arg: object) -> None:
-    raise AssertionError("the capacity watcher signals no workflow")

@@ -18,6 +18,7 @@ from services.provisioner import recovery
 from services.provisioner.backends.ray import RayBackend
 from services.provisioner.bootstrap import Ports
 from services.provisioner.capacity import CapacityWatcher
+from services.provisioner.endpoints.gpus import ReplicaGpuWatcher
 from services.provisioner.endpoints.serving import hub
 from services.provisioner.endpoints.watch import EndpointWatcher
 from services.provisioner.notebooks.watch import NotebookWatcher
@@ -34,7 +35,8 @@ class Lifecycle:
         self._worker: BackgroundWorker | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._watchers: list[Watcher] = [EndpointWatcher(ports.fleet, self._signal),
-                                         NotebookWatcher(ports.notebooks, self._signal)]
+                                         NotebookWatcher(ports.notebooks, self._signal),
+                                         ReplicaGpuWatcher(ports.fleet, ports.bus.publish)]
         if isinstance(ports.backend, RayBackend):  # quota admits against the engine's GPUs
             self._watchers.append(CapacityWatcher(ports.backend.nodes, ports.bus.publish))
 

@@ -23,8 +23,9 @@ class Watcher:
     NAME = "watcher"
     POLL_S = POLL_S
 
-    def __init__(self, signal: Signal) -> None:
-        self._signal = signal
+    def __init__(self, signal: Signal | None = None) -> None:
+        """``signal``: how it tells workflows; a watcher that only publishes has none."""
+        self._signal = signal or _no_signal
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,3 +47,7 @@ class Watcher:
             except Exception:  # a watcher must outlive any one bad poll
                 log.exception("watch_failed", watcher=self.NAME)
             await asyncio.sleep(self.POLL_S)
+
+
+async def _no_signal(workflow_id: str, name: str, arg: Any) -> None:
+    raise TypeError(f"this watcher was given no way to signal workflows ({name} to {workflow_id})")

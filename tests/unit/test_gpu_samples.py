@@ -4,6 +4,7 @@ ends. No GPU here: the samples are NVML readings as ``services.kit.gpu`` returns
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -126,3 +127,64 @@ async def test_a_running_job_publishes_its_gpus_and_a_job_without_gpus_publishes
     await activities._report_gpus(request, FakeJob([]))  # type: ignore[arg-type]
     [event] = bus.sent
     assert isinstance(event, GpuSampled) and event.workload_id == "train-2" and event.devices[0].index == 0
+
+
+class FakeReplica:
+    def __init__(self, pid: int, team: str, *, alive: bool = True) -> None:
+        self.pid, self.team, self._alive = pid, team, alive
+
+    def alive(self) -> bool:
+        return self._alive
+
+
+async def test_an_endpoints_replicas_report_the_devices_they_hold_and_a_cpu_endpoint_reports_none() -> None:
+    from contracts import EndpointDeleted
+    from services.provisioner.endpoints.fleet import Fleet
+    from services.provisioner.endpoints.gpus import ReplicaGpuWatcher
+
+    cpu_server = await asyncio.create_subprocess_exec("sleep", "30")
+    try:
+        fleet = Fleet(replicas={
+            "r1": ("chat", FakeReplica(os.getpid(), "legal")),  # type: ignore[dict-item]
+            "r2": ("chat", FakeReplica(os.getpid(), "legal")),  # type: ignore[dict-item]
+            "r3": ("embed", FakeReplica(cpu_server.pid, "search")),  # type: ignore[dict-item]
+            "r4": ("gone", FakeReplica(999_999_999, "legal", alive=False)),  # type: ignore[dict-item]
+        })
+        asked: list[set[int]] = []
+
+        def read(pids: Any) -> list[GpuSample]:
+            asked.append(set(pids))
+            return [reading(0, 20, processes=(ProcessMemory(pid=os.getpid(), memory_used_bytes=12 * GIB),)),
+                    reading(1, 3, pid_gib=None),
+                    reading(2, 5, processes=(ProcessMemory(pid=1, memory_used_bytes=GIB),))]
+
+        bus = FakeBus()
+        await ReplicaGpuWatcher(fleet, bus.publish, read=read).poll()
+        # one NVML read for every live replica's processes; the dead replica is not asked about
+        assert len(asked) == 1 and {os.getpid(), cpu_server.pid} <= asked[0]
+        [event] = bus.sent  # the CPU endpoint holds nothing on any device: no sample
+        assert (event.workload, event.workload_id, event.tenant) == ("endpoint", "chat", "legal")
+        assert [(d.index, d.process_memory_bytes) for d in event.devices] == [(0, 12 * GIB)]
+
+        registry = CollectorRegistry()
+        metrics = PlatformMetrics(registry)
+        await metrics.on_events([event])
+        labels = {"job": "", "endpoint": "chat", "team": "legal", "gpu": "0", "UUID": "GPU-0000",
+                  "modelName": "NVIDIA H200"}
+        assert registry.get_sample_value("DCGM_FI_DEV_FB_USED", labels) == 20 * 1024
+        await metrics.on_events([EndpointDeleted(tenant="legal", endpoint="chat")])
+        assert registry.get_sample_value("DCGM_FI_DEV_FB_USED", labels) is None
+    finally:
+        cpu_server.kill()
+        await cpu_server.wait()
+
+
+async def test_no_gpu_on_the_node_means_no_endpoint_sample() -> None:
+    from services.provisioner.endpoints.fleet import Fleet
+    from services.provisioner.endpoints.gpus import ReplicaGpuWatcher
+
+    fleet = Fleet(replicas={"r1": ("chat", FakeReplica(os.getpid(), "legal"))})  # type: ignore[dict-item]
+    bus = FakeBus()
+    await ReplicaGpuWatcher(fleet, bus.publish, read=lambda pids: []).poll()
+    await ReplicaGpuWatcher(Fleet(), bus.publish, read=lambda pids: [reading(0, pid_gib=1)]).poll()
+    assert bus.sent == []

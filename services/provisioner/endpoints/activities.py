@@ -114,6 +114,7 @@ class EndpointActivities:
             replica = await heartbeating(start_replica(
                 self._sandbox, replica_id=start.replica_id, model_dir=Path(start.model_dir),
                 name=start.endpoint, root=self._root))
+            replica.team = start.team
             self.fleet.replicas[start.replica_id] = (start.endpoint, replica)
         log.info("endpoint.replica_started", endpoint=start.endpoint, version=start.version,
                  replica=start.replica_id, isolation=str(self._sandbox.isolation))

@@ -49,6 +49,7 @@ class Replica:
         self.container_id = CONTAINER_PREFIX + replica_id
         self.folder = folder
         self.kind = ""
+        self.team = ""  # whose endpoint it serves: its GPU samples are labelled with it
         self._sandbox = sandbox
         self._proc = proc
         self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket_path)))
