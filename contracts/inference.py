@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
@@ -35,6 +35,9 @@ class InferenceCompleted(Event):
     error: str | None = Field(default=None, max_length=2000, description="Why it was not ok.")
     pii_findings: list[str] = Field(
         default_factory=list, description="Kinds of personal data found in the prompt (never the data).")
+    embedding_sketch: list[Annotated[float, Field(ge=-1, le=1, allow_inf_nan=False)]] | None = Field(
+        default=None, max_length=8, description="A platform embedding endpoint's answer projected on "
+        "fixed random directions (the router's sketch.py): watched for input drift, never the input.")
 
 
 class InferenceSampled(Event):

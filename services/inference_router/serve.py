@@ -20,9 +20,10 @@ from aiohttp import web
 from services.inference_router import wire
 from services.inference_router.gateway import Admission, Gateway, upstream_failure
 from services.inference_router.providers import UpstreamError
-from services.inference_router.quality import answer_text
+from services.inference_router.quality import PLATFORM, answer_text
 from services.inference_router.requests import Call
 from services.inference_router.routing import Step
+from services.inference_router.sketch import embedding_sketch
 from services.inference_router.telemetry import Outcome
 from services.inference_router.usage import count_tokens
 
@@ -127,6 +128,8 @@ def _whole(call: Call, step: Step, raw: bytes, outcome: Outcome) -> web.Response
     outcome.finish = payload.get("stop_reason") or (choices[0] or {}).get("finish_reason")
     if outcome.sampled:
         outcome.answer = answer_text(payload)
+    if call.operation == "embeddings" and outcome.target.startswith(PLATFORM):
+        outcome.embedding_sketch = embedding_sketch(payload)
     return web.Response(body=raw, content_type=JSON, headers={"x-request-id": call.request_id})
 
 

@@ -85,6 +85,7 @@ class Outcome:
     pii: list[str] = field(default_factory=list)
     sampled: bool = False  # keep the answer for quality scoring (quality.Sampler)
     answer: str | None = None
+    embedding_sketch: list[float] | None = None  # a platform embedding endpoint's (sketch.py)
 
 
 def start_span(call: Call, parent: Any) -> Span:
@@ -135,4 +136,5 @@ def finish(outcome: Outcome, *, metrics: RouterMetrics, sink: UsageSink) -> None
         ttft_ms=round(ttft * 1000, 3) if ttft is not None else None, status=outcome.status,
         cost_usd=outcome.cost, cost_flagged=outcome.cost_flagged, operation=call.operation,
         stream=call.stream, user=call.user,
-        error=(outcome.error or '')[:2000] or None, pii_findings=outcome.pii))
+        error=(outcome.error or '')[:2000] or None, pii_findings=outcome.pii,
+        embedding_sketch=outcome.embedding_sketch))

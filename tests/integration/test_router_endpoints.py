@@ -31,6 +31,7 @@ from contracts import (
     WakeEndpoint,
 )
 from guardrails.quality import QUALITY_FILE, load_quality
+from services.inference_router.sketch import embedding_sketch
 from services.observability_collector.quality import JudgeAccess, QualityJudge
 from tests.integration.router_fixtures import ADMIN, RouterUnderTest, Usage
 
@@ -188,6 +189,9 @@ async def test_embeddings_reach_replicas_over_unix_sockets_in_turn(
     events = await usage.wait_for(10)
     assert {(e["status"], e["operation"], e["target"], e["cost_usd"]) for e in events} == {
         ("ok", "embeddings", "platform/embedder/1/embedder", "0")}
+    # what the collector watches for drift: a sketch of the vectors, never the input
+    sketch = embedding_sketch(answers[0].json())
+    assert sketch is not None and {tuple(e["embedding_sketch"]) for e in events} == {tuple(sketch)}
 
 
 async def test_a_dead_replica_is_retried_on_the_next(
