@@ -46,6 +46,8 @@ function render(s) {
     <td>${esc(g.team)}</td><td>${esc(g.gpu)}</td><td class="num">${num(g.value, 0)}</td></tr>`);
   rows("drift", s.panels.drift.rows, (d) => `<tr class="${d.value > 0.2 ? "firing" : ""}">
     <td>${esc(d.endpoint)}</td><td>${esc(d.feature)}</td><td class="num">${num(d.value, 3)}</td></tr>`);
+  rows("quality", s.panels.quality.rows, (q) => `<tr data-endpoint="${esc(q.endpoint)}"><td>${esc(q.endpoint)}</td>
+    <td>${esc(q.version)}</td><td class="num">${num(q.value, 2)}</td></tr>`);
   document.getElementById("status").textContent = `updated ${new Date(s.generated_at).toLocaleTimeString()}`;
 }
 

@@ -28,7 +28,8 @@ async def snapshot(*, prometheus: Prometheus | None, slos: SloFile, book: AlertB
             if isinstance(answer, BaseException):
                 panels[panel.id]["error"] = f"{type(answer).__name__}: {answer}"[:300]
                 continue
-            ranked = sorted(answer, key=lambda sample: -sample[1])[:MAX_ROWS]
+            ranked = sorted(answer, key=lambda sample: sample[1] if panel.lowest_first else -sample[1])
+            ranked = ranked[:MAX_ROWS]
             panels[panel.id]["rows"] = [{**{label: labels.get(label, "") for label in panel.by},
                                          "value": value} for labels, value in ranked]
     return {"generated_at": datetime.now(UTC).isoformat(), "panels": panels, **standing}

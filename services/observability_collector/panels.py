@@ -24,6 +24,7 @@ class Panel:
     query: str
     unit: str  # Grafana's unit id
     by: tuple[str, ...]  # the labels that name a row
+    lowest_first: bool = False  # the page's order: where low is bad (quality), the worst first
 
 
 def _quantile(q: float, histogram: str, by: str, extra: str = "") -> str:
@@ -53,6 +54,9 @@ PANELS: tuple[Panel, ...] = (
           "\"exported_job\", \"(.+)\"))", "percent", ("job_id", "endpoint", "team")),
     Panel("drift", "Input drift (PSI), by endpoint",
           "max by (endpoint, feature) (aicloud_endpoint_drift_score)", "short", ("endpoint", "feature")),
+    Panel("quality", "Answer quality (judged, 0..1), by endpoint and version",
+          "min by (endpoint, version) (aicloud_endpoint_quality_score)", "percentunit",
+          ("endpoint", "version"), lowest_first=True),
     Panel("error_budget_burn_1h", "Error budget burn rate over 1 h, by SLO",
           "max by (slo, service) (slo:sli_error:ratio_rate1h)", "percentunit", ("slo", "service")),
 )

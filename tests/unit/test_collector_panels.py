@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -14,13 +15,14 @@ from fastapi.testclient import TestClient
 from guardrails import POLICY_DIR
 from services.observability_collector.alerts import AlertBook
 from services.observability_collector.api import build_router
+from services.observability_collector.page import snapshot
 from services.observability_collector.panels import (
     DASHBOARD_FILE,
     PANELS,
     grafana_dashboard,
     render_dashboard,
 )
-from services.observability_collector.slos import SloFile
+from services.observability_collector.slos import Prometheus, SloFile
 from tests.unit.promtool_fixtures import run_promtool
 
 pytestmark = pytest.mark.unit
@@ -59,3 +61,19 @@ def test_the_page_and_its_snapshot_answer_without_prometheus() -> None:
     assert set(found["panels"]) == {panel.id for panel in PANELS}
     assert all(panel["rows"] == [] for panel in found["panels"].values())
     assert http.get("/observability/page.js").headers["content-type"].startswith("text/javascript")
+
+
+class CannedPrometheus(Prometheus):
+    """Answers every query with the same three series, as Prometheus' API would decode them."""
+
+    async def vector(self, client: Any, query: str) -> list[tuple[dict[str, str], float]]:
+        return [({"endpoint": name, "version": "1", "feature": "input_tokens"}, value)
+                for name, value in (("mid", 0.5), ("low", 0.2), ("high", 0.9))]
+
+
+async def test_the_page_shows_the_worst_first_low_quality_but_high_drift() -> None:
+    found = await snapshot(prometheus=CannedPrometheus("http://unused"), book=AlertBook(bus=None),  # type: ignore[arg-type]
+                           slos=SloFile(POLICY_DIR / "slos.yaml"))
+    assert [r["endpoint"] for r in found["panels"]["quality"]["rows"]] == ["low", "mid", "high"]
+    assert [r["endpoint"] for r in found["panels"]["drift"]["rows"]] == ["high", "mid", "low"]
+    assert found["panels"]["quality"]["rows"][0] == {"endpoint": "low", "version": "1", "value": 0.2}
