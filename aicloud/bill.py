@@ -49,7 +49,8 @@ def bill(
         writer.writeheader()
         writer.writerows(rows)
     else:
-        emit([{**r, "usd": f"${r['usd']:,.2f}"} for r in rows], fmt=Format.table, columns=columns)
+        emit([{**r, "usd": f"${r['usd']:,.2f}"} for r in rows], fmt=Format.table, columns=columns,
+             empty="No spend in this period.")
         console.print(f"team {found['team']}, {found['from'][:10]} to {found['to'][:10]}: "
                       f"[bold]${Decimal(found['total_usd']):,.2f}[/]")
         if found["flagged"]:
@@ -81,4 +82,5 @@ def list_budgets(
 ) -> None:
     """Every team's budget."""
     emit(admin_call(LEDGER, "GET", "/v1/budgets"), fmt=output,
-         columns=("team", "budget_id", "amount_usd", "thresholds", "action"))
+         columns=("team", "budget_id", "amount_usd", "thresholds", "action"),
+         empty="No budgets set. Set one: aicloud budgets set --team TEAM --amount USD")

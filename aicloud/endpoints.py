@@ -120,7 +120,8 @@ def follow_endpoint(
 @endpoints_app.command("list")
 def list_endpoints(team: Team = None, output: Output = Format.table) -> None:
     """Your team's endpoints."""
-    emit(_call(_client(team), "GET", "/v1/endpoints"), fmt=output, columns=ENDPOINT_COLUMNS)
+    emit(_call(_client(team), "GET", "/v1/endpoints"), fmt=output, columns=ENDPOINT_COLUMNS,
+         empty="No endpoints yet. Serve a model: aicloud deploy model --name MODEL --version N")
 
 
 @endpoints_app.command("get")
@@ -223,7 +224,8 @@ def create_notebook(
 
 @notebooks_app.command("list")
 def list_notebooks(team: Team = None, output: Output = Format.table) -> None:
-    emit(_call(_client(team), "GET", "/v1/notebooks"), fmt=output, columns=NOTEBOOK_COLUMNS)
+    emit(_call(_client(team), "GET", "/v1/notebooks"), fmt=output, columns=NOTEBOOK_COLUMNS,
+         empty="No notebooks. Open one: aicloud create notebook")
 
 
 @notebooks_app.command("get")

@@ -166,7 +166,7 @@ def list_jobs(team: Team = None, output: Output = Format.table,
               limit: Annotated[int, typer.Option(min=1, max=500)] = 50) -> None:
     """Your team's most recent jobs."""
     emit(_call(_client(team), "GET", "/v1/jobs", params={"limit": limit}), fmt=output,
-         columns=COLUMNS)
+         columns=COLUMNS, empty="No jobs yet. Start one: aicloud create job --gpus 1 -- python3 train.py")
 
 
 @jobs_app.command("get")
@@ -269,7 +269,8 @@ def job_logs(
 def list_models(team: Team = None, output: Output = Format.table) -> None:
     """Your team's models."""
     emit(_call(_client(team), "GET", "/v1/models"), fmt=output,
-         columns=("name", "latest_version", "versions", "updated_at"))
+         columns=("name", "latest_version", "versions", "updated_at"),
+         empty="No models yet: a job registers one with aicloud create job --model-name NAME ...")
 
 
 @models_app.command("get")

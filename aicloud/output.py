@@ -22,9 +22,14 @@ class Format(enum.StrEnum):
 
 
 def emit(rows: Sequence[dict[str, Any]] | dict[str, Any], *, fmt: Format,
-         columns: Sequence[str]) -> None:
+         columns: Sequence[str], empty: str = "") -> None:
+    """``empty``: what a table says instead of a bare header when there are no rows (a new
+    user's first look); JSON is always the plain (empty) list."""
     if fmt is Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if empty and not rows:
+        console.print(escape(empty), highlight=False, soft_wrap=True)
         return
     table = Table(*columns, show_edge=False, header_style="bold")
     for row in [rows] if isinstance(rows, dict) else rows:

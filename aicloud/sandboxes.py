@@ -64,7 +64,8 @@ def create(
 @app.command("list")
 def list_(team: Team = None, output: Output = Format.table) -> None:
     """Your team's running sandboxes."""
-    emit(_with_client(team, lambda c: c.list()), fmt=output, columns=COLUMNS)
+    emit(_with_client(team, lambda c: c.list()), fmt=output, columns=COLUMNS,
+         empty="No sandboxes. Create one: aicloud sandboxes create --template python")
 
 
 @app.command("get")

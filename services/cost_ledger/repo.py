@@ -148,7 +148,8 @@ async def spend(session: AsyncSession, *, start: datetime, end: datetime, by: Se
     rows = await session.execute(text(
         f"SELECT {', '.join([*keys, 'sum(usd) AS usd', f'sum({gpu}) AS gpu_seconds'])}"
         f" FROM {table} WHERE {bounds} AND (CAST(:team AS text) IS NULL OR team = :team)"
-        + (f" GROUP BY {', '.join(names)}" if names else "")
+        # ungrouped, an empty window is one row of NULL sums: no row, as with a breakdown
+        + (f" GROUP BY {', '.join(names)}" if names else " HAVING count(*) > 0")
         + f" ORDER BY {'bucket, ' if step else ''}usd DESC"),
         {"start": start, "end": end, "team": team})
     return [dict(r._mapping) for r in rows]

@@ -87,6 +87,45 @@ def test_up_reports_every_component_healthy(stack: tuple[Path, dict[str, dict[st
     assert "temporal" in httpx.get(f"{components['provisioner']['url']}/readyz").json()["checks"]
 
 
+# Every read a new user tries first, on a brand-new stack: (command, whether its JSON is the empty
+# list of things that user made). Run before any test creates anything.
+EMPTY_READS: list[tuple[tuple[str, ...], bool]] = [
+    (("jobs", "list"), True), (("models", "list"), True), (("endpoints", "list"), True),
+    (("notebooks", "list"), True), (("sandboxes", "list"), True), (("sandboxes", "templates"), False),
+    (("catalog", "list"), False), (("router", "keys", "list"), False), (("router", "routes"), False),
+    (("budgets", "list"), False), (("bill",), False), (("bill", "--by", "model", "--step", "day"), False),
+    (("cluster",), False), (("slo", "status"), False), (("dev", "status"), False),
+]
+
+
+def test_every_read_on_a_brand_new_stack_answers_empty_never_an_error(
+        stack: tuple[Path, dict[str, dict[str, object]]]) -> None:
+    home, _ = stack
+
+    def read(args: tuple[str, ...]) -> tuple[tuple[str, ...], subprocess.CompletedProcess[str]]:
+        return args, aicloud(home, *args)
+
+    runs = [(*command, *output) for command, _ in EMPTY_READS for output in ((), ("-o", "json"))]
+    with ThreadPoolExecutor(4) as pool:
+        results = dict(pool.map(read, runs))
+    for args, result in results.items():
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+    for command, user_made in EMPTY_READS:
+        found = json.loads(results[(*command, "-o", "json")].stdout)
+        if user_made:
+            lists = [found] if isinstance(found, list) else [v for v in found.values() if isinstance(v, list)]
+            assert lists == [[]], (command, found)
+        text = results[command].stdout.strip()
+        assert text.startswith("No ") if user_made else text, (command, text)  # says so, with what to do
+    # what a user gets for something that does not exist: one line naming it, exit 1, no trace
+    missing = [("jobs", "get", "nope-1"), ("models", "get", "nope"), ("endpoints", "get", "nope"),
+               ("notebooks", "get", "nope"), ("sandboxes", "get", "sb-nope"), ("agents", "get", "run-nope")]
+    for command in missing:
+        result = aicloud(home, *command)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, (command, result.stderr[-2000:])
+        assert "nope" in result.stderr + result.stdout, (command, result.stderr)
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -127,6 +127,16 @@ async def test_the_bill_is_exact_to_the_cent_and_duplicates_charge_nothing(
     assert sum(Decimal(r["usd"]) for r in daily["rows"]) == Decimal(found["total_usd"])
 
 
+async def test_a_ledger_with_nothing_in_it_bills_zero_in_every_shape(ledger: Service) -> None:
+    """A brand-new platform's bill: empty rows and 0, never a server error (it was a 500)."""
+    for params in ({}, {"by": "model"}, {"step": "day"}, {"team": "legal"},
+                   {"team": "legal", "from": "2026-11-01", "to": "2026-12-01"},
+                   {"from": "2026-11-01T03:00:00Z", "to": "2026-11-01T05:00:00Z", "by": "user_id"}):
+        found = await api(ledger, "GET", "/internal/spend", params=params)
+        assert found.status_code == 200, (params, found.text)
+        assert found.json()["rows"] == [] and Decimal(found.json()["total_usd"]) == 0, params
+
+
 async def _equals(value: Any, expected: Any) -> bool:
     return await value == expected
 
