@@ -235,6 +235,6 @@ async def test_a_ray_job_the_cluster_deleted_is_a_lost_node_and_stopping_it_is_h
     await asyncio.sleep(1)  # the backend's shared view of its jobs is read again (JobStates)
     # Either the job is gone, or Ray's job monitor, outliving the delete, wrote it back as
     # "Job supervisor actor died" (entrypoint "Entrypoint not found."): a lost node both ways
-    with pytest.raises(NodeLost, match="no longer exists on the cluster|its node was lost"):
+    with pytest.raises(NodeLost, match=r"no longer exists on the cluster|its node was lost"):
         await job.wait()
     assert await job.stop(grace_period_s=1) == -15
