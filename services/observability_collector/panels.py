@@ -3,7 +3,9 @@
 
 The collector's GenAI histograms share names with the router's own; the collector's carry
 ``error_type`` and no ``status``, and PromQL's ``status=""`` matches a series without the label:
-that picks the collector's, which also cover every provider and team.
+that picks the collector's, which also cover every provider and team. The router's token counts
+name the model ``model``, the collector's ``gen_ai_request_model``: a non-empty one picks the
+collector's again.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _quantile(q: float, histogram: str, by: str, extra: str = "") -> str:
 MODEL = "gen_ai_request_model"
 PANELS: tuple[Panel, ...] = (
     Panel("tokens_per_s", "Tokens per second, by model",
-          f"sum by ({MODEL}) (rate(gen_ai_client_token_usage_sum[1m]))", "short", (MODEL,)),
+          f"sum by ({MODEL}) (rate(gen_ai_client_token_usage_sum{{{MODEL}!=\"\"}}[1m]))", "short", (MODEL,)),
     Panel("requests_per_s", "Requests per second, by model",
           f"sum by ({MODEL}) (rate(gen_ai_client_operation_duration_seconds_count{{{COLLECTOR}}}[1m]))",
           "reqps", (MODEL,)),
