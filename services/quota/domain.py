@@ -142,8 +142,8 @@ def decide_gpus(*, team: str, requested: int, in_use: int, quota: int,
     if fits_team and busy is not None:
         return QuotaDecision(Outcome.QUEUE, (CAPACITY_POLICY,), busy)
     if fits_team and queued_ahead == 0:
-        return QuotaDecision(Outcome.ADMIT, ids,
-                             f"team {team} uses {in_use} of {quota} GPUs; {requested} more fit")
+        needs = f"this job's {requested} fit" if requested else "this job needs none"
+        return QuotaDecision(Outcome.ADMIT, ids, f"team {team} uses {in_use} of {quota} GPUs; {needs}")
     free = max(quota - in_use, 0)
     return QuotaDecision(
         Outcome.QUEUE, ids,

@@ -163,7 +163,7 @@ async def test_quota_queues_fifo_admits_when_capacity_frees_and_never_drifts(
     first = await request("q-a", 3)
     a = await admitted()
     assert a.job_id == "q-a" and a.policy_ids == ["jobs.allow-submit", "quota.gpu-per-team"]
-    assert a.reason == "team legal uses 0 of 4 GPUs; 3 more fit"
+    assert a.reason == "team legal uses 0 of 4 GPUs; this job's 3 fit"
     await request("q-b", 2)
     b = await queued()
     assert (b.job_id, b.position) == ("q-b", 1) and "1 free, 2 needed" in b.reason

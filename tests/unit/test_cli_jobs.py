@@ -74,8 +74,8 @@ def test_a_job_past_its_decision_without_one_in_its_history_was_admitted() -> No
 
 
 def test_an_admitted_job_says_so_with_quotas_reason_and_where_it_is_now() -> None:
-    assert decision_line(job("admitted", ("admitted", "team legal uses 0 of 8 GPUs; 1 more fit"))) == (
-        "job j-1 admitted: team legal uses 0 of 8 GPUs; 1 more fit")
+    assert decision_line(job("admitted", ("admitted", "team legal uses 0 of 8 GPUs; this job's 1 fit"))) == (
+        "job j-1 admitted: team legal uses 0 of 8 GPUs; this job's 1 fit")
     assert decision_line(job("running", ("admitted", "fits"), ("running", ""))) == (
         "job j-1 admitted (now running): fits")
 

@@ -13,7 +13,9 @@ pytestmark = pytest.mark.unit
 
 def test_gpu_quota_admits_queues_or_rejects_with_a_reason() -> None:
     ok = decide_gpus(team="legal", requested=2, in_use=4, quota=8)
-    assert ok.outcome is Outcome.ADMIT and "2 more fit" in ok.reason
+    assert ok.outcome is Outcome.ADMIT and ok.reason == "team legal uses 4 of 8 GPUs; this job's 2 fit"
+    cpu = decide_gpus(team="legal", requested=0, in_use=8, quota=8)
+    assert cpu.outcome is Outcome.ADMIT and cpu.reason.endswith("this job needs none")
     wait = decide_gpus(team="legal", requested=4, in_use=6, quota=8)
     assert wait.outcome is Outcome.QUEUE and "2 free, 4 needed" in wait.reason
     fifo = decide_gpus(team="legal", requested=1, in_use=6, quota=8, queued_ahead=1)
