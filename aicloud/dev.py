@@ -11,7 +11,7 @@ from typing import Annotated
 import httpx
 import typer
 
-from aicloud.local.components import ENGINES
+from aicloud.local.components import ENGINES, NATS_CLUSTER_SIZES
 from aicloud.local.servers import MissingBinary
 from aicloud.local.stack import Stack, default_home
 from aicloud.local.supervisor import StackError
@@ -30,11 +30,17 @@ def up(
     engine: Annotated[str, typer.Option(help="Where jobs run: local (sandboxed processes on this "
                                         "machine) or ray (also starts a Ray cluster: a head and "
                                         "two worker nodes with simulated GPUs).")] = "local",
+    nats_cluster: Annotated[int, typer.Option(
+        help="NATS servers: 1, or 3 for the bus as production runs it (a cluster, each stream "
+             "replicated on all three: one server's loss loses no event).")] = 1,
     home: Home = None,
 ) -> None:
     """Start everything, wait until each component is ready, print where to find it."""
     if engine not in ENGINES:
         raise fail(f"unknown engine {engine!r}", hint=f"choose one of: {', '.join(ENGINES)}")
+    if nats_cluster not in NATS_CLUSTER_SIZES:
+        raise fail(f"--nats-cluster {nats_cluster} is not offered",
+                   hint="use 1, or 3 (a cluster needs an odd size to keep a majority)")
     stack = Stack(home or default_home())
     started = time.monotonic()
     console.print(f"[bold]aicloud[/] starting in {stack.home}")
@@ -47,7 +53,8 @@ def up(
             def warn(line: str) -> None:
                 console.print(f"  [yellow]![/] {line}")
 
-            stack.up(free_ports=free_ports, report=report, engine=engine, warn=warn)
+            stack.up(free_ports=free_ports, report=report, engine=engine, nats_nodes=nats_cluster,
+                     warn=warn)
     except (StackError, MissingBinary, subprocess.CalledProcessError) as exc:
         raise fail(f"the platform did not start: {exc}",
                    hint="`aicloud dev logs NAME` shows a component's whole log") from None

@@ -28,6 +28,12 @@ class Site:
     files: StackFiles
     ports: Ports
     postgres: PostgresLayout
+    nats_nodes: int = 1
+
+    @property
+    def nats_url(self) -> str:
+        """Every NATS server of the stack, comma-separated (one, or a cluster's three)."""
+        return ",".join(f"nats://{self.local(nats_node(i))}" for i in range(1, self.nats_nodes + 1))
 
     @property
     def home(self) -> Path:
@@ -77,7 +83,8 @@ class Service:
 
     def component(self, site: Site) -> Component:
         common = {
-            "NATS_URL": f"nats://{site.local('nats')}",
+            "NATS_URL": site.nats_url,
+            "STREAM_REPLICAS": str(site.nats_nodes),
             "DATABASE_URL": servers.postgres_url(site.ports["postgres"], DATABASE,
                                                  socket_dir=site.postgres.socket_dir),
             "HTTP_PORT": str(site.ports[self.name]),
@@ -177,11 +184,45 @@ def _database_ready(port: int) -> bool:
 
 
 # Outside the platform: a fake of OpenAI and Anthropic, so the router has providers offline.
+NATS_CLUSTER_SIZES = (1, 3)
+
+
+def nats_node(number: int, what: str = "") -> str:
+    """The name of NATS server ``number`` (1: ``nats``, then ``nats-2``...), or of its ``what``
+    port (``monitor``, ``route``)."""
+    base = f"nats-{what}" if what else "nats"
+    return base if number == 1 else f"{base}-{number}"
+
+
+def _nats_ready(number: int) -> Ready:
+    """JetStream is up and current: in a cluster, its meta group has a leader (before that no
+    stream can be made); a lone server's streams are recovered."""
+    return lambda _, p: http_ok(f"http://127.0.0.1:{p[nats_node(number, 'monitor')]}/healthz")
+
+
+def _nats(nodes: int) -> list[Infra]:
+    """One NATS server, or a cluster of ``nodes`` on this machine (routes between all)."""
+    def argv(number: int) -> Callable[[Site], list[str]]:
+        def make(site: Site) -> list[str]:
+            if nodes == 1:
+                return servers.nats_argv(port=site.ports["nats"], monitor_port=site.ports["nats-monitor"],
+                                         store_dir=site.files.data / "nats")
+            # its own store: a lone server's streams are not a cluster member's to recover
+            store = site.files.data / "nats-cluster" / str(number)
+            return servers.nats_argv(
+                port=site.ports[nats_node(number)], monitor_port=site.ports[nats_node(number, "monitor")],
+                store_dir=store, name=f"aicloud-local-{number}",
+                cluster_port=site.ports[nats_node(number, "route")],
+                routes=[site.ports[nats_node(n, "route")] for n in range(1, nodes + 1) if n != number])
+        return make
+
+    def url(number: int) -> Callable[[Ports], str]:
+        return lambda p: f"nats://127.0.0.1:{p[nats_node(number)]}"
+
+    return [Infra(nats_node(n), url=url(n), argv=argv(n), ready=_nats_ready(n)) for n in range(1, nodes + 1)]
+
+
 INFRA: tuple[Infra, ...] = (
-    Infra("nats", url=lambda p: f"nats://127.0.0.1:{p['nats']}",
-          argv=lambda s: servers.nats_argv(port=s.ports["nats"], monitor_port=s.ports["nats-monitor"],
-                                           store_dir=s.files.data / "nats"),
-          ready=lambda _, p: http_ok(f"http://127.0.0.1:{p['nats-monitor']}/healthz?js-enabled-only=true")),
     Infra("postgres", url=lambda p: servers.postgres_url(p["postgres"], DATABASE),
           argv=lambda s: servers.postgres_argv(s.postgres, port=s.ports["postgres"]),
           user=lambda s: s.postgres.user,
@@ -257,7 +298,8 @@ def _monitoring(found: monitoring.Binaries) -> list[Infra]:
 
 MONITORING = ("prometheus", "alertmanager")
 _READY: dict[str, Ready] = {infra.name: infra.ready for infra in (*INFRA, RAY)} | {
-    name: _prometheus_ready for name in MONITORING}
+    name: _prometheus_ready for name in MONITORING} | {
+    nats_node(n): _nats_ready(n) for n in range(1, max(NATS_CLUSTER_SIZES) + 1)}
 
 
 def _ray_ready(dashboard: str) -> bool:
@@ -268,20 +310,24 @@ def _on_ray(site: Site) -> Env:
     return {"BACKEND": "ray", "RAY_ADDRESS": site.http("ray-dashboard")}
 
 
-def plan(files: StackFiles, ports: Ports, *, engine: str = "local",
+def plan(files: StackFiles, ports: Ports, *, engine: str = "local", nats_nodes: int = 1,
          warn: Callable[[str], None] = lambda _: None) -> tuple[list[Component], list[Component]]:
     """The infrastructure components and the services, ready to spawn; with ``engine`` ray the
-    cluster is infrastructure too and the provisioner runs jobs on it. Prometheus and
-    Alertmanager run where installed; ``warn`` hears what is missing or refused."""
+    cluster is infrastructure too and the provisioner runs jobs on it; with ``nats_nodes`` 3,
+    three clustered NATS servers and every stream on all three. Prometheus and Alertmanager
+    run where installed; ``warn`` hears what is missing or refused."""
+    if nats_nodes not in NATS_CLUSTER_SIZES:
+        raise ValueError(f"a NATS cluster of {nats_nodes} is not offered: choose "
+                         f"{' or '.join(map(str, NATS_CLUSTER_SIZES))} (an odd size keeps a majority)")
     files.logs.mkdir(parents=True, exist_ok=True)
-    site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"))
+    site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"), nats_nodes=nats_nodes)
     found = monitoring.binaries()
     for line in found.missing():
         warn(line)
     if found.prometheus is not None:
         for line in monitoring.write_rules(files.data / "prometheus" / "rules", monitoring.runbook_base()):
             warn(line)
-    infra = [*INFRA, *_monitoring(found), *([RAY] if engine == "ray" else [])]
+    infra = [*_nats(nats_nodes), *INFRA, *_monitoring(found), *([RAY] if engine == "ray" else [])]
     services = [Service("provisioner", lambda s: _provisioner(s) | _on_ray(s)) if engine == "ray"
                 and svc.name == "provisioner" else svc for svc in SERVICES]
     return [i.component(site) for i in infra], [svc.component(site) for svc in services]

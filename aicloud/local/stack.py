@@ -35,9 +35,9 @@ class Stack:
     def ports(self, *, free: bool) -> Ports:
         return self.files.ports(free=free)
 
-    def plan(self, ports: Ports, *, engine: str = "local",
+    def plan(self, ports: Ports, *, engine: str = "local", nats_nodes: int = 1,
              warn: Report = lambda _: None) -> tuple[list[Component], list[Component]]:
-        return components.plan(self.files, ports, engine=engine, warn=warn)
+        return components.plan(self.files, ports, engine=engine, nats_nodes=nats_nodes, warn=warn)
 
     def spawn(self, component: Component) -> None:
         supervisor.spawn(component, cwd=self.home)
@@ -48,18 +48,19 @@ class Stack:
     def probe(self, component: Component, ports: Ports) -> Probe:
         return components.probe(component, ports)
 
-    def up(self, *, free_ports: bool, report: Report, engine: str = "local",
+    def up(self, *, free_ports: bool, report: Report, engine: str = "local", nats_nodes: int = 1,
            warn: Report | None = None) -> list[Component]:
         """Start every component (infra first, then services, each group in parallel); with
         ``engine`` ray, a Ray cluster too, which runs the jobs. ``warn`` hears what does not
-        run (an optional server that is not installed), default ``report``."""
+        run (an optional server that is not installed), default ``report``. ``nats_nodes`` 3:
+        a NATS cluster of three, every stream on all three."""
         running = self.read_state()
         if running and all(supervisor.alive(c["pid"]) for c in running):
             report("already running; use `aicloud dev down` to stop it")
             return [Component.from_state(c) for c in running]
         self.down(report=lambda _: None)
         ports = self.ports(free=free_ports)
-        infra, services = self.plan(ports, engine=engine, warn=warn or report)
+        infra, services = self.plan(ports, engine=engine, nats_nodes=nats_nodes, warn=warn or report)
         started: list[Component] = []
         try:
             for group in (infra, services):

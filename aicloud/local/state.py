@@ -15,7 +15,10 @@ from aicloud.local import servers
 
 Ports = dict[str, int]
 DEFAULT_PORTS: Ports = {
-    "nats": 4222, "nats-monitor": 8222, "postgres": 5433, "temporal": 7233, "temporal-ui": 8233,
+    "nats": 4222, "nats-monitor": 8222, "nats-route": 6222,  # and --nats-cluster 3's others:
+    "nats-2": 4223, "nats-monitor-2": 8223, "nats-route-2": 6223,
+    "nats-3": 4224, "nats-monitor-3": 8224, "nats-route-3": 6224,
+    "postgres": 5433, "temporal": 7233, "temporal-ui": 8233,
     "catalog": 8000, "quota": 8001, "provisioner": 8002, "cost-ledger": 8003,
     "inference-router": 8004, "agent-runtime": 8005, "observability-collector": 8006,
     "fake-llm": 8010, "notebook-proxy": 8890, "ray": 6380, "ray-dashboard": 8265,

@@ -84,8 +84,10 @@ class Router:
         self.routes.endpoints.timeout_s = self.settings.endpoint_timeout_s
         js = self.service.bus.js
         prefix = self.service.bus.stream_name("router").lower()
+        copies = self.service.bus.topology.replicas  # as the streams: R3 on a cluster of three
         buckets = await js.create_key_value(KeyValueConfig(
-            bucket=f"{prefix}_limits", history=1, storage=StorageType.FILE, ttl=32 * 24 * 3600))
+            bucket=f"{prefix}_limits", history=1, storage=StorageType.FILE, ttl=32 * 24 * 3600,
+            replicas=copies))
         settings = self.settings
         self.gateway = Gateway(routes=self.routes,
                                keys=keys.KeyCache(self.service.db, ttl_s=settings.key_cache_ttl_s),
@@ -96,7 +98,8 @@ class Router:
                                waker=Waker(self.service.bus.publish, timeout_s=settings.wake_timeout_s,
                                            source=settings.service_name),
                                queue_timeout_s=settings.queue_timeout_s)
-        self.overrides = await js.create_key_value(KeyValueConfig(bucket=f"{prefix}_routes", history=1))
+        self.overrides = await js.create_key_value(KeyValueConfig(bucket=f"{prefix}_routes", history=1,
+                                                                  replicas=copies))
         await self._load_state()
         await self.sink.start()
         self._tasks = [asyncio.create_task(self._reload_loop(), name="routes-reload"),

@@ -42,6 +42,11 @@ from services.kit.tracing import inject_headers
 __all__ = ["Bus", "Delivery", "Process", "typed_decoder"]
 
 
+def servers(url: str) -> list[str]:
+    """A URL, or a cluster's URLs comma-separated: the client tries each and learns the rest."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class Bus:
     """One NATS connection per service process; publish and durable subscribe."""
 
@@ -51,6 +56,7 @@ class Bus:
         nats_url: str,
         service: str,
         prefix: str = "",
+        stream_replicas: int = 1,
         max_deliver: int = 5,
         backoff_s: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
         metrics: Metrics | None = None,
@@ -59,7 +65,7 @@ class Bus:
     ) -> None:
         self._url = nats_url
         self.service = service
-        self.topology = Topology(prefix)
+        self.topology = Topology(prefix, replicas=stream_replicas)
         self.redelivery = Redelivery(max_deliver, tuple(backoff_s) or (1.0,))
         self.metrics = metrics or Metrics(service)
         self._batch = batch
@@ -108,7 +114,7 @@ class Bus:
 
     async def connect(self) -> None:
         self._nc = await nats.connect(
-            self._url,
+            servers(self._url),
             name=self.service,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

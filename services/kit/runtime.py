@@ -52,6 +52,7 @@ class Service:
             nats_url=settings.nats_url,
             service=self.name,
             prefix=settings.subject_prefix,
+            stream_replicas=settings.stream_replicas,
             max_deliver=settings.max_deliver,
             backoff_s=settings.redelivery_backoff_s,
             metrics=self.metrics,

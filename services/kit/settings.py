@@ -25,7 +25,10 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AICLOUD_SERVICE_", extra="ignore", frozen=True)
 
     service_name: str = "service"
-    nats_url: str = Field(description="NATS server URL, e.g. nats://127.0.0.1:4222")
+    nats_url: str = Field(description="NATS server URL, e.g. nats://127.0.0.1:4222; a cluster's "
+                          "servers comma-separated (the client also learns the others from any one)")
+    stream_replicas: int = Field(default=1, ge=1, le=5, description="Copies of each stream: 3 on a "
+                                 "NATS cluster of three (R3), so one server's loss loses nothing.")
     database_url: str = Field(
         description="PostgreSQL URL, e.g. postgresql://postgres@127.0.0.1:5432/aicloud"
     )
@@ -46,8 +49,10 @@ class ServiceSettings(BaseSettings):
     @field_validator("nats_url")
     @classmethod
     def _nats_scheme(cls, value: str) -> str:
-        if not value.startswith(("nats://", "tls://", "ws://", "wss://")):
-            raise ValueError("must start with nats:// (e.g. nats://127.0.0.1:4222)")
+        for url in value.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"{url.strip()!r} must start with nats:// (e.g. nats://127.0.0.1:4222; "
+                                 "a cluster: its servers comma-separated)")
         return value
 
     @field_validator("database_url")

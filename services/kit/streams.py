@@ -21,6 +21,7 @@ from contracts.envelope import DLQ_PREFIX
 @dataclass(frozen=True)
 class Topology:
     prefix: str = ""
+    replicas: int = 1  # each stream's copies: 3 on a cluster of three servers
 
     def wire(self, subject: str) -> str:
         """The subject on the wire: contract subjects get the isolation prefix, if any."""
@@ -49,6 +50,7 @@ class Topology:
                 subjects=[self.wire(pattern)],
                 duplicate_window=120.0,
                 max_age=7 * 24 * 3600.0,
+                num_replicas=self.replicas,
             )
             try:
                 await js.add_stream(config)

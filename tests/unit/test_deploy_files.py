@@ -284,6 +284,7 @@ def test_chart_renders_a_deployment_and_service_per_service(rendered: list[dict[
         assert not any("DATABASE_URL" in key for key in data)
         assert container["envFrom"] == [{"configMapRef": {"name": configmaps[name]["metadata"]["name"]}}]
         assert data[f"{p}NATS_URL"].startswith("nats://")
+        assert data[f"{p}STREAM_REPLICAS"] == "3"  # R3: the chart expects a NATS cluster of three
         assert data[f"{p}HTTP_HOST"] == "0.0.0.0"
         assert data[f"{p}HTTP_PORT"] == str(port)
         assert all(key.startswith(p) for key in data)

@@ -102,3 +102,26 @@ def test_with_the_binaries_prometheus_scrapes_every_service(tmp_path: Path,
     assert {job["job_name"] for job in config["scrape_configs"]} == {s.name for s in services}
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
     assert next(c for c in infra if c.name == "alertmanager").argv[-1] == "--cluster.listen-address="
+
+
+def test_a_nats_cluster_of_three_routes_to_each_other_and_every_service_knows_all_three(
+        tmp_path: Path) -> None:
+    ports = dict(DEFAULT_PORTS)
+    infra, services = components.plan(StackFiles(tmp_path), ports, nats_nodes=3)
+    nats = {c.name: c for c in infra if c.name.startswith("nats")}
+    assert set(nats) == {"nats", "nats-2", "nats-3"}
+    second = nats["nats-2"].argv
+    assert second[second.index("--cluster") + 1] == f"nats://127.0.0.1:{ports['nats-route-2']}"
+    assert second[second.index("--routes") + 1] == (
+        f"nats://127.0.0.1:{ports['nats-route']},nats://127.0.0.1:{ports['nats-route-3']}")
+    assert len({c.argv[c.argv.index("--server_name") + 1] for c in nats.values()}) == 3
+    assert len({c.argv[c.argv.index("--store_dir") + 1] for c in nats.values()}) == 3
+    quota = next(s for s in services if s.name == "quota")
+    assert quota.env["AICLOUD_QUOTA_NATS_URL"].split(",") == [
+        f"nats://127.0.0.1:{ports[n]}" for n in ("nats", "nats-2", "nats-3")]
+    assert quota.env["AICLOUD_QUOTA_STREAM_REPLICAS"] == "3"
+    lone, services = components.plan(StackFiles(tmp_path), ports)
+    assert [c.name for c in lone if c.name.startswith("nats")] == ["nats"]
+    assert "--cluster" not in lone[0].argv and services[0].env["AICLOUD_CATALOG_STREAM_REPLICAS"] == "1"
+    with pytest.raises(ValueError, match="a NATS cluster of 2 is not offered"):
+        components.plan(StackFiles(tmp_path), ports, nats_nodes=2)

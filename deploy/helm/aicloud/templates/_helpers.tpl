@@ -87,6 +87,7 @@ Context: dict "root" $ "name" <service key> "svc" <service values>.
 {{- $svc := .svc }}
 {{- $prefix := include "aicloud.envPrefix" $svc -}}
 {{ $prefix }}NATS_URL: {{ required "nats.url is required" $root.Values.nats.url | quote }}
+{{ $prefix }}STREAM_REPLICAS: {{ $root.Values.nats.streamReplicas | default 3 | quote }}
 {{ $prefix }}HTTP_HOST: "0.0.0.0"
 {{ $prefix }}HTTP_PORT: {{ $svc.port | quote }}
 {{ $prefix }}LOG_LEVEL: {{ $root.Values.logLevel | quote }}
