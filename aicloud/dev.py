@@ -10,6 +10,7 @@ from typing import Annotated
 
 import httpx
 import typer
+from rich.markup import escape
 
 from aicloud.local.components import ENGINES, NATS_CLUSTER_SIZES
 from aicloud.local.servers import MissingBinary
@@ -78,8 +79,23 @@ def status(
     SDK clients), healthy. Exit code 1 when something is unhealthy."""
     rows = Stack(home or default_home()).status()
     emit(rows, fmt=Format.json if as_json else output, columns=COLUMNS)
-    if not rows or not all(row["healthy"] for row in rows):
+    down = [str(row["name"]) for row in rows if not row["healthy"]]
+    if down and not as_json and output is Format.table:
+        for name in down:
+            console.print(f"[red]{escape(name)}[/] is not healthy: {OUTAGES}#{outage_anchor(name)}",
+                          highlight=False)
+    if not rows or down:
         raise typer.Exit(1)
+
+
+OUTAGES = "docs/runbooks/outages.md"
+
+
+def outage_anchor(name: str) -> str:
+    """The section of the outage runbook for a component (nats-2 is nats's)."""
+    if name.startswith("nats"):
+        return "nats"
+    return "prometheus-alertmanager" if name in ("prometheus", "alertmanager") else name
 
 
 @app.command()

@@ -1,8 +1,8 @@
 """System-wide faults, the fast subset (`bench/faults.py` is the long one's home): one mixed
 workload on the local stack (jobs of two teams, some cancelled, one past its max runtime; router
 requests of two teams, one team over its rate limit) while components are SIGKILLed one after
-the other and brought back with `aicloud dev restart`; then SIGSTOP of the provisioner past its
-activities' heartbeat timeout. Afterwards every count must add up:
+the other and brought back with `aicloud dev restart`; then SIGSTOP of the provisioner for 35 s,
+past its activities' heartbeat timeouts (jobs 30 s, endpoints 10 s). Afterwards every count must add up:
 
 - every job reached exactly one terminal state (catalog) and one terminal event (the bus);
 - quota holds no GPU for any of them;
@@ -38,6 +38,7 @@ from tests.e2e.test_local_stack import aicloud, processes_under
 
 pytestmark = pytest.mark.e2e
 KILLED = ("quota", "provisioner", "cost-ledger", "catalog", "inference-router", "nats", "agent-runtime")
+HANG_S = 35  # > a job activity's 30 s heartbeat timeout
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
 TERMINAL_SUBJECTS = ("aicloud.jobs.completed.v1", "aicloud.jobs.failed.v1", "aicloud.jobs.terminated.v1",
                      "aicloud.jobs.rejected.v1")
@@ -201,12 +202,12 @@ def test_a_mixed_workload_survives_each_component_killed_and_every_count_adds_up
             assert result.returncode == 0, (name, result.stdout + result.stderr)
             table.append((name, "SIGKILL", time.monotonic() - started))
             time.sleep(3)
-        # a hang, not a crash: the provisioner stopped past its activities' heartbeat timeout
+        # a hang, not a crash: the provisioner stopped past its activities' heartbeat timeouts
         pid = components(home)["provisioner"]["pid"]
         os.kill(pid, signal.SIGSTOP)
-        time.sleep(25)
+        time.sleep(HANG_S)
         os.kill(pid, signal.SIGCONT)
-        table.append(("provisioner", "SIGSTOP 25 s", 25.0))
+        table.append(("provisioner", f"SIGSTOP {HANG_S} s", float(HANG_S)))
         time.sleep(3)
     finally:
         work.stop.set()

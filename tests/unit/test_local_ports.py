@@ -65,3 +65,19 @@ def test_dev_status_lists_temporals_ui_and_the_frontend_address_clients_dial(tmp
     assert rows["provisioner"]["address"] is None
     table = CliRunner().invoke(app, ["status", "--home", str(tmp_path)], terminal_width=200)
     assert "address" in table.stdout and frontend in table.stdout and temporal.url in table.stdout
+    # nothing runs: each one points to its section of the outage runbook
+    assert "provisioner is not healthy: docs/runbooks/outages.md#provisioner" in table.stdout
+
+
+def test_every_component_has_a_section_in_the_outage_runbook() -> None:
+    import re
+
+    from aicloud.dev import OUTAGES, outage_anchor
+    from aicloud.local.components import MONITORING, RAY, nats_node
+
+    root = Path(__file__).resolve().parents[2]
+    headings = re.findall(r"^## (.+)$", (root / OUTAGES).read_text(), flags=re.M)
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+    names = [*(i.name for i in INFRA if i.name != "fake-llm"), *(s.name for s in SERVICES), *MONITORING,
+             RAY.name, nats_node(1), nats_node(3)]
+    assert {name: outage_anchor(name) for name in names if outage_anchor(name) not in anchors} == {}
