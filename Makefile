@@ -53,6 +53,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/rollback_mttr.py
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/collector.py
+	$(BIN)/python bench/faults.py
 
 lint: install
 	$(BIN)/ruff check .
