@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 from services.agent_runtime.errors import RuntimeRefusal
 from services.agent_runtime.sandboxes import Sandboxes
 
+NDJSON, BYTES = "application/x-ndjson", "application/octet-stream"
 HOST = r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
 
 
@@ -86,7 +87,8 @@ def build_router(sandboxes: Sandboxes, team_dep: Callable[..., Awaitable[str]]) 
             raise refusal(exc) from None
         return {"sandbox_id": sandbox_id, "status": "deleted"}
 
-    @router.post("/{sandbox_id}/exec")
+    @router.post("/{sandbox_id}/exec", response_class=StreamingResponse, responses={200: {
+        "description": "NDJSON, one object a line", "content": {NDJSON: {"schema": {"type": "object"}}}}})
     async def exec_(sandbox_id: str, body: ExecRequest, team: Team) -> StreamingResponse:
         """Run a command; the answer streams NDJSON lines `{"stdout": ..}` / `{"stderr": ..}` and
         ends with `{"exit_code": .., "limit": ..}` (`limit` names what ended it, if anything did)."""
@@ -100,7 +102,7 @@ def build_router(sandboxes: Sandboxes, team_dep: Callable[..., Awaitable[str]]) 
             first = await anext(stream)
         except RuntimeRefusal as exc:
             raise refusal(exc) from None
-        return StreamingResponse(ndjson(first, stream), media_type="application/x-ndjson")
+        return StreamingResponse(ndjson(first, stream), media_type=NDJSON)
 
     @router.get("/{sandbox_id}/egress")
     async def egress(sandbox_id: str, team: Team) -> dict[str, Any]:
@@ -134,13 +136,15 @@ def build_router(sandboxes: Sandboxes, team_dep: Callable[..., Awaitable[str]]) 
             raise refusal(exc) from None
         return {"path": answer["path"], "size": answer["size"]}
 
-    @router.get("/{sandbox_id}/files/{path:path}")
+    @router.get("/{sandbox_id}/files/{path:path}", response_class=Response, responses={200: {
+        "description": "The file's bytes",
+        "content": {BYTES: {"schema": {"type": "string", "format": "binary"}}}}})
     async def get_file(sandbox_id: str, path: str, team: Team) -> Response:
         try:
             data = await sandboxes.get_file(team=team, sandbox_id=sandbox_id, path=path)
         except RuntimeRefusal as exc:
             raise refusal(exc) from None
-        return Response(data, media_type="application/octet-stream")
+        return Response(data, media_type=BYTES)
 
     return router
 

@@ -13,6 +13,7 @@ from services.agent_runtime import state
 from services.agent_runtime.crypto import Keyring
 from services.kit.db import Database
 
+BIGINT = 2**63 - 1  # seq and step are BIGINT columns: a larger number is a 422, not a server error
 TTL = "Seconds until it expires (1 to 90 days); omitted or null keeps it until deleted."
 
 
@@ -47,7 +48,8 @@ class Conversation(BaseModel):
 
 
 class CheckpointPut(BaseModel):
-    step: int = Field(description="The step the run has completed; saving a step again replaces it.")
+    step: int = Field(le=BIGINT,
+                      description="The step the run has completed; saving a step again replaces it.")
     value: Any = Field(description="Any JSON value, at most 256 KiB as JSON.")
     ttl_s: int | None = Field(default=None, description=TTL)
 
@@ -109,7 +111,7 @@ def state_routes(*, db: Database, keyring: Keyring, team_dep: Callable[..., Awai
 
     @router.get("/conversations/{conversation}", response_model=Conversation)
     async def read_conversation(agent: str, conversation: str, team: Team,
-                                after: Annotated[int, Query(ge=0)] = 0,
+                                after: Annotated[int, Query(ge=0, le=BIGINT)] = 0,
                                 limit: Annotated[int, Query(ge=1, le=500)] = 500) -> Conversation:
         """Unexpired messages after seq ``after``, oldest first; page on with the last seq."""
         with _as_http():

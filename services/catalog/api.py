@@ -20,6 +20,7 @@ from services.kit.db import Database
 from services.kit.inbox import UnitOfWork
 from services.kit.outbox import Outbox
 
+MAX_OFFSET = 2**63 - 1  # the provisioner refuses a larger log offset, and its refusal was our 500
 BEARER = HTTPBearer(auto_error=False, description="A team API key: `Authorization: Bearer ak_...`")
 
 
@@ -121,7 +122,7 @@ def build_router(*, db: Database, outbox: Outbox, products: dict[str, Product],
 
     @router.get("/jobs/{job_id}/logs", response_model=LogChunk)
     async def job_logs(job_id: str, team: Team,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
+                       offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> LogChunk:
         """The job's output from ``offset`` (poll with ``next_offset`` to follow)."""
         async with db.transaction() as session:
             await _team_job(session, job_id=job_id, team=team)
@@ -197,7 +198,7 @@ ALIAS_PATTERN = r"^[a-z][a-z0-9-]{0,31}$"
 
 
 class AliasTarget(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=2**31 - 1)  # an INT column: past it, no version but a 500
 
 
 class LogChunk(BaseModel):

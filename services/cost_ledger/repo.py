@@ -95,27 +95,29 @@ async def reverse(session: AsyncSession, *, entry_id: int, reason: str) -> int |
         {"i": entry_id})).first()
     if row is None:
         return None
+    # negated here, not in SQL: asyncpg cannot type `-$1` (the operator is ambiguous: a 500)
+    line = {**row._asdict(), "quantity": -row.quantity, "usd": -row.usd}
     new_id = (await session.execute(text(
         "INSERT INTO ledger_entries (event_id, line, team, project, user_id, kind, model, gpu_type,"
         " resource_id, hour, quantity, unit, usd, flag, reverses) VALUES (gen_random_uuid(), 0, :team,"
-        " :project, :user_id, :kind, :model, :gpu_type, :resource_id, :hour, -:quantity, :unit,"
-        " -:usd, :flag, :reverses) RETURNING entry_id"),
-        {**row._asdict(), "flag": f"reversal: {reason}", "reverses": entry_id})).scalar_one()
+        " :project, :user_id, :kind, :model, :gpu_type, :resource_id, :hour, :quantity, :unit,"
+        " :usd, :flag, :reverses) RETURNING entry_id"),
+        {**line, "flag": f"reversal: {reason}", "reverses": entry_id})).scalar_one()
     await session.execute(text(
         "INSERT INTO spend_hourly (team, project, kind, model, gpu_type, hour, usd, gpu_seconds, lines)"
-        " VALUES (:team, :project, :kind, :model, :gpu_type, :hour, -:usd, 0, 1)"
+        " VALUES (:team, :project, :kind, :model, :gpu_type, :hour, :usd, 0, 1)"
         " ON CONFLICT (hour, team, kind, project, model, gpu_type) DO UPDATE"
-        " SET usd = spend_hourly.usd + EXCLUDED.usd, lines = spend_hourly.lines + 1"), row._asdict())
+        " SET usd = spend_hourly.usd + EXCLUDED.usd, lines = spend_hourly.lines + 1"), line)
     await session.execute(text(
         "INSERT INTO spend_daily (team, project, kind, model, gpu_type, day, usd) VALUES (:team,"
-        " :project, :kind, :model, :gpu_type, CAST(:hour AT TIME ZONE 'UTC' AS date), -:usd)"
+        " :project, :kind, :model, :gpu_type, CAST(:hour AT TIME ZONE 'UTC' AS date), :usd)"
         " ON CONFLICT (day, team, kind, project, model, gpu_type) DO UPDATE"
-        " SET usd = spend_daily.usd + EXCLUDED.usd"), row._asdict())
+        " SET usd = spend_daily.usd + EXCLUDED.usd"), line)
     await session.execute(text(
         "INSERT INTO spend_team_daily (day, team, kind, usd) VALUES"
-        " (CAST(:hour AT TIME ZONE 'UTC' AS date), :team, :kind, -:usd)"
+        " (CAST(:hour AT TIME ZONE 'UTC' AS date), :team, :kind, :usd)"
         " ON CONFLICT (day, team, kind) DO UPDATE SET usd = spend_team_daily.usd + EXCLUDED.usd"),
-        row._asdict())
+        line)
     return int(new_id)
 
 

@@ -10,6 +10,7 @@ import orjson
 from services.inference_router.wire import Format
 
 Operation = Literal["chat", "embeddings", "predict"]
+MAX_USER_CHARS = 256  # InferenceCompleted.user's limit
 
 
 class ApiError(Exception):
@@ -83,13 +84,23 @@ def parse_call(raw: bytes, *, operation: Operation, client: Format, request_id: 
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "'stream' must be true or false", param="stream")
-    metadata = body.get("metadata")
-    user = body.get("user") or (metadata.get("user_id") if isinstance(metadata, dict) else None)
     options = body.get("stream_options")
     include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
-    return Call(operation, client, alias, body, stream, include_usage, max_tokens,
-                str(user) if user else headers.get("x-aicloud-user"),
+    return Call(operation, client, alias, body, stream, include_usage, max_tokens, _user(body, headers),
                 headers.get("x-conversation-id"), request_id)
+
+
+def _user(body: dict[str, Any], headers: dict[str, str]) -> str | None:
+    """The end user the call is for. It travels on the usage event and into the ledger, so it is
+    checked here: a user the event or the ledger would refuse was a 500 after the upstream had
+    answered (and a call nobody was billed for)."""
+    metadata = body.get("metadata")
+    given = body.get("user") or (metadata.get("user_id") if isinstance(metadata, dict) else None)
+    user = str(given) if given else headers.get("x-aicloud-user")
+    if user is not None and (len(user) > MAX_USER_CHARS or "\x00" in user):
+        raise ApiError(400, f"'user' must be at most {MAX_USER_CHARS} characters, without NUL;"
+                       f" got {len(user)} characters", param="user")
+    return user
 
 
 def _check_messages(messages: Any, client: Format) -> None:

@@ -9,21 +9,37 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.kit.metrics import Metrics
 
 ReadinessCheck = Callable[[], Awaitable[None]]
+PROBLEM = "application/problem+json"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {"type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                   "detail": {"type": "string"}, "instance": {"type": "string"},
+                   "errors": {"type": "array", "items": {"type": "object"}}}}
+# Every 4xx these apps send is a problem document (the handlers below): the OpenAPI document says
+# so for every operation, in place of FastAPI's default 422 body, which they never send.
+ERRORS: dict[int | str, dict[str, Any]] = {"4XX": {
+    "description": "What was wrong with the request (RFC 9457 problem details)",
+    "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}}
+# Postgres stores no NUL character, in text (22021) or in jsonb (22P05): that is the caller's
+# input, so it is their 400 rather than our 500.
+NOT_STORABLE = frozenset({"22021", "22P05"})
 
 
 def create_http_app(
     *, service: str, metrics: Metrics, checks: dict[str, ReadinessCheck], title: str = ""
 ) -> FastAPI:
-    app = FastAPI(title=title or f"aicloud {service}", version="0.1.0")
+    app = FastAPI(title=title or f"aicloud {service}", version="0.1.0", responses=ERRORS)
     app.add_exception_handler(StarletteHTTPException, _problem)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(DBAPIError, _not_storable)  # type: ignore[arg-type]
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -41,14 +57,11 @@ def create_http_app(
             status_code=200 if ready else 503,
         )
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-PROBLEM = "application/problem+json"
 
 
 async def _problem(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -68,6 +81,13 @@ async def _problem(request: Request, exc: StarletteHTTPException) -> JSONRespons
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
     return await _problem(request, HTTPException(422, detail=errors))
+
+
+async def _not_storable(request: Request, exc: DBAPIError) -> JSONResponse:
+    if getattr(exc.orig, "sqlstate", None) not in NOT_STORABLE:
+        raise exc
+    return await _problem(request, HTTPException(
+        400, detail="the request holds a NUL character (\\u0000), which cannot be stored: remove it"))
 
 
 def _field(error: dict[str, Any]) -> str:

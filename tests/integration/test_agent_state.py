@@ -276,3 +276,18 @@ async def test_conversation_and_checkpoint_routes(client: httpx.AsyncClient) -> 
         assert saved.status_code == 200 and saved.json()["step"] == step
     cp = (await client.get(f"{AGENT}/checkpoints/r1")).json()
     assert (cp["step"], cp["value"]) == (2, {"s": 2})
+
+
+async def test_a_nul_character_or_a_number_past_bigint_is_the_callers_error_not_a_500(
+        client: httpx.AsyncClient) -> None:
+    """Found by fuzzing the running stack: Postgres stores no NUL and no number past BIGINT."""
+    for answer in (await client.put(f"{AGENT}/memory/k%00", json={"value": 1}),
+                   await client.post(f"{AGENT}/conversations/c%00", json={"role": "user", "content": "x"}),
+                   await client.get(f"{AGENT}/checkpoints/r%00")):
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "NUL character" in answer.json()["detail"]
+    past = await client.get(f"{AGENT}/conversations/c1", params={"after": 2**63})
+    assert past.status_code == 422 and "after" in past.json()["detail"]
+    step = await client.put(f"{AGENT}/checkpoints/r1", json={"step": 2**63, "value": 1})
+    assert step.status_code == 422 and "step" in step.json()["detail"]

@@ -155,6 +155,31 @@ async def test_a_late_event_lands_in_its_own_period(ledger: Service, nats_url: s
         ("2026-09", Decimal("1.01")), ("2026-10", Decimal("1.01"))]  # one hour in each
 
 
+async def test_a_reversal_cancels_a_line_once_and_the_bill_with_it(
+        ledger: Service, nats_url: str, prefix: str) -> None:
+    """Found by fuzzing: every reversal was a 500 (asyncpg could not type ``-$1``)."""
+    usage = UsageRecorded(tenant="legal", kind="training", resource_id="mistake", gpu_type="a10-24gb",
+                          gpus_requested=1, started_at=datetime(2026, 11, 3, 10, tzinfo=UTC),
+                          ended_at=datetime(2026, 11, 3, 11, tzinfo=UTC))
+    nc = await nats.connect(nats_url)
+    await publish(nc, prefix, [usage], duplicate_every=10**9)
+    await nc.close()
+    await until(lambda: _equals(lines_in(ledger), 1))
+    async with ledger.db.transaction() as session:
+        entry_id = (await session.execute(text("SELECT min(entry_id) FROM ledger_entries"))).scalar_one()
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    body = {"entry_id": entry_id, "reason": "billed by mistake"}
+    reversed_ = await api(ledger, "POST", "/v1/ledger/reversals", json=body, headers=admin)
+    assert reversed_.status_code == 201, reversed_.text
+    assert reversed_.json()["reverses"] == entry_id
+    again = await api(ledger, "POST", "/v1/ledger/reversals", json=body, headers=admin)
+    assert again.status_code == 404 and f"no line {entry_id}" in again.json()["detail"]
+    for params in ({"by": "kind"}, {"step": "day"}, {"step": "hour"}, {"by": "resource_id"}):
+        found = (await api(ledger, "GET", "/internal/spend", params={
+            "team": "legal", "from": "2026-11-01", "to": "2026-12-01", **params})).json()
+        assert Decimal(found["total_usd"]) == 0, (params, found)
+
+
 async def test_absurd_and_malformed_usage_is_dead_lettered_with_the_reason(
         ledger: Service, nats_url: str, prefix: str) -> None:
     nc = await nats.connect(nats_url)

@@ -75,3 +75,28 @@ def test_a_character_cut_at_the_end_of_a_log_chunk_waits_for_the_next_chunk() ->
     assert rest == "€"
     assert decode_log(euro[:1]) == ("\ufffd", 1)  # alone in its chunk: shown, never stuck
     assert decode_log(b"") == ("", 0)
+
+
+async def test_a_log_offset_past_the_end_reads_nothing_and_one_past_bigint_is_refused(tmp_path: Path) -> None:
+    """Found by fuzzing: a huge offset made seek() raise, a 500 (and the catalog's 500 with it)."""
+    import httpx
+    from fastapi import FastAPI
+
+    from services.provisioner.backends.local import LocalBackend
+    from services.provisioner.jobs.api import build_router
+
+    async def no_preempt(job_id: str, reason: str) -> bool:
+        return False
+
+    backend = LocalBackend(work_dir=tmp_path / "jobs", memory_limit_mb=64, isolation="rlimits")
+    (tmp_path / "jobs" / "legal" / "j1").mkdir(parents=True)
+    (tmp_path / "jobs" / "legal" / "j1" / "job.log").write_text("epoch 1\n")
+    app = FastAPI()
+    app.include_router(build_router(backend, no_preempt))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as client:
+        for offset in (2, 8, 2**62, 2**63 - 1):
+            chunk = await client.get("/internal/jobs/legal/j1/logs", params={"offset": offset})
+            assert chunk.status_code == 200, chunk.text
+            assert chunk.json() == {"data": "epoch 1\n"[offset:], "next_offset": max(offset, 8)}
+        past = await client.get("/internal/jobs/legal/j1/logs", params={"offset": 2**63})
+    assert past.status_code == 422

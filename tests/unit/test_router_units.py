@@ -143,6 +143,19 @@ def test_anthropic_requests_need_max_tokens() -> None:
     assert call.conversation == "c9" and call.max_tokens is None
 
 
+@pytest.mark.parametrize("user", ["u" * 257, "a\x00b"])
+def test_a_user_the_usage_event_or_the_ledger_would_refuse_is_a_400_before_the_upstream(user: str) -> None:
+    """Found by fuzzing: a 300-character user was a 500 once the upstream had answered."""
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}], "user": user}).encode()
+    with pytest.raises(ApiError, match="'user' must be at most 256 characters, without NUL") as refused:
+        parse_call(raw, operation="chat", client="openai", request_id="r", headers={}, max_tokens_cap=100)
+    assert refused.value.status == 400 and refused.value.param == "user"
+    anonymous = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x"}]}).encode()
+    with pytest.raises(ApiError, match="'user' must be"):  # the header says who, when the body does not
+        parse_call(anonymous, operation="chat", client="openai", request_id="r",
+                   headers={"x-aicloud-user": "u" * 257}, max_tokens_cap=100)
+
+
 # -- buckets and leases ----------------------------------------------------------------------
 def test_bucket_math() -> None:
     limit = Limit("k", capacity=10, rate=2)

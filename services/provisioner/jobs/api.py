@@ -12,6 +12,7 @@ from services.provisioner.backends.local import LocalBackend
 from services.provisioner.cluster import ClusterView
 
 MAX_CHUNK = 256 * 1024
+MAX_OFFSET = 2**63 - 1  # a file offset (off_t)
 
 
 def decode_log(data: bytes) -> tuple[str, int]:
@@ -65,7 +66,7 @@ def build_router(backend: LocalBackend, preempt: Preempt) -> APIRouter:
 
     @router.get("/jobs/{team}/{job_id}/logs", response_model=LogChunk)
     async def job_logs(team: str, job_id: str,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> LogChunk:
+                       offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0) -> LogChunk:
         """Up to 256 KiB of the job's log from ``offset``."""
         try:
             log = backend.workspace_for(team=team, job_id=job_id) / "job.log"
@@ -73,6 +74,8 @@ def build_router(backend: LocalBackend, preempt: Preempt) -> APIRouter:
             raise HTTPException(422, detail=str(exc)) from None
         if not log.is_file():
             raise HTTPException(404, detail=f"no log yet for job {job_id!r}")
+        if offset >= log.stat().st_size:  # nothing there yet; seek() that far could raise
+            return LogChunk(data="", next_offset=offset)
         with log.open("rb") as handle:
             handle.seek(offset)
             data = handle.read(MAX_CHUNK)
