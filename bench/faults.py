@@ -19,7 +19,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,28 +43,13 @@ def main() -> int:
     rounds = []
     try:
         for n in range(1, ROUNDS + 1):
-            work, threads = harness.start(home)
-            faults: list[tuple[str, str, float]] = []
-            failed: list[str] = []
-            try:
-                time.sleep(4)
-                for name in KILLED:
-                    tried += 1
-                    try:
-                        seconds = harness.kill_and_restart(home, name)
-                    except AssertionError as exc:
-                        failed.append(f"{name}: {exc}"[:300])
-                        continue
+            done = harness.run_round(home, KILLED, hang_s=HANG_S)
+            faults, failed = done.faults, done.failed
+            tried += len(KILLED) + 1
+            for name, kind, seconds in faults:
+                if kind == "SIGKILL":
                     recovery[name].append(seconds)
-                    faults.append((name, "SIGKILL", seconds))
-                    time.sleep(3)
-                tried += 1
-                harness.hang(home, "provisioner", HANG_S)
-                faults.append(("provisioner", f"SIGSTOP {HANG_S} s", float(HANG_S)))
-                time.sleep(3)
-            finally:
-                harness.stop(work, threads)
-            found = harness.verdict(home, work)
+            found = harness.verdict(home, done.work)
             print(f"\n--- round {n}/{ROUNDS} ---\n{found.report(faults)}")
             ok = all(found.checks.values()) and not failed
             survived += len(faults) if ok else 0

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -187,6 +188,35 @@ def hang(home: Path, name: str, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+@dataclass
+class Round:
+    work: Workload
+    faults: list[tuple[str, str, float]] = field(default_factory=list)  # (component, fault, seconds back)
+    failed: list[str] = field(default_factory=list)  # restarts that did not come back
+
+
+def run_round(home: Path, killed: Sequence[str], *, hang_s: float) -> Round:
+    """The workload running while each of ``killed`` is SIGKILLed and restarted in turn, then
+    the provisioner hangs for ``hang_s``; returns once the workload has stopped."""
+    work, threads = start(home)
+    done = Round(work)
+    try:
+        time.sleep(4)
+        for name in killed:
+            try:
+                done.faults.append((name, "SIGKILL", kill_and_restart(home, name)))
+            except AssertionError as exc:
+                done.failed.append(f"{name}: {exc}"[:300])
+                continue
+            time.sleep(3)
+        hang(home, "provisioner", hang_s)
+        done.faults.append(("provisioner", f"SIGSTOP {hang_s:g} s", float(hang_s)))
+        time.sleep(3)
+    finally:
+        stop(work, threads)
+    return done
 
 
 @dataclass

@@ -17,7 +17,6 @@ Afterwards every count must add up (``harness.verdict``):
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,19 +43,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.mark.timeout(600)
 def test_a_mixed_workload_survives_each_component_killed_and_every_count_adds_up(home: Path) -> None:
-    work, threads = harness.start(home)
-    faults: list[tuple[str, str, float]] = []
-    try:
-        time.sleep(4)
-        for name in KILLED:
-            faults.append((name, "SIGKILL", harness.kill_and_restart(home, name)))
-            time.sleep(3)
-        harness.hang(home, "provisioner", HANG_S)
-        faults.append(("provisioner", f"SIGSTOP {HANG_S} s", float(HANG_S)))
-        time.sleep(3)
-    finally:
-        harness.stop(work, threads)
-    found = harness.verdict(home, work)
-    print("\n" + found.report(faults))
+    done = harness.run_round(home, KILLED, hang_s=HANG_S)
+    assert done.failed == [], "every killed component came back"
+    found = harness.verdict(home, done.work)
+    print("\n" + found.report(done.faults))
     assert all(found.checks.values()), {**found.details, **found.figures}
     assert found.figures["jobs"] >= 10 and found.figures["router requests"] >= 50, "the workload ran"
