@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
@@ -12,6 +13,7 @@ from rich.markup import escape
 from aicloud.client import ApiError, PlatformClient
 from aicloud.durations import parse_duration
 from aicloud.output import Format, console, emit, errors, fail
+from contracts.jobs import PARAM_KEY_PATTERN
 
 create_app = typer.Typer(help="Create work on the platform.", no_args_is_help=True)
 models_app = typer.Typer(help="The model registry: versions, metrics, lineage, aliases.",
@@ -111,6 +113,11 @@ def _params(items: list[str] | None) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise fail(f"--param {item!r} is not KEY=VALUE", hint="e.g. --param lr=0.001", code=2)
+        if not re.fullmatch(PARAM_KEY_PATTERN, key):
+            raise fail(f"--param {item!r}: the key {key!r} cannot be an environment variable name",
+                       hint="the job reads it as AICLOUD_PARAM_<KEY>: use letters, digits and "
+                            "underscores, not starting with a digit, e.g. --param learning_rate=0.001",
+                       code=2)
         params[key] = value
     return params
 

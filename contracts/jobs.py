@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from contracts.catalog import Product
 from contracts.envelope import Command, Event, subject
 
 JobType = Literal["fine-tune", "training", "batch-inference", "evaluation"]
 ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+# A hyper-parameter reaches the job as the environment variable AICLOUD_PARAM_<KEY> (upper-cased):
+# its key must make a valid variable name on every backend (no "=", no spaces, no dots).
+PARAM_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+MAX_PARAMS = 64
+ParamKey = Annotated[str, StringConstraints(pattern=PARAM_KEY_PATTERN)]
+ParamValue = Annotated[str, StringConstraints(max_length=4096)]
 
 
 class JobRequested(Event):
@@ -28,7 +34,10 @@ class JobRequested(Event):
                     "product's types the compute engine offers.")
     dataset: str | None = Field(default=None, description="Dataset path, e.g. projects/x/datasets/v2.")
     command: list[str] = Field(min_length=1, description="Command to run, argv style.")
-    params: dict[str, str] = Field(default_factory=dict, description="Hyper-parameters.")
+    params: dict[ParamKey, ParamValue] = Field(
+        default_factory=dict, max_length=MAX_PARAMS,
+        description="Hyper-parameters, each given to the job as AICLOUD_PARAM_<KEY> (key upper-cased): "
+                    "letters, digits and underscores, not starting with a digit, at most 64 of them.")
     max_runtime_s: int | None = Field(default=None, gt=0, description="Requested runtime cap.")
     image: str | None = Field(
         default=None, min_length=1, max_length=512,
@@ -39,6 +48,16 @@ class JobRequested(Event):
         default=None, pattern=ID_PATTERN,
         description="Register the job's output directory as a new version of this model.",
     )
+
+    @field_validator("params")
+    @classmethod
+    def _params_stay_apart(cls, params: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for key in params:
+            if (other := seen.setdefault(key.upper(), key)) != key:
+                raise ValueError(f"params {other!r} and {key!r} would both be AICLOUD_PARAM_{key.upper()}: "
+                                 "keep one of them")
+        return params
 
 
 class JobAdmitted(Event):

@@ -60,10 +60,12 @@ def runbook_base() -> str:
 def rule_documents(base: str, slo_file: Path = SLO_FILE) -> dict[str, dict[str, Any]]:
     """The rules files Prometheus loads, by file name; raises SloFileError on a broken SLO file."""
     from guardrails.model_alerts import model_alert_rules
+    from guardrails.platform_alerts import platform_alert_rules
     from guardrails.slo import build_rules, load_slos
 
     return {"slos.yml": build_rules(load_slos(slo_file), runbook_base=f"{base}/slos.md"),
-            "models.yml": model_alert_rules(runbook_base=f"{base}/models.md")}
+            "models.yml": model_alert_rules(runbook_base=f"{base}/models.md"),
+            "platform.yml": platform_alert_rules(runbook_base=f"{base}/outages.md")}
 
 
 def write_rules(rules_dir: Path, base: str, slo_file: Path = SLO_FILE) -> list[str]:

@@ -23,7 +23,9 @@ RUN_ID = r"^[a-z0-9][a-z0-9-]{0,56}$"
 class RunCreate(BaseModel):
     run_id: str | None = Field(default=None, pattern=RUN_ID, description="Generated when omitted.")
     agent: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="The agent's name, e.g. analyst.")
-    model: str = Field(min_length=1, description="A model alias of the inference router.")
+    model: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$",
+                       description="A model alias of the inference router, one of GET /v1/models of the "
+                                   "router with the team's key.")
     task: str = Field(min_length=1, max_length=100_000)
     system: str | None = None
     template: str = "python"
@@ -48,6 +50,7 @@ def build_router(
     task_queue: str,
     templates: Callable[[], set[str]],
     team_dep: Callable[..., Awaitable[str]],
+    models: Callable[[str], Awaitable[set[str] | None]] | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/agents/runs", tags=["agent runs"])
     Team = Annotated[str, Depends(team_dep)]
@@ -59,6 +62,11 @@ def build_router(
             raise HTTPException(
                 422, detail=f"unknown template {body.template!r}: use one of {', '.join(sorted(templates()))}"
             )
+        served = await models(team) if models is not None else None
+        if served is not None and body.model not in served:  # None: the router could not say; it
+            # then fails the run's first step with the router's own answer
+            raise HTTPException(422, detail=f"unknown model {body.model!r}: the inference router serves "
+                                f"team {team} {', '.join(sorted(served)) or 'no model'}")
         run_id = body.run_id or f"run-{secrets.token_hex(5)}"
         fields = body.model_dump(exclude={"run_id", "system"}) | (
             {"system": body.system} if body.system else {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -101,12 +103,32 @@ def _agent_runs(service: Service, settings: AgentRuntimeSettings, sandboxes: San
         db=service.db,
         outbox=service.outbox,
         router=router,
-        router_keys=lambda: json.loads(keys_file.read_text()) if keys_file and keys_file.exists() else {},
+        router_keys=lambda: router_keys(keys_file),
         prices=prices,
         source=settings.service_name,
     )
     temporal = Temporal(settings.temporal_address, settings.temporal_namespace)
     worker: list[BackgroundWorker] = []
+    known: dict[str, tuple[float, set[str]]] = {}  # team -> (when asked, the router's models)
+
+    async def models(team: str) -> set[str] | None:
+        """The model aliases the router serves the team, asked at most every 30 s; None when the
+        router cannot say (no key for the team, router down)."""
+        cached = known.get(team)
+        if cached is not None and time.monotonic() - cached[0] < MODELS_TTL_S:
+            return cached[1]
+        key = router_keys(keys_file).get(team)
+        if key is None:
+            return None
+        try:
+            answer = await router.get("/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 200:
+            return None
+        served = {str(m["id"]) for m in answer.json().get("data", []) if isinstance(m, dict) and "id" in m}
+        known[team] = (time.monotonic(), served)
+        return served
 
     async def start() -> None:
         client = await temporal.connect()
@@ -130,8 +152,17 @@ def _agent_runs(service: Service, settings: AgentRuntimeSettings, sandboxes: San
             task_queue=settings.task_queue,
             templates=lambda: set(sandboxes.templates),
             team_dep=team,
+            models=models,
         )
     )
+
+
+MODELS_TTL_S = 30.0
+
+
+def router_keys(keys_file: Path | None) -> dict[str, str]:
+    """Each team's inference router key for its agents (read each time: the file may change)."""
+    return dict(json.loads(keys_file.read_text())) if keys_file and keys_file.exists() else {}
 
 
 def _keyring(settings: AgentRuntimeSettings) -> Keyring | None:

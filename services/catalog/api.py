@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from contracts import CancelJob, JobRequested
 from contracts.catalog import Product, dataset_project
+from contracts.jobs import MAX_PARAMS, ParamKey, ParamValue
 from services.catalog import handlers, keys, registry, repo
 from services.catalog.domain import TERMINAL
 from services.kit.db import Database
@@ -53,7 +54,9 @@ class JobCreate(BaseModel):
                                  "default: the first the compute engine offers.")
     dataset: str | None = None
     command: list[str]
-    params: dict[str, str] = Field(default_factory=dict)
+    params: dict[ParamKey, ParamValue] = Field(
+        default_factory=dict, max_length=MAX_PARAMS,
+        description="Hyper-parameters, given to the job as AICLOUD_PARAM_<KEY> (key upper-cased).")
     max_runtime_s: int | None = None
     model_name: str | None = Field(default=None, description="Register the output as this model.")
     image: str | None = Field(default=None, description="Container image (kubernetes backend), "

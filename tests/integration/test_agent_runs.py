@@ -100,6 +100,18 @@ async def test_limits_end_a_run_with_the_reason(agents: Callable[..., Any]) -> N
     body = {"agent": "analyst", "model": "gpt", "task": "x", "template": "cobol"}
     bad = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(), json=body)
     assert bad.status_code == 422 and "unknown template" in bad.json()["detail"]
+    # a model the router does not serve the team is refused at the start, naming the ones it does,
+    # not accepted to fail at the first step; a model name with a control character never gets there
+    unknown = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(), json={
+        "agent": "analyst", "model": "gpt-99-turbo", "task": "x", "run_id": "unknown-model"})
+    assert unknown.status_code == 422, unknown.text
+    said = unknown.json()["detail"]
+    assert said.startswith("unknown model 'gpt-99-turbo': the inference router serves team legal ")
+    assert "gpt" in said.rsplit(" legal ", 1)[1].split(", ")
+    assert (await runtime.client.get("/v1/agents/runs/unknown-model", headers=runtime.headers())).status_code == 404
+    control = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(), json={
+        "agent": "analyst", "model": "gpt\nX-Injected: 1", "task": "x"})
+    assert control.status_code == 422
     again = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(),
                                       json={"agent": "analyst", "model": "gpt", "task": "x", "run_id": steps})
     assert again.status_code == 409

@@ -250,6 +250,18 @@ async def test_catalog_api_submits_through_the_outbox(
         not_json = await client.post("/v1/jobs", content=b"{oops", headers={
             **bearer(keys["legal"]), "content-type": "application/json"})
         assert not_json.status_code == 422
+        # a hyper-parameter becomes AICLOUD_PARAM_<KEY>: a key that cannot be a variable name, two
+        # keys that would be the same variable, or too many are refused here, not at the job's start
+        for params, where in (({"lr=0.1": "x"}, "lr=0.1"), ({"a b": "x"}, "a b"), ({"1st": "x"}, "1st"),
+                              ({"lr": "1", "LR": "2"}, "AICLOUD_PARAM_LR"),
+                              ({f"p{i}": "x" for i in range(65)}, "params")):
+            refused = await client.post("/v1/jobs", json={"command": ["true"], "params": params},
+                                        headers=bearer(keys["legal"]))
+            assert refused.status_code == 422, (params, refused.text)
+            assert where in refused.text and refused.json()["errors"][0]["loc"][:2] == ["body", "params"]
+        long_value = await client.post("/v1/jobs", json={"command": ["true"], "params": {"x": "v" * 4097}},
+                                       headers=bearer(keys["legal"]))
+        assert long_value.status_code == 422
     event = JobRequested.model_validate_json((await sub.next_msg(timeout=10)).data)
     assert event.job_id == "api-1" and event.tenant == "legal" and event.source == "catalog"
     await nc.close()

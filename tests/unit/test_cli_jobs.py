@@ -42,6 +42,16 @@ def test_create_job_refuses_a_bad_max_runtime_before_submitting_anything() -> No
     assert "--max-runtime '3x' is not a duration" in result.output
 
 
+@pytest.mark.parametrize("param", ["lr.rate=0.1", "a b=1", "1st=x", "lr-rate=0.1"])
+def test_create_job_refuses_a_param_key_that_cannot_be_a_variable_before_submitting_anything(
+        param: str) -> None:
+    result = CliRunner().invoke(create_app, ["job", "--param", param, "--", "true"])
+    assert result.exit_code == 2
+    key, said = param.partition("=")[0], " ".join(result.output.split())
+    assert f"the key {key!r} cannot be an environment variable name" in said
+    assert "AICLOUD_PARAM_<KEY>" in said
+
+
 def test_notebooks_extend_refuses_a_bad_duration_naming_its_own_option(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from aicloud import endpoints

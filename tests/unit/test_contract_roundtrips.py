@@ -23,8 +23,8 @@ from services.kit.decode import catalogue_decoder, json_reader, typed_reader
 pytestmark = pytest.mark.unit
 IGNORED = {"title", "description", "default"}
 KNOWN = IGNORED | {"$defs", "$ref", "additionalProperties", "anyOf", "enum", "exclusiveMinimum", "format",
-                   "items", "maxItems", "maxLength", "maximum", "minItems", "minLength", "minimum", "pattern",
-                   "properties", "required", "type"}
+                   "items", "maxItems", "maxLength", "maxProperties", "maximum", "minItems", "minLength",
+                   "minimum", "pattern", "patternProperties", "properties", "required", "type"}
 
 
 def schema_strategy(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -65,7 +65,12 @@ def schema_strategy(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchSt
     if kind == "object":
         if "properties" not in schema:
             values = schema.get("additionalProperties", {"type": "string"})
-            return st.dictionaries(st.text(max_size=12), schema_strategy(values, defs), max_size=3)
+            keys: st.SearchStrategy[str] = st.text(max_size=12)
+            if patterns := schema.get("patternProperties"):
+                (pattern, values), = patterns.items()
+                keys = st.from_regex(pattern, fullmatch=True)
+            return st.dictionaries(keys, schema_strategy(values, defs),
+                                   max_size=min(schema.get("maxProperties", 3), 3))
         required = set(schema.get("required", ()))
         fields = {name: schema_strategy(s, defs) for name, s in schema["properties"].items()}
         return st.fixed_dictionaries({k: v for k, v in fields.items() if k in required},

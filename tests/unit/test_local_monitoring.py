@@ -36,7 +36,7 @@ def test_prometheus_config_and_its_rules_pass_promtool(tmp_path: Path) -> None:
     config = monitoring.write_yaml(tmp_path / "prometheus.yml", monitoring.prometheus_config(
         targets={"catalog": 8000, "inference-router": 8004}, alertmanager_port=9093, rules_dir=rules))
     out = check(promtool, "check", "config", config)
-    assert "slos.yml" in out and "models.yml" in out
+    assert "slos.yml" in out and "models.yml" in out and "platform.yml" in out
     written = yaml.safe_load((rules / "slos.yml").read_text())
     runbooks = {r["annotations"]["runbook_url"]
                 for g in written["groups"] for r in g["rules"] if "alert" in r}
