@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 ProviderKind = Literal["openai", "anthropic", "openai-compatible"]
 PiiAction = Literal["redact", "block", "allow"]
 _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
 
 class RouteConfigError(ValueError):
@@ -90,7 +92,9 @@ class RouterConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     providers: dict[str, Provider] = {}
-    models: dict[str, Route] = {}
+    # an alias is a label on metrics and a line on the bill: letters, digits and . _ : / -
+    # (never the parentheses of UNKNOWN_MODEL, which counts requests for models that do not exist)
+    models: dict[Annotated[str, StringConstraints(pattern=ALIAS_PATTERN)], Route] = {}
     circuit_breaker: Breaker = Breaker()
 
     @model_validator(mode="after")

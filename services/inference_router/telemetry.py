@@ -70,6 +70,9 @@ class Outcome:
     team: str
     key_id: str
     span: Span
+    # what metrics, events and the bill call the model: the alias when it names a route, else
+    # UNKNOWN_MODEL, so that a caller typing names cannot grow a label, a bill row or a dashboard
+    model: str = ""
     started: float = field(default_factory=time.perf_counter)
     first_chunk: float | None = None
     target: str = ""
@@ -88,10 +91,15 @@ class Outcome:
     embedding_sketch: list[float] | None = None  # a platform embedding endpoint's (sketch.py)
 
 
-def start_span(call: Call, parent: Any) -> Span:
-    span = _tracer.start_span(f"{call.operation} {call.alias}", context=parent, kind=SpanKind.CLIENT)
+UNKNOWN_MODEL = "(unknown)"  # no route has this name: aliases cannot hold parentheses
+
+
+def start_span(call: Call, parent: Any, model: str | None = None) -> Span:
+    """The call's span, named after ``model`` (the bounded name, see Outcome.model)."""
+    model = model or call.alias
+    span = _tracer.start_span(f"{call.operation} {model}", context=parent, kind=SpanKind.CLIENT)
     span.set_attribute("gen_ai.operation.name", call.operation)
-    span.set_attribute("gen_ai.request.model", call.alias)
+    span.set_attribute("gen_ai.request.model", model)
     span.set_attribute("aicloud.request_id", call.request_id)
     if call.max_tokens:
         span.set_attribute("gen_ai.request.max_tokens", call.max_tokens)
@@ -117,7 +125,8 @@ def finish(outcome: Outcome, *, metrics: RouterMetrics, sink: UsageSink) -> None
         span.set_status(Status(StatusCode.ERROR, outcome.error or outcome.status))
         span.set_attribute("error.type", outcome.status)
     span.end()
-    labels = {"team": outcome.team, "model": call.alias}
+    model = outcome.model or call.alias
+    labels = {"team": outcome.team, "model": model}
     metrics.requests.labels(status=outcome.status, **labels).inc()
     metrics.duration.labels(status=outcome.status, **labels).observe(elapsed)
     if usage.tokens_in or usage.tokens_out:
@@ -129,7 +138,7 @@ def finish(outcome: Outcome, *, metrics: RouterMetrics, sink: UsageSink) -> None
         metrics.pii.labels(team=outcome.team, kind=kind).inc()
     sink.record(InferenceCompleted(
         tenant=outcome.team, source="inference-router", correlation_id=call.request_id,
-        request_id=call.request_id, key_id=outcome.key_id, model=call.alias,
+        request_id=call.request_id, key_id=outcome.key_id, model=model,
         target=outcome.target or "-", version=outcome.version, tokens_in=usage.tokens_in,
         tokens_out=usage.tokens_out, tokens_cached=usage.tokens_cached,
         tokens_reasoning=usage.tokens_reasoning, latency_ms=round(elapsed * 1000, 3),

@@ -4,6 +4,7 @@ Anthropic-compatible API, the admin API and the ops endpoints every service has.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable
@@ -17,13 +18,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from services.inference_router import keys as keystore
-from services.inference_router.config import Route
+from services.inference_router.config import ALIAS_PATTERN, Route
 from services.inference_router.gateway import Gateway
 from services.inference_router.openapi import spec as openapi_spec
 from services.inference_router.quality import Sampler
 from services.inference_router.requests import ApiError, Operation, parse_call
 from services.inference_router.serve import execute
-from services.inference_router.telemetry import EndpointDemand, Outcome, RouterMetrics, finish, start_span
+from services.inference_router.telemetry import (
+    UNKNOWN_MODEL,
+    EndpointDemand,
+    Outcome,
+    RouterMetrics,
+    finish,
+    start_span,
+)
 from services.inference_router.usage import UsageSink
 from services.inference_router.wire import Format
 from services.kit.db import Database
@@ -112,7 +120,9 @@ class RouterApi:
         call = parse_call(await request.read(), operation=operation, client=client,
                           request_id=request_id, headers=_lower(request.headers),
                           max_tokens_cap=self.max_tokens_cap)
-        outcome = Outcome(call, key.team, key.key_id, start_span(call, extract(request.headers)))
+        model = call.alias if self.gw.routes.route(call.alias) is not None else UNKNOWN_MODEL
+        outcome = Outcome(call, key.team, key.key_id, start_span(call, extract(request.headers), model),
+                          model=model)
         outcome.sampled = self.sampler.pick(call)
         admission = None
         try:
@@ -191,6 +201,9 @@ class RouterApi:
     async def put_route(self, request: web.Request) -> web.Response:
         self._admin(request)
         alias = request.match_info["alias"]
+        if not re.fullmatch(ALIAS_PATTERN, alias):
+            raise ApiError(400, f"route name {alias[:64]!r} is not a model alias: letters, digits and "
+                           ". _ : / -, at most 128, starting with a letter or digit", code="invalid_route")
         route = _validated(Route, await request.read())
         unknown = [t.provider for t in route.targets if t.provider not in self.gw.routes.config.providers]
         missing = [f for f in route.fallbacks if f not in self.gw.routes.routes() and f != alias]

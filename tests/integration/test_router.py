@@ -599,3 +599,32 @@ async def test_every_request_lands_in_the_cost_ledger(
     await ledger.db.drop_schema()
     await ledger.db.dispose()
     assert rows == 6  # five answered, one refused: each once
+
+
+async def test_requests_for_models_that_do_not_exist_count_under_one_bounded_name(
+        make_router: Callable[..., Any], usage: Usage) -> None:
+    """A caller typing model names cannot grow a metric label, a bill row or a dashboard entry:
+    every request for a model with no route is counted, billed and traced as '(unknown)'."""
+    router = await make_router()
+    key = await router.key()
+    typed = [f"made-up-{n}" for n in range(5)]
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        for name in typed:
+            r = await client.post("/v1/chat/completions", json=chat(name), headers=bearer(key))
+            assert r.status_code == 404 and f"the model '{name}' does not exist" in r.text
+        known = await client.post("/v1/chat/completions", json=chat("gpt"), headers=bearer(key))
+        assert known.status_code == 200
+        metrics = (await client.get("/metrics")).text
+    events = await usage.wait_for(6)
+    assert sorted(e["model"] for e in events) == ["(unknown)"] * 5 + ["gpt"]
+    assert all(e["status"] == "rejected" for e in events if e["model"] == "(unknown)")
+    assert not any(name in metrics for name in typed)
+    assert 'model="(unknown)"' in metrics and 'model="gpt"' in metrics
+
+
+async def test_a_route_name_that_is_not_an_alias_is_refused(make_router: Callable[..., Any]) -> None:
+    router = await make_router()
+    async with httpx.AsyncClient(base_url=router.url) as client:
+        r = await client.put("/admin/routes/(unknown)", headers=bearer("admin-token-for-tests"),
+                             json={"targets": [{"provider": "openai", "model": "fake-gpt"}]})
+    assert r.status_code == 400 and "is not a model alias" in r.json()["error"]["message"]
