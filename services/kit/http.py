@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -27,10 +28,18 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 # so for every operation, in place of FastAPI's default 422 body, which they never send.
 ERRORS: dict[int | str, dict[str, Any]] = {"4XX": {
     "description": "What was wrong with the request (RFC 9457 problem details)",
+    "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}, 503: {
+    "description": "A dependency is not answering (the database restarting): retry after Retry-After",
     "content": {PROBLEM: {"schema": PROBLEM_SCHEMA}}}}
 # Postgres stores no NUL character, in text (22021) or in jsonb (22P05): that is the caller's
 # input, so it is their 400 rather than our 500.
 NOT_STORABLE = frozenset({"22021", "22P05"})
+# A dependency that does not answer (PostgreSQL restarting, refused connections): 503 with
+# Retry-After, which a client may retry, rather than a 500, which says the request was wrong.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    ConnectionError, asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.ConnectionFailureError, asyncpg.exceptions.AdminShutdownError)
+RETRY_AFTER_S = 2
 
 
 def create_http_app(
@@ -40,6 +49,8 @@ def create_http_app(
     app.add_exception_handler(StarletteHTTPException, _problem)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(DBAPIError, _not_storable)  # type: ignore[arg-type]
+    for unreachable in UNREACHABLE:
+        app.add_exception_handler(unreachable, _unavailable)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -84,10 +95,20 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
 
 
 async def _not_storable(request: Request, exc: DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated or isinstance(exc.orig, UNREACHABLE) or isinstance(
+            getattr(exc.orig, "__cause__", None), UNREACHABLE):
+        return await _unavailable(request, exc)
     if getattr(exc.orig, "sqlstate", None) not in NOT_STORABLE:
         raise exc
     return await _problem(request, HTTPException(
         400, detail="the request holds a NUL character (\\u0000), which cannot be stored: remove it"))
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return await _problem(request, HTTPException(
+        503, headers={"Retry-After": str(RETRY_AFTER_S)},
+        detail="a service this request needs is not answering (the database may be restarting): "
+               f"retry in {RETRY_AFTER_S} s"))
 
 
 def _field(error: dict[str, Any]) -> str:
