@@ -8,7 +8,12 @@
 #
 # docker-compose.yml and the Helm chart (deploy/helm/aicloud) pass `services.<module>` the same way.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+# The base is pinned by digest so a rebuild gets the same bytes: python:3.11-slim's multi-arch index
+# (Python 3.11.17 on Debian 13 "trixie"). The tag in front of the digest is for humans; Docker
+# pulls by the digest alone. To move to a newer base, take the index digest of the new tag
+# (`docker buildx imagetools inspect python:3.11-slim`) and replace it here, in one change;
+# tests/unit/test_deploy_files.py refuses a default without a digest.
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:0dd364ba7e10242f07755449e3a3d0e35f9efd987952737b90def6709ab0c5ce
 
 # --- build: install the project and its dependencies into a self-contained virtualenv ----------
 FROM ${PYTHON_IMAGE} AS build

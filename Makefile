@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install checkov up demo down test test-unit test-integration test-e2e bench lint contracts clean
+.PHONY: install checkov up demo down test test-unit test-integration test-e2e bench lint contracts sbom clean
 
 install: $(STAMP)
 
@@ -67,6 +67,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/dr.py
 
 lint: install
 	$(BIN)/ruff check .
@@ -74,6 +75,13 @@ lint: install
 
 contracts: install  ## re-export docs/contracts after changing contracts/
 	$(BIN)/aicloud contracts export docs/contracts
+
+SBOM ?= .ci/sbom.cdx.json
+# --no-validate: schema validation costs ~13 s of CPU; tests/unit/test_sbom.py (make test) makes the
+# same document from the same environment and validates it strictly against the schema.
+sbom: install  ## CycloneDX SBOM (JSON) of the installed environment
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --output-format JSON --no-validate \
+		--output-file $(SBOM) $(BIN)/python
 
 clean:
 	rm -rf $(VENV) .aicloud .pytest_cache .mypy_cache .ruff_cache *.egg-info

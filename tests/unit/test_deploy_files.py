@@ -66,6 +66,21 @@ def test_dockerfile_runs_services_as_non_root_with_python_m_entrypoint() -> None
     assert "pip install ." in text
 
 
+def test_dockerfile_pins_every_base_image_by_digest() -> None:
+    """A tag moves; a digest does not. Each FROM, after resolving ARG defaults, names a digest."""
+    text = (ROOT / "Dockerfile").read_text()
+    args = dict(re.findall(r"(?m)^ARG\s+(\w+)=(\S+)", text))
+    stages = set(re.findall(r"(?im)^FROM\s+\S+\s+AS\s+(\S+)", text))
+    bases = re.findall(r"(?im)^FROM\s+(?:--\S+\s+)*(\S+)", text)
+    assert bases, "no FROM line"
+    for base in bases:
+        resolved = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), m.group(0)), base)
+        if resolved in stages:  # FROM an earlier stage of this file
+            continue
+        assert re.fullmatch(r"[\w./:-]+@sha256:[0-9a-f]{64}", resolved), f"{base} -> {resolved}: no digest"
+        assert resolved.startswith("python:3.11-slim@"), resolved
+
+
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     lines = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
     for entry in (".venv", ".aicloud", ".git", "**/__pycache__", ".pytest_cache"):
