@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aicloud import agents, bill, cluster, demo, dev, endpoints, jobs, policy, router, sandboxes, slo
+from aicloud import agents, backup, bill, cluster, demo, dev, endpoints, jobs, policy, router, sandboxes, slo
 from aicloud.output import console, fail
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.add_typer(endpoints.deploy_app, name="deploy")
 app.add_typer(endpoints.endpoints_app, name="endpoints")
 app.add_typer(endpoints.notebooks_app, name="notebooks")
 app.add_typer(slo.app, name="slo")
+app.add_typer(backup.app, name="admin")
 app.command("bill")(bill.bill)
 app.command("cluster")(cluster.cluster)
 app.add_typer(bill.budgets_app, name="budgets")
