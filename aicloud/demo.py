@@ -75,7 +75,7 @@ def demo(team: str = typer.Option("legal", help="Team to run the demo as.")) -> 
     console.print("   try one offline: aicloud policy test --team legal --gpus 16")
 
     console.rule("4. an outside system publishes a malformed event: it is dead-lettered, not lost")
-    dead = asyncio.run(_malformed(urls["nats"]))
+    dead = asyncio.run(_malformed(urls["nats"], stack.nats_login()))
     console.print(f"   aicloud.dlq.aicloud.jobs.requested.v1 <- reason={dead['reason']}")
     console.print(f"   error: {dead['error']}")
 
@@ -141,8 +141,8 @@ def _submit(client: PlatformClient, name: str, *, gpus: int, command: list[str],
     raise fail(f"{name} did not finish within 60 s", hint="`aicloud dev logs provisioner`")
 
 
-async def _malformed(nats_url: str) -> dict[str, str]:
-    nc = await nats.connect(nats_url)
+async def _malformed(nats_url: str, login: dict[str, str]) -> dict[str, str]:
+    nc = await nats.connect(nats_url, user=login.get("user"), password=login.get("password"))
     js = nc.jetstream()
     sub = await js.subscribe("aicloud.dlq.aicloud.jobs.requested.v1", ordered_consumer=True,
                              deliver_policy=nats.js.api.DeliverPolicy.NEW)

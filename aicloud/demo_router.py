@@ -21,7 +21,7 @@ def walk(stack: Stack, urls: dict[str, str], team: str) -> None:
     if router is None or not keys_file.exists():
         raise fail("the inference router is not running", hint="`aicloud dev logs inference-router`")
     key = json.loads(keys_file.read_text())[team]
-    before = asyncio.run(_usage_events(urls["nats"]))
+    before = asyncio.run(_usage_events(urls["nats"], stack.nats_login()))
     with httpx.Client(base_url=router, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
         _stream(http, fake)
         served = http.post("/v1/chat/completions", json=_chat("flaky-gpt", "hello")).json()
@@ -32,7 +32,7 @@ def walk(stack: Stack, urls: dict[str, str], team: str) -> None:
         console.print(f"   gpt-4o-mini for 40 users (90/10 canary, sticky per user): {dict(canary)}")
         _limited(http, stack)
     time.sleep(0.5)  # usage is published just after each answer, off the request path
-    after = asyncio.run(_usage_events(urls["nats"]))
+    after = asyncio.run(_usage_events(urls["nats"], stack.nats_login()))
     console.print(f"   aicloud.inference.completed.v1 events for the above: {after - before} "
                   "(team, key, tokens, latency, cost; the ledger charges them)")
 
@@ -67,8 +67,8 @@ def _limited(http: httpx.Client, stack: Stack) -> None:
     console.print(f"   a research key with rpm=2: {codes} -> {message}")
 
 
-async def _usage_events(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
+async def _usage_events(nats_url: str, login: dict[str, str]) -> int:
+    nc = await nats.connect(nats_url, user=login.get("user"), password=login.get("password"))
     try:
         info = await nc.jetstream().stream_info("AICLOUD_INFERENCE")
         return int(info.state.messages)

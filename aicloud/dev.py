@@ -169,6 +169,10 @@ def _print_links(stack: Stack) -> None:
     console.print(f"\n  Temporal UI     {urls.get('temporal')}")
     console.print(f"  Temporal        {temporal}  (temporal --address, SDK clients)")
     console.print(f"  platform API    {urls.get('catalog')}/docs")
+    nats = next((row for row in rows if row["name"] == "nats"), {})
+    if "password_file" in nats:
+        console.print(f"  NATS            {urls.get('nats')}  (user {nats['user']}, password in "
+                      f"{nats['password_file']}; each service has its own user)")
     console.print(f"  model router    {urls.get('inference-router')}/v1  (team keys in "
                   f"{stack.home / 'router-keys.json'})")
     console.print(f"  bill dashboard  {urls.get('cost-ledger')}/bill")

@@ -1,4 +1,5 @@
-"""Export the contracts as an AsyncAPI 3.0 document and one JSON Schema per message.
+"""Export the contracts as an AsyncAPI 3.0 document, one JSON Schema per message and the bus
+identities' NATS permissions (``permissions.json``, generated from ``contracts.flows``).
 
 The code is the source of truth; ``docs/contracts/`` holds the export and a test fails
 when the two drift apart, so every contract change shows up as a visible diff.
@@ -12,8 +13,11 @@ from typing import Any
 
 from contracts import MESSAGES, DeadLetter, Envelope
 from contracts.envelope import DLQ_PREFIX
+from contracts.flows import consumers, producers
+from contracts.permissions import table
 
 ASYNCAPI_FILE = "asyncapi.json"
+PERMISSIONS_FILE = "permissions.json"
 SCHEMA_DIR = "schemas"
 
 
@@ -50,6 +54,8 @@ def asyncapi_document() -> dict[str, Any]:
         channels[_channel_id(message.SUBJECT)] = {
             "address": message.SUBJECT,
             "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "x-producers": list(producers(message)),
+            "x-consumers": list(consumers(message)),
         }
     channels["aicloud_dlq"] = {
         "address": f"{DLQ_PREFIX}.{{subject}}",
@@ -75,9 +81,20 @@ def asyncapi_document() -> dict[str, Any]:
     }
 
 
+def permissions_document() -> dict[str, Any]:
+    return {
+        "description": "NATS permissions of each bus identity, generated from contracts/flows.py "
+                       "(a user per service, publisher for outside systems, ops for operators). "
+                       "A client of an identity uses its inbox_prefix. On a bus with an isolation "
+                       "prefix, contracts.permissions.grant(identity, prefix=...) gives the same "
+                       "with every subject, stream and bucket prefixed.",
+        "identities": table(),
+    }
+
+
 def rendered_files() -> dict[str, str]:
     """Relative path -> file content, exactly as ``export`` writes them."""
-    files = {ASYNCAPI_FILE: _dump(asyncapi_document())}
+    files = {ASYNCAPI_FILE: _dump(asyncapi_document()), PERMISSIONS_FILE: _dump(permissions_document())}
     for message in MESSAGES:
         files[f"{SCHEMA_DIR}/{message.SUBJECT}.json"] = _dump(message_schema(message))
     dlq = DeadLetter.model_json_schema()

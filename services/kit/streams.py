@@ -7,6 +7,7 @@ subject and stream name, so several platforms can share one NATS server without 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nats
@@ -16,6 +17,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import DOMAINS
 from contracts.envelope import DLQ_PREFIX
+from contracts.wire import DLQ_DOMAIN, domain_of, stream_name, wire
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Topology:
 
     def wire(self, subject: str) -> str:
         """The subject on the wire: contract subjects get the isolation prefix, if any."""
-        return f"{self.prefix}.{subject}" if self.prefix else subject
+        return wire(subject, self.prefix)
 
     def unwire(self, wire_subject: str) -> str:
         if self.prefix and wire_subject.startswith(self.prefix + "."):
@@ -33,18 +35,16 @@ class Topology:
         return wire_subject
 
     def stream_name(self, domain: str) -> str:
-        base = f"AICLOUD_{domain.upper()}"
-        return f"{self.prefix.upper()}_{base}" if self.prefix else base
+        return stream_name(domain, self.prefix)
 
     def stream_for(self, subject: str) -> str:
-        if subject.startswith(DLQ_PREFIX + "."):
-            return self.stream_name("dlq")
-        return self.stream_name(subject.split(".")[1])
+        return self.stream_name(domain_of(subject))
 
-    async def ensure_streams(self, js: JetStreamContext) -> None:
-        """Create (or update) one stream per domain and the dead-letter stream."""
-        for domain in (*DOMAINS, "dlq"):
-            pattern = f"{DLQ_PREFIX}.>" if domain == "dlq" else f"aicloud.{domain}.>"
+    async def ensure_streams(self, js: JetStreamContext, domains: Sequence[str] | None = None) -> None:
+        """Create (or update) the streams of ``domains`` (a domain's, or the dead letters'),
+        by default one per domain and the dead-letter stream."""
+        for domain in (*DOMAINS, DLQ_DOMAIN) if domains is None else domains:
+            pattern = f"{DLQ_PREFIX}.>" if domain == DLQ_DOMAIN else f"aicloud.{domain}.>"
             config = StreamConfig(
                 name=self.stream_name(domain),
                 subjects=[self.wire(pattern)],
@@ -61,6 +61,9 @@ class Topology:
                               max_ack_pending: int) -> str:
         """Create the durable consumer unless it exists; the name of its stream."""
         config = ConsumerConfig(
+            # named as well as durable: the create request's subject then carries the filter,
+            # which the service's permissions pin (contracts.permissions)
+            name=durable,
             durable_name=durable,
             filter_subject=self.wire(filter_subject),
             ack_wait=30.0,

@@ -23,7 +23,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from nats.js.api import DeliverPolicy
 
+from aicloud.local.identities import password_file
 from contracts import UsageRecorded
+from contracts.flows import PUBLISHER
+from contracts.wire import inbox_prefix
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -51,6 +54,13 @@ def processes_under(home: Path) -> list[psutil.Process]:
         if str(home) in text:
             found.append(proc)
     return found
+
+
+def nats_login(components: dict[str, dict[str, object]]) -> dict[str, Any]:
+    """``nats.connect`` options for the stack's bus as ops, from what `dev status` says."""
+    row = components["nats"]
+    return {"servers": str(row["url"]), "user": str(row["user"]),
+            "password": Path(str(row["password_file"])).read_text().strip()}
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +288,10 @@ def test_outside_event_flows_and_malformed_one_is_dead_lettered(
 ) -> None:
     home, components = stack
 
-    async def publish() -> None:
-        nc = await nats.connect(str(components["nats"]["url"]))
+    async def publish() -> None:  # as a system outside the platform may: the publisher user
+        nc = await nats.connect(str(components["nats"]["url"]), user=PUBLISHER,
+                                password=password_file(home, PUBLISHER).read_text().strip(),
+                                inbox_prefix=inbox_prefix(PUBLISHER))
         js = nc.jetstream()
         good = {"tenant": "legal", "job_id": "e2e-outside", "command": ["true"], "source": "erp"}
         await js.publish("aicloud.jobs.requested.v1", json.dumps(good).encode())
@@ -414,7 +426,7 @@ def test_router_keys_are_managed_from_the_cli(stack: tuple[Path, dict[str, dict[
 
 def _publish_usage(components: dict[str, dict[str, object]], *events: UsageRecorded) -> None:
     async def send() -> None:
-        nc = await nats.connect(str(components["nats"]["url"]))
+        nc = await nats.connect(**nats_login(components))
         for event in events:
             await nc.jetstream().publish(event.SUBJECT, event.model_dump_json().encode(),
                                          headers={"Nats-Msg-Id": str(event.event_id)})
@@ -448,7 +460,7 @@ def test_an_error_burst_pages_through_prometheus_and_alertmanager_onto_the_bus(
                     "model": model, "messages": [{"role": "user", "content": "hi"}]}).status_code)
             time.sleep(0.2)
     assert 200 in codes and any(code >= 500 for code in codes), codes
-    fired = asyncio.run(_alerts_fired(str(components["nats"]["url"]), "router-availability", within_s=60))
+    fired = asyncio.run(_alerts_fired(nats_login(components), "router-availability", within_s=60))
     assert fired["alert"] == "SLOErrorBudgetBurnFast" and fired["severity"] == "critical"
     assert fired["labels"]["service"] == "inference-router"
     assert fired["runbook_url"].endswith("runbooks/slos.md#router-availability")
@@ -463,8 +475,8 @@ def test_an_error_burst_pages_through_prometheus_and_alertmanager_onto_the_bus(
     assert "router-availability" in table.stdout and "runbook:" in table.stdout
 
 
-async def _alerts_fired(nats_url: str, slo: str, *, within_s: float) -> dict[str, Any]:
-    nc = await nats.connect(nats_url)
+async def _alerts_fired(login: dict[str, Any], slo: str, *, within_s: float) -> dict[str, Any]:
+    nc = await nats.connect(**login)
     try:
         sub = await nc.jetstream().subscribe("aicloud.alerts.fired.v1", deliver_policy=DeliverPolicy.ALL)
         deadline = time.monotonic() + within_s

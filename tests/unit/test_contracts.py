@@ -81,4 +81,6 @@ def test_export_writes_asyncapi_and_one_schema_per_event(tmp_path: Path) -> None
     assert drift(tmp_path) == ["stale: schemas/aicloud.old.gone.v1.json"]
     (tmp_path / "asyncapi.json").write_text("{}")
     assert "changed: asyncapi.json" in drift(tmp_path)
-    assert len(rendered_files()) == len(MESSAGES) + 2
+    assert len(rendered_files()) == len(MESSAGES) + 3  # + asyncapi, dead letter, permissions
+    identities = json.loads((tmp_path / "permissions.json").read_text())["identities"]
+    assert identities["publisher"]["publish"]["allow"][0] == "aicloud.jobs.requested.v1"
