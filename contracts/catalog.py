@@ -42,6 +42,10 @@ class Product(BaseModel):
         description="The compute engine its jobs run on; unset: the platform's (the provisioner's "
                     "backend). local: sandboxed processes on the provisioner's machine, also "
                     "where jobs otherwise go to a cluster.")
+    max_per_team: int | None = Field(
+        default=None, ge=1,
+        description="Notebooks and endpoints: at most this many of the product's live at once per "
+                    "team (GPUs or not); unset: only GPU quota limits them.")
     hourly_usd: float = Field(
         default=0.0, ge=0,
         description="Estimate per GPU-hour (per job-hour without GPUs) for budget pre-authorisation.",

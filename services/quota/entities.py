@@ -46,7 +46,16 @@ async def decide(uow: UnitOfWork, rails: Guardrails, *, team: str, product: str,
     block = await repo.budget_block(uow.session, team=team, period=current_period())
     if block is not None:
         return budget_blocked(team, block)
-    held = await repo.held_gpus(uow.session, resource_id=resource_id) or 0
+    live = await repo.held_gpus(uow.session, resource_id=resource_id)
+    if live is None and spec is not None and spec.max_per_team is not None:
+        kind = resource_id.split(":", 1)[0]
+        await repo.team_load(uow.session, team=team)  # the team's decision lock: one at a time
+        running = await repo.live_resources(uow.session, team=team, kind=kind)
+        if running >= spec.max_per_team:
+            return QuotaDecision(Outcome.REJECT, (PRODUCT_POLICY,),
+                                 f"team {team} has {running} {kind}s live, the most product {product} "
+                                 f"allows; stop or delete one (aicloud {kind}s list) and ask again")
+    held = live or 0
     if holds <= held:
         return QuotaDecision(Outcome.ADMIT, (), "no GPUs needed beyond what it already holds")
     extra = holds - held  # a redeploy with more replicas or GPUs asks only for the difference

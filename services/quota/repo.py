@@ -253,6 +253,14 @@ async def set_budgets(session: AsyncSession, budgets: dict[str, float]) -> None:
         )
 
 
+async def live_resources(session: AsyncSession, *, team: str, kind: str) -> int:
+    """How many resources of ``kind`` (``notebook``, ``endpoint``) the team holds now."""
+    row = await session.execute(text(
+        "SELECT count(*) FROM allocations WHERE team = :t AND released_at IS NULL"
+        " AND starts_with(resource_id, :p)"), {"t": team, "p": f"{kind}:"})
+    return int(row.scalar_one())
+
+
 async def held_gpus(session: AsyncSession, *, resource_id: str) -> int | None:
     """GPUs the resource holds now (a redeploy of a live endpoint), None when it holds nothing."""
     row = await session.execute(text(

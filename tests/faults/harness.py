@@ -22,7 +22,7 @@ import httpx
 import nats
 import psutil
 
-from tests.e2e.test_local_stack import aicloud, processes_under
+from tests.e2e.test_local_stack import aicloud, nats_login, processes_under
 
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
 TERMINAL_SUBJECTS = ("aicloud.jobs.completed.v1", "aicloud.jobs.failed.v1", "aicloud.jobs.terminated.v1",
@@ -50,17 +50,22 @@ class Workload:
         self.router_keys["research"] = json.loads(created.stdout)["key"]
         self.jobs: dict[str, str] = {}  # job id -> team
         self.answers: Counter[str] = Counter()
+        self.api_unavailable = 0  # platform API 503s (its database restarting), retried
         self.stop = threading.Event()
 
     def call(self, method: str, path: str, team: str, **kwargs: Any) -> httpx.Response:
         deadline = time.monotonic() + 60
-        while True:
+        while True:  # down (refused) or its database down (503 + Retry-After): a client retries
             try:
-                return httpx.request(method, self.api + path, timeout=30,
-                                     headers={"authorization": f"Bearer {self.keys[team]}"}, **kwargs)
+                answer = httpx.request(method, self.api + path, timeout=30,
+                                       headers={"authorization": f"Bearer {self.keys[team]}"}, **kwargs)
+                if answer.status_code != 503:
+                    return answer
+                self.api_unavailable += 1
             except httpx.TransportError:
-                assert time.monotonic() < deadline, f"the platform API did not come back for {path}"
-                time.sleep(0.5)
+                pass
+            assert time.monotonic() < deadline, f"the platform API did not come back for {path}"
+            time.sleep(0.5)
 
     def submit(self, name: str, team: str, script: str, **extra: Any) -> None:
         answer = self.call("POST", "/jobs", team, json={
@@ -106,9 +111,10 @@ class Workload:
             time.sleep(0.15)
 
 
-async def bus_counts(url: str) -> dict[str, Any]:
-    """What the bus holds: terminal job events per job, usage and inference event ids, DLQ."""
-    nc = await nats.connect(url)
+async def bus_counts(login: dict[str, Any]) -> dict[str, Any]:
+    """What the bus holds: terminal job events per job, usage and inference event ids, DLQ.
+    ``login``: ``nats.connect`` options (``nats_login``: as ops)."""
+    nc = await nats.connect(**login)
     js = nc.jetstream()
     out: dict[str, Any] = {"terminal": Counter(), "billable": set(), "inference_cost": Decimal(0)}
     try:
@@ -246,9 +252,9 @@ def verdict(home: Path, work: Workload, *, settle_s: float = 180) -> Verdict:
             break
         time.sleep(2)
     unfinished = {j: s for j, s in statuses.items() if s not in TERMINAL}
-    nats_url = str(components(home)["nats"]["url"])
+    login = nats_login(components(home))
     for _ in range(60):  # the ledger and the bus settle
-        bus = asyncio.run(bus_counts(nats_url))
+        bus = asyncio.run(bus_counts(login))
         lines, ledger_usd = asyncio.run(ledger_counts(ports["postgres"]))
         if lines >= len(bus["billable"]):
             break
@@ -279,6 +285,7 @@ def verdict(home: Path, work: Workload, *, settle_s: float = 180) -> Verdict:
         "jobs": len(work.jobs), "job statuses": dict(Counter(statuses.values())),
         "terminal events": sum(bus["terminal"].values()),
         "router requests": sum(work.answers.values()), "router answers": dict(work.answers),
+        "platform API 503s retried": work.api_unavailable,
         "billable events on the bus": len(bus["billable"]), "in the ledger": lines,
         "events lost": max(len(bus["billable"]) - lines, 0) + len(missing),
         "events duplicated": sum(n - 1 for n in twice.values() if n > 1),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -22,9 +23,11 @@ from contracts import (
     NotebookRequested,
     NotebookStopped,
 )
+from contracts.catalog import load_products
 from tests.integration.test_services import make_service  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def held(quota: Any) -> list[tuple[str, int]]:
@@ -99,4 +102,45 @@ async def test_notebooks_and_endpoints_hold_gpus_until_they_end(
     await endpoint("emb", 1, 3)
     assert (await answer(EndpointAdmitted)).endpoint == "emb"
     assert await held(quota) == [("endpoint:emb", 3)]
+    await nc.close()
+
+
+async def test_a_team_may_keep_at_most_the_products_number_of_notebooks_even_without_gpus(
+    make_service: Callable[..., Any], nats_url: str, prefix: str  # noqa: F811
+) -> None:
+    """CPU notebooks hold no GPU quota: the notebook product's max_per_team (policies/products.yaml)
+    keeps a team from starting hundreds; a stopped one makes room, another team is not counted."""
+    quota = await make_service("quota", team_gpu_quotas={"legal": 3, "research": 3})
+    limit = load_products(ROOT / "policies" / "products.yaml")["notebook"].max_per_team
+    assert limit is not None and limit >= 2
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    admitted = await js.subscribe(f"{prefix}.{NotebookAdmitted.SUBJECT}", ordered_consumer=True)
+    rejected = await js.subscribe(f"{prefix}.{NotebookRejected.SUBJECT}", ordered_consumer=True)
+
+    async def ask(team: str, notebook_id: str) -> None:
+        await quota.bus.publish(NotebookRequested(tenant=team, notebook_id=notebook_id, gpus=0))
+
+    for n in range(limit):
+        await ask("legal", f"cpu-{n}")
+        assert NotebookAdmitted.model_validate_json((await admitted.next_msg(timeout=10)).data).notebook_id \
+            == f"cpu-{n}"
+    await ask("legal", "one-too-many")
+    refused = NotebookRejected.model_validate_json((await rejected.next_msg(timeout=10)).data)
+    assert refused.notebook_id == "one-too-many"
+    assert refused.reason == (f"team legal has {limit} notebooks live, the most product notebook allows; "
+                              "stop or delete one (aicloud notebooks list) and ask again")
+    async def next_admitted() -> NotebookAdmitted:
+        return NotebookAdmitted.model_validate_json((await admitted.next_msg(timeout=10)).data)
+
+    await ask("research", "theirs")  # another team's count is its own
+    assert (await next_admitted()).tenant == "research"
+    await ask("legal", "cpu-0")  # one already live asks again (a restart): not a new one
+    assert (await next_admitted()).notebook_id == "cpu-0"
+    await quota.bus.publish(NotebookStopped(tenant="legal", notebook_id="cpu-1", reason="idle"))
+    await until_held(quota, sorted([(f"notebook:cpu-{n}", 0) for n in range(limit) if n != 1]
+                                   + [("notebook:theirs", 0)]))
+    await ask("legal", "one-too-many")
+    assert NotebookAdmitted.model_validate_json((await admitted.next_msg(timeout=10)).data).notebook_id \
+        == "one-too-many"
     await nc.close()
