@@ -116,7 +116,9 @@ def test_a_lost_node_is_a_preemption_and_the_job_resumes_on_a_node_that_joined(
                           f"probe-{n}", "-o", "json", "--", "python3", "-c", "import time; time.sleep(600)")
                   for n in range(2)]
         # two 4-GPU jobs fit the 8 a100s of two nodes; with one node the second would queue
-        assert [json.loads(p.stdout)["status"] for p in probes] == ["admitted", "admitted"], probes
+        # (create returns once quota has decided; by the time it prints, an admitted job may be further on)
+        placed = {"admitted", "provisioning", "running"}
+        assert all(json.loads(p.stdout)["status"] in placed for p in probes), probes
         for n in range(2):
             aicloud(home, "jobs", "cancel", f"probe-{n}")
             aicloud(home, "jobs", "wait", f"probe-{n}", timeout=120)

@@ -108,7 +108,8 @@ async def test_limits_end_a_run_with_the_reason(agents: Callable[..., Any]) -> N
     said = unknown.json()["detail"]
     assert said.startswith("unknown model 'gpt-99-turbo': the inference router serves team legal ")
     assert "gpt" in said.rsplit(" legal ", 1)[1].split(", ")
-    assert (await runtime.client.get("/v1/agents/runs/unknown-model", headers=runtime.headers())).status_code == 404
+    missing = await runtime.client.get("/v1/agents/runs/unknown-model", headers=runtime.headers())
+    assert missing.status_code == 404
     control = await runtime.client.post("/v1/agents/runs", headers=runtime.headers(), json={
         "agent": "analyst", "model": "gpt\nX-Injected: 1", "task": "x"})
     assert control.status_code == 422

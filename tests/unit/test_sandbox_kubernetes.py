@@ -162,8 +162,13 @@ def by_name(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 
 def test_chart_leaves_sandbox_objects_out_by_default() -> None:
-    kinds = {obj["kind"] for obj in render()}
-    assert "Deployment" in kinds and not kinds & {"RuntimeClass", "NetworkPolicy"}
+    objects = render()
+    kinds = {obj["kind"] for obj in objects}
+    assert "Deployment" in kinds and "RuntimeClass" not in kinds
+    # the platform's own NetworkPolicies are there; none for the sandboxes' namespace
+    policies = by_name(objects, "NetworkPolicy")
+    assert policies and not [name for name in policies if name.startswith("sandboxes-")]
+    assert {p["metadata"]["namespace"] for p in policies.values()} == {"aicloud"}
 
 
 def test_chart_renders_the_runtime_class_and_policies_when_enabled() -> None:
@@ -171,7 +176,9 @@ def test_chart_renders_the_runtime_class_and_policies_when_enabled() -> None:
     for obj in objects:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
     assert by_name(objects, "RuntimeClass")["gvisor"]["handler"] == "runsc"
-    policies = by_name(objects, "NetworkPolicy")
+    policies = {name: p for name, p in by_name(objects, "NetworkPolicy").items()
+                if name.startswith("sandboxes-")}
+    assert set(policies) == {"sandboxes-default-deny", "sandboxes-egress-proxy"}
     assert {p["metadata"]["namespace"] for p in policies.values()} == {"aicloud-sandboxes"}
     # The chart's copies must say what the module's builders say.
     assert policies["sandboxes-default-deny"]["spec"] == to_manifest(default_deny_policy())["spec"]
