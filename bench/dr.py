@@ -38,6 +38,7 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aicloud.local.components import database_url
 from aicloud.local.stack import Stack
 from tests.e2e.test_local_stack import aicloud, processes_under
 
@@ -149,8 +150,8 @@ async def bus_users(home: Path) -> set[str]:
 
 
 async def billed_users(home: Path) -> set[str]:
-    port = Stack(home).files.saved_ports()["postgres"]
-    db = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/aicloud")
+    files = Stack(home).files
+    db = await asyncpg.connect(database_url(files, files.saved_ports()["postgres"]))
     try:
         rows = await db.fetch("SELECT DISTINCT user_id FROM cost_ledger.ledger_entries"
                               " WHERE kind = 'inference'")

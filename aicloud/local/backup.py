@@ -43,8 +43,8 @@ from nats.aio.client import Client as NATS
 
 from aicloud.local import jetstream_backup, supervisor
 from aicloud.local.archive import FORMAT, VERSION, copy_files, pack, parts, unpack
-from aicloud.local.components import DATABASE
-from aicloud.local.servers import postgres_bin_dir
+from aicloud.local.components import DATABASE, database_password
+from aicloud.local.servers import postgres_bin_dir, postgres_client_env
 from aicloud.local.stack import Stack
 from aicloud.local.state import Ports
 from guardrails import POLICY_DIR
@@ -129,7 +129,7 @@ def _take(stack: Stack, live: Running, staging: Path, report: Report) -> dict[st
     report(f"nats: positions of {sum(len(c) for c in positions.values())} consumers taken")
     report("postgres: dumping every service's schema...")
     _run([*_pg("pg_dump", live.ports["postgres"]), "--format=custom", "--serializable-deferrable",
-          "--file", str(staging / "postgres.dump"), DATABASE])
+          "--file", str(staging / "postgres.dump"), DATABASE], password=database_password(stack.files))
     report(f"postgres: dumped ({(staging / 'postgres.dump').stat().st_size} bytes)")
     sqlite_copy(live.temporal_db, staging / "temporal.db")
     report("temporal: database copied")
@@ -259,7 +259,7 @@ def _place_files(staging: Path, home: Path, manifest: dict[str, Any], report: Re
 def _fill(stack: Stack, staging: Path, manifest: dict[str, Any], ports: Ports, report: Report) -> None:
     report("postgres: restoring every service's schema...")
     _run([*_pg("pg_restore", ports["postgres"]), "--exit-on-error", "--no-owner",
-          "--dbname", DATABASE, str(staging / "postgres.dump")])
+          "--dbname", DATABASE, str(staging / "postgres.dump")], password=database_password(stack.files))
     report("postgres: restored")
     asyncio.run(_restore_bus(stack, staging / "nats", manifest, report))
 
@@ -300,8 +300,9 @@ def _pg(tool: str, port: int) -> list[str]:
             "--no-password"]
 
 
-def _run(argv: list[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+def _run(argv: list[str], *, password: str | None = None) -> str:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False,
+                          env=postgres_client_env(password))
     if done.returncode != 0:
         raise BackupError(f"{Path(argv[0]).name} failed: {done.stderr.strip()[-800:]}")
     return done.stdout.strip()

@@ -17,6 +17,7 @@ from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, http_ok
 
 DATABASE = "aicloud"
+DATABASE_PASSWORD = "postgres-password"  # under run/, like the other secrets
 Env = dict[str, str]
 Ready = Callable[[Component, Ports], bool]
 
@@ -88,7 +89,8 @@ class Service:
             "NATS_PASSWORD": identities.password(site.files, self.name),
             "STREAM_REPLICAS": str(site.nats_nodes),
             "DATABASE_URL": servers.postgres_url(site.ports["postgres"], DATABASE,
-                                                 socket_dir=site.postgres.socket_dir),
+                                                 socket_dir=site.postgres.socket_dir,
+                                                 password=site.postgres.password),
             "HTTP_PORT": str(site.ports[self.name]),
             "TRACE_FILE": str(site.home / "traces" / f"{self.name}.jsonl"),
         }
@@ -175,14 +177,24 @@ def _collector(site: Site) -> Env:
             "JUDGE_KEYS_FILE": str(site.home / "router-keys.json")}
 
 
-def _database_ready(port: int) -> bool:
+def _database_ready(component: Component, port: int) -> bool:
     if not servers.port_open(port):
         return False
-    try:
-        servers.create_database(port, DATABASE)
+    try:  # the server's environment carries the client's password for this check (and nothing reads it)
+        servers.create_database(port, DATABASE, component.env.get("PGPASSWORD"))
     except subprocess.CalledProcessError:
         return False
     return True
+
+
+def database_password(files: StackFiles) -> str:
+    """The local PostgreSQL's password (role ``postgres``): made once, kept 0600 under run/."""
+    return files.secret(DATABASE_PASSWORD)
+
+
+def database_url(files: StackFiles, port: int) -> str:
+    """The stack's database over TCP, password included: for tools and tests outside the services."""
+    return servers.postgres_url(port, DATABASE, password=database_password(files))
 
 
 # Outside the platform: a fake of OpenAI and Anthropic, so the router has providers offline.
@@ -229,7 +241,8 @@ INFRA: tuple[Infra, ...] = (
     Infra("postgres", url=lambda p: servers.postgres_url(p["postgres"], DATABASE),
           argv=lambda s: servers.postgres_argv(s.postgres, port=s.ports["postgres"]),
           user=lambda s: s.postgres.user,
-          ready=lambda _, p: _database_ready(p["postgres"])),
+          env=lambda s: {} if s.postgres.password is None else {"PGPASSWORD": s.postgres.password},
+          ready=lambda c, p: _database_ready(c, p["postgres"])),
     Infra("temporal", url=lambda p: f"http://127.0.0.1:{p['temporal-ui']}",
           address=lambda p: f"127.0.0.1:{p['temporal']}",
           argv=lambda s: servers.temporal_argv(port=s.ports["temporal"], ui_port=s.ports["temporal-ui"],
@@ -323,7 +336,8 @@ def plan(files: StackFiles, ports: Ports, *, engine: str = "local", nats_nodes: 
         raise ValueError(f"a NATS cluster of {nats_nodes} is not offered: choose "
                          f"{' or '.join(map(str, NATS_CLUSTER_SIZES))} (an odd size keeps a majority)")
     files.logs.mkdir(parents=True, exist_ok=True)
-    site = Site(files, ports, servers.postgres_prepare(files.data / "postgres"), nats_nodes=nats_nodes)
+    site = Site(files, ports, servers.postgres_prepare(files.data / "postgres", database_password(files)),
+                nats_nodes=nats_nodes)
     found = monitoring.binaries()
     for line in found.missing():
         warn(line)

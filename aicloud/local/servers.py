@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 POSTGRES_SYSTEM_USER = "aicloud-pg"
 
@@ -147,10 +148,14 @@ class PostgresLayout:
     socket_dir: Path
     user: str | None
     """System user the server runs as (PostgreSQL refuses to run as root), None for the caller."""
+    password: str | None = None
+    """The ``postgres`` role's password; None: a server that trusts every local connection."""
 
 
-def postgres_prepare(root: Path) -> PostgresLayout:
-    """Create the data directory with initdb on first use; reuse it afterwards."""
+def postgres_prepare(root: Path, password: str | None = None) -> PostgresLayout:
+    """Create the data directory with initdb on first use; reuse it afterwards. With
+    ``password``, every connection (socket or TCP) must give it (SCRAM); a data directory made
+    before passwords keeps the trust it was made with."""
     data_dir, socket_dir = root / "data", root / "run"
     user = _unprivileged_user()
     root.mkdir(parents=True, exist_ok=True)
@@ -163,14 +168,26 @@ def postgres_prepare(root: Path) -> PostgresLayout:
     if not (data_dir / "PG_VERSION").exists():
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        subprocess.run(
-            [
-                str(postgres_bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres",
-                "--auth=trust", "--encoding=UTF8", "--no-sync", "--no-instructions",
-            ],
-            check=True, capture_output=True, text=True, user=user,
-        )
-    return PostgresLayout(data_dir, socket_dir, user)
+        auth = ["--auth=trust"]
+        pwfile = root / ".initdb-password"
+        if password is not None:  # initdb reads it from a file: never on a command line
+            pwfile.write_text(password + "\n")
+            pwfile.chmod(0o600)
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            auth = ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
+        try:
+            subprocess.run(
+                [
+                    str(postgres_bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                    *auth, "--encoding=UTF8", "--no-sync", "--no-instructions",
+                ],
+                check=True, capture_output=True, text=True, user=user,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+    return PostgresLayout(data_dir, socket_dir, user, password)
 
 
 def postgres_argv(layout: PostgresLayout, *, port: int) -> list[str]:
@@ -185,33 +202,48 @@ def postgres_argv(layout: PostgresLayout, *, port: int) -> list[str]:
     ]
 
 
-def postgres_url(port: int, database: str = "aicloud", socket_dir: Path | None = None) -> str:
+def postgres_url(port: int, database: str = "aicloud", socket_dir: Path | None = None,
+                 password: str | None = None) -> str:
     """The URL services use. With ``socket_dir``, over the server's Unix socket there: a
     round trip costs a third less CPU than over loopback TCP, and quota decides about 20 %
     more requests per second (``bench/admission.py``). Falls back to TCP when the socket's
-    path would be too long for the kernel (108 bytes)."""
+    path would be too long for the kernel (108 bytes). With ``password``, it is in the URL:
+    the URL is a secret then (never shown; ``dev status`` shows the one without)."""
+    user = "postgres" if password is None else f"postgres:{quote(password, safe='')}"
     if socket_dir is not None and len(str(socket_dir / f".s.PGSQL.{port}")) < 100:
-        return f"postgresql://postgres@:{port}/{database}?host={socket_dir}"
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+        return f"postgresql://{user}@:{port}/{database}?host={socket_dir}"
+    return f"postgresql://{user}@127.0.0.1:{port}/{database}"
 
 
-def create_database(port: int, database: str) -> None:
+def postgres_client_env(password: str | None) -> dict[str, str]:
+    """The environment for psql, pg_dump and pg_restore: the password, never on a command line."""
+    env = dict(os.environ)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return env
+
+
+def create_database(port: int, database: str, password: str | None = None) -> None:
     """Create ``database`` if it does not exist yet."""
-    psql = [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    psql = [str(postgres_bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            "--no-password"]
+    env = postgres_client_env(password)
     exists = subprocess.run(
         [*psql, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=env,
     )
     if exists.stdout.strip() != "1":
-        subprocess.run([*psql, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True)
+        subprocess.run([*psql, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True,
+                       env=env)
 
 
-def wait_for_database(port: int, database: str, *, timeout: float = 30.0) -> None:
+def wait_for_database(port: int, database: str, *, timeout: float = 30.0,
+                      password: str | None = None) -> None:
     """Create ``database`` as soon as the server accepts connections."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            create_database(port, database)
+            create_database(port, database, password)
             return
         except subprocess.CalledProcessError:
             if time.monotonic() > deadline:

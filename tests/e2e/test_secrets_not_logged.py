@@ -5,9 +5,9 @@ The secrets: the model-provider key (OPENAI_API_KEY and ANTHROPIC_API_KEY of the
 fake upstream that is the home's ``run/fake-llm-key``, planted here before ``up`` with a
 distinctive value), the teams' API keys (keys.json), their router keys (router-keys.json) and one
 made during the walk, the admin and webhook tokens, the NATS passwords and the agent-state master
-key (all under ``run/``), and the wrong keys the walk presents. The local PostgreSQL has no
-password (``initdb --auth=trust``, URLs ``postgresql://postgres@...``); should a service's
-database URL ever carry one, it is searched for too.
+key (all under ``run/``), and the wrong keys the walk presents. The local PostgreSQL's password is
+planted too (``run/postgres-password``, which ``up`` makes when missing; every connection must
+give it), found again in each service's database URL and searched for as such.
 
 Searched: every file under ``logs/``, every ``*.log`` and ``*.jsonl`` anywhere under the home (the
 traces, the jobs' logs and metrics) and in the home's scratch folders (endpoints, notebooks,
@@ -16,6 +16,7 @@ sandboxes), after ``dev down`` so that shutdown lines are in.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import psutil
 import pytest
@@ -36,6 +38,7 @@ from aicloud.local.state import StackFiles
 pytestmark = pytest.mark.e2e
 
 PROVIDER_KEY = f"sk-planted-provider-{secrets.token_hex(12)}"
+DATABASE_PASSWORD = f"pg-planted-{secrets.token_hex(12)}"
 WRONG_API_KEY = f"ak_00000000_wrong{secrets.token_urlsafe(16)}"
 WRONG_ROUTER_KEY = f"vk_00000000_wrong{secrets.token_urlsafe(16)}"
 WRONG_ADMIN_TOKEN = f"wrong-admin-{secrets.token_urlsafe(16)}"
@@ -53,7 +56,7 @@ class Walk:
     home: Path
     made: dict[str, str] = field(default_factory=dict)
     """Secrets the walk itself made or presented, by name."""
-    answers: dict[str, int] = field(default_factory=dict)
+    answers: dict[str, int | str] = field(default_factory=dict)
     """HTTP status or CLI exit code of each step, by name."""
     router_key_id: str = ""
 
@@ -125,9 +128,10 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
     """A stack up with the provider key planted, the golden path walked, the stack down."""
     home = tmp_path_factory.mktemp("secrets")
     (home / "run").mkdir(mode=0o700)
-    planted = os.open(home / "run" / "fake-llm-key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(planted, "w") as out:  # `up` keeps it: it makes only the secrets that are missing
-        out.write(PROVIDER_KEY)
+    for name, value in (("fake-llm-key", PROVIDER_KEY), ("postgres-password", DATABASE_PASSWORD)):
+        planted = os.open(home / "run" / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(planted, "w") as out:  # `up` keeps it: it makes only the secrets that are missing
+            out.write(value)
     walk = Walk(home)
     try:
         up = aicloud(home, "dev", "up", "--detach", "--free-ports", **DEBUG)
@@ -135,6 +139,8 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
         status = json.loads(aicloud(home, "dev", "status", "--json").stdout)
         router = next(str(row["url"]) for row in status if row["name"] == "inference-router")
         walk.made |= database_passwords(home)  # run/stack.json goes with `down`
+        walk.answers["database without password"] = asyncio.run(_connect(home, None))
+        walk.answers["database with the planted password"] = asyncio.run(_connect(home, DATABASE_PASSWORD))
         _golden_path(walk, router)
     finally:
         down = aicloud(home, "dev", "down")
@@ -162,8 +168,20 @@ def home_secrets(walk: Walk) -> dict[str, str]:
     return found
 
 
+async def _connect(home: Path, password: str | None) -> str:
+    """Connect to the stack's PostgreSQL over TCP as ``postgres``: "ok" or the error's class."""
+    port = StackFiles(home).saved_ports()["postgres"]
+    try:
+        db = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="aicloud",
+                                   password=password, timeout=10)
+    except Exception as error:  # the class is the answer
+        return type(error).__name__
+    await db.close()
+    return "ok"
+
+
 def database_passwords(home: Path) -> dict[str, str]:
-    """The password in any service's database URL (none today: the local server trusts)."""
+    """The password in each service's database URL (the local server wants one)."""
     return {f"{row['name']} {var} password": password
             for row in json.loads((home / "run" / "stack.json").read_text())
             for var, value in row.get("env", {}).items()
@@ -196,11 +214,18 @@ def test_the_walk_used_the_planted_secrets_and_met_the_wrong_ones(walk: Walk) ->
         assert answers[name] == 0, (name, answers)
     assert answers["rejected job"] == 1 and answers["agent run"] == 1, answers
     assert answers["wrong API key"] == 1 and answers["wrong admin token"] == 1, answers
+    # the database wants the planted password: without it, even on the machine, no way in
+    assert answers["database with the planted password"] == "ok", answers
+    assert answers["database without password"] in ("InvalidPasswordError", "ClientConfigurationError"), \
+        answers
 
 
 def test_no_secret_appears_in_any_log_or_trace(walk: Walk) -> None:
     found = home_secrets(walk)
     assert found["run/fake-llm-key"] == PROVIDER_KEY
+    assert found["run/postgres-password"] == DATABASE_PASSWORD
+    # every service connects with it (in its DATABASE_URL, searched for as such too)
+    assert {v for k, v in found.items() if k.endswith("DATABASE_URL password")} == {DATABASE_PASSWORD}
     assert {"run/router-admin-token", "run/ledger-admin-token", "run/agent-runtime-admin-token",
             "run/agent-state-master-keys.json[k1]", "keys.json[legal]", "router-keys.json[legal]",
             } <= set(found)

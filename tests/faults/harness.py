@@ -22,6 +22,8 @@ import httpx
 import nats
 import psutil
 
+from aicloud.local.components import database_url
+from aicloud.local.state import StackFiles
 from tests.e2e.test_local_stack import aicloud, nats_login, processes_under
 
 TERMINAL = {"completed", "failed", "terminated", "rejected"}
@@ -142,8 +144,8 @@ async def bus_counts(login: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def ledger_counts(port: int) -> tuple[int, Decimal]:
-    db = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/aicloud")
+async def ledger_counts(dsn: str) -> tuple[int, Decimal]:
+    db = await asyncpg.connect(dsn)
     try:
         lines = await db.fetchval("SELECT count(DISTINCT event_id) FROM cost_ledger.ledger_entries")
         usd = await db.fetchval("SELECT coalesce(sum(usd), 0) FROM cost_ledger.ledger_entries"
@@ -153,8 +155,8 @@ async def ledger_counts(port: int) -> tuple[int, Decimal]:
         await db.close()
 
 
-async def held_gpus(port: int, jobs: list[str]) -> int:
-    db = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/aicloud")
+async def held_gpus(dsn: str, jobs: list[str]) -> int:
+    db = await asyncpg.connect(dsn)
     try:
         return int(await db.fetchval("SELECT coalesce(sum(gpus), 0) FROM quota.allocations"
                                      " WHERE released_at IS NULL AND resource_id = ANY($1)", jobs))
@@ -244,6 +246,7 @@ class Verdict:
 def verdict(home: Path, work: Workload, *, settle_s: float = 180) -> Verdict:
     """Wait for every job to end and the ledger to catch up, then count."""
     ports = json.loads((home / "run" / "ports.json").read_text())
+    dsn = database_url(StackFiles(home), ports["postgres"])
     deadline = time.monotonic() + settle_s
     while True:
         statuses = {job: work.call("GET", f"/jobs/{job}", team).json()["status"]
@@ -255,11 +258,11 @@ def verdict(home: Path, work: Workload, *, settle_s: float = 180) -> Verdict:
     login = nats_login(components(home))
     for _ in range(60):  # the ledger and the bus settle
         bus = asyncio.run(bus_counts(login))
-        lines, ledger_usd = asyncio.run(ledger_counts(ports["postgres"]))
+        lines, ledger_usd = asyncio.run(ledger_counts(dsn))
         if lines >= len(bus["billable"]):
             break
         time.sleep(1)
-    held = asyncio.run(held_gpus(ports["postgres"], list(work.jobs)))
+    held = asyncio.run(held_gpus(dsn, list(work.jobs)))
     owners = {int(c["pid"]) for c in components(home).values() if c.get("pid")}
     owned = set(owners)
     for pid in owners:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.unit
 def no_initdb(monkeypatch: pytest.MonkeyPatch) -> None:
     """plan() would initdb a Postgres data folder: not what these tests are about."""
     monkeypatch.setattr(components.servers, "postgres_prepare",
-                        lambda root: servers.PostgresLayout(root / "data", root / "run", None))
+                        lambda root, password=None: servers.PostgresLayout(root / "data", root / "run", None))
     monkeypatch.setattr(monitoring, "binaries", lambda: monitoring.Binaries(None, None))
 
 

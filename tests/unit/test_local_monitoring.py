@@ -74,7 +74,7 @@ def test_a_broken_slo_file_keeps_the_last_good_rules_and_names_the_field(tmp_pat
 def no_initdb(monkeypatch: pytest.MonkeyPatch) -> None:
     """plan() would initdb a Postgres data folder: not what these tests are about."""
     monkeypatch.setattr(components.servers, "postgres_prepare",
-                        lambda root: servers.PostgresLayout(root / "data", root / "run", None))
+                        lambda root, password=None: servers.PostgresLayout(root / "data", root / "run", None))
 
 
 def test_without_the_binaries_the_stack_runs_and_says_so(tmp_path: Path,
