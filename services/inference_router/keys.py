@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -132,6 +133,16 @@ def _read_keys(path: Path) -> dict[str, str]:
 
 
 def _write_keys(path: Path, known: dict[str, str]) -> None:
+    """Atomically (readers, such as the agent runtime, never see half a file) and readable by
+    the owner only from the first byte (mode 0600 at creation, not after the write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(known, indent=2) + "\n")
-    path.chmod(0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover from a crash keeps its mode otherwise
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(known, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

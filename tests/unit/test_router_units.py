@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -311,3 +312,25 @@ def test_price_book_charges_tokens_and_flags_unknown_models(tmp_path: Path) -> N
                    "fallback_model: {input: -1, output: 1}}]")
     with pytest.raises(PriceBookError, match=r"versions\.0\.fallback_model\.input"):
         load_price_book(bad)
+
+
+def test_the_demo_router_keys_file_is_private_from_its_first_byte_and_never_half_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.inference_router import keys as router_keys
+
+    path = tmp_path / "run" / "router-keys.json"
+    modes: list[int] = []
+    real_replace = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        modes.append(os.stat(src).st_mode & 0o777)  # the moment before it becomes the file
+        assert not path.exists() or json.loads(path.read_text())  # the old file is whole meanwhile
+        real_replace(src, dst)
+
+    monkeypatch.setattr(router_keys.os, "replace", replace)
+    router_keys._write_keys(path, {"legal": "vk_a_b"})
+    router_keys._write_keys(path, {"legal": "vk_a_b", "research": "vk_c_d"})
+    assert modes == [0o600, 0o600]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert json.loads(path.read_text()) == {"legal": "vk_a_b", "research": "vk_c_d"}
+    assert [p.name for p in path.parent.iterdir()] == ["router-keys.json"]  # no temporary left
