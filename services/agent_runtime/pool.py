@@ -81,6 +81,8 @@ class WarmPool:
                     log.error("pool.start_failed", template=self.template, error=str(exc)[:300])
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 30)
+            if self._closed:  # closed while a start was under way: its wake-up is spent
+                break
             self._wake.clear()
             await self._wake.wait()
             await asyncio.sleep(REFILL_DELAY_S)
