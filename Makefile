@@ -68,6 +68,7 @@ bench: install  ## performance goals (plain scripts; the last line of each is JS
 	$(BIN)/python bench/collector.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/dr.py
+	$(BIN)/python bench/soak.py
 
 lint: install
 	$(BIN)/ruff check .
