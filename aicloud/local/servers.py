@@ -6,6 +6,7 @@ servers, flags and data layout that developers run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pwd
@@ -188,6 +189,14 @@ def postgres_prepare(root: Path, password: str | None = None) -> PostgresLayout:
         finally:
             pwfile.unlink(missing_ok=True)
     return PostgresLayout(data_dir, socket_dir, user, password)
+
+
+def remove_stale_postmaster_pid(data_dir: Path, dead_pid: int) -> None:
+    """Remove ``postmaster.pid`` when it names ``dead_pid`` (a postmaster known to be dead)."""
+    lock = data_dir / "postmaster.pid"
+    with contextlib.suppress(FileNotFoundError, ValueError, IndexError):
+        if int(lock.read_text().splitlines()[0]) == dead_pid:
+            lock.unlink()
 
 
 def postgres_argv(layout: PostgresLayout, *, port: int) -> list[str]:

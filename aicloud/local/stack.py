@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aicloud.local import components, identities, supervisor
+from aicloud.local import components, identities, servers, supervisor
 from aicloud.local.state import Component, Ports, StackFiles
 from aicloud.local.supervisor import READY_TIMEOUT_S, Probe, StackError
 
@@ -91,6 +91,12 @@ class Stack:
         if supervisor.alive(entry.get("pid")):
             supervisor.terminate_groups([int(entry["pid"])], grace_s)
             report(f"stopped {name} (pid {entry['pid']})")
+        elif isinstance(entry.get("pid"), int) and not supervisor.settle(int(entry["pid"]), grace_s) \
+                and name == "postgres":
+            # its dead postmaster is a zombie nobody has reaped yet: PostgreSQL would take it for a
+            # live one ("lock file postmaster.pid already exists") and refuse to start
+            servers.remove_stale_postmaster_pid(self.files.data / "postgres" / "data", int(entry["pid"]))
+            report(f"postgres: pid {entry['pid']} is dead but not reaped; its lock file removed")
         component = Component.from_state(entry)
         self.spawn(component)
         self.write_state([asdict(component) if e is entry else e for e in state])

@@ -80,6 +80,23 @@ def terminate_groups(pids: list[int], grace_s: float) -> None:
             return
 
 
+def settle(pid: int, timeout: float) -> bool:
+    """After a component died on its own (SIGKILL, a crash): kill what is left of its process
+    group (PostgreSQL's backends, a job's sandbox) and wait up to ``timeout`` for the dead
+    process to be gone, zombie included (PID 1 may reap late). True when it is gone."""
+    group = _pgid_of(pid)
+    if group == pid:  # components lead their own group; anything else is not ours to kill
+        left = [p for p in psutil.process_iter() if _pgid(p) == group and p.pid != pid]
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not psutil.pid_exists(pid)
+
+
 def reap(markers: list[str], runsc_roots: Iterable[Path]) -> None:
     """Kill every process with a marker in its command line and delete every gVisor container
     under the given state roots: what a service leaves behind when it is killed."""
