@@ -29,6 +29,21 @@ from workflows.job import NODE_LOST, JobOutputs, RunInput, RunResult
 
 log = structlog.get_logger(__name__)
 SOURCE = "provisioner"
+FAST_START_S = 2.0
+"""A start taking longer than this (a job queued on its engine for a node) heartbeats slower."""
+WAITING_HEARTBEAT_S = 5.0
+"""How often a job still waiting for its engine to start it heartbeats. Each heartbeat is a
+request to Temporal (2-3 ms of the dev server's CPU each): a hundred queued Ray jobs at one a
+second kept a quarter of a core busy during a burst (bench/engine.py). A cancel of a job that
+is not running yet is heard this much later; a running job heartbeats every second (its
+deadline)."""
+
+
+def waiting_heartbeat_s(heartbeat_timeout_s: float | None) -> float:
+    """The waiting heartbeat, well inside the activity's heartbeat timeout."""
+    if not heartbeat_timeout_s:
+        return WAITING_HEARTBEAT_S
+    return max(0.5, min(WAITING_HEARTBEAT_S, heartbeat_timeout_s / 3))
 
 
 class JobActivities:
@@ -75,10 +90,13 @@ class JobActivities:
         backend = self._for(run.request)
         starting = asyncio.create_task(backend.start(
             run.request, egress=run.egress, gpu_type=run.gpu_type, grace_period_s=run.grace_period_s))
+        timeout = activity.info().heartbeat_timeout
+        waiting_s = waiting_heartbeat_s(timeout.total_seconds() if timeout else None)
         try:
             while not starting.done():
                 activity.heartbeat()
-                await asyncio.wait([starting], timeout=0.5)
+                slow = time.time() - started > FAST_START_S
+                await asyncio.wait([starting], timeout=waiting_s if slow else 0.5)
             job = starting.result()
             await self._announce_running(run.request, job, backend=backend.name)
             sampled_at = time.monotonic()
