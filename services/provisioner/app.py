@@ -42,7 +42,8 @@ def build(settings: ProvisionerSettings) -> Service:
         service.add_check("ray", ports.backend.check)
     queue = {"task_queue": settings.task_queue}
     on = _with_client(ports.temporal)
-    service.consume(JobAdmitted, on(jobs.on_job_admitted, **queue))
+    service.consume(JobAdmitted, on(jobs.on_job_admitted, **queue,
+                                    heartbeat_timeout_s=settings.job_heartbeat_timeout_s))
     service.consume(CancelJob, on(jobs.on_cancel_job))
     service.consume(BudgetExhausted, on(jobs.on_budget_exhausted, **queue))
     service.consume(EndpointAdmitted, on(endpoints.on_endpoint_admitted, **queue, tuning=ports.tuning))

@@ -5,7 +5,7 @@ from pydantic_settings import SettingsConfigDict
 
 from guardrails import POLICY_DIR
 from services.kit.settings import Port, ServiceSettings
-from workflows.job import TASK_QUEUE
+from workflows.job import HEARTBEAT_TIMEOUT_S, TASK_QUEUE
 
 DATASET_ROOT = Path(__file__).resolve().parents[2] / "examples" / "datasets"
 
@@ -26,6 +26,9 @@ class ProvisionerSettings(ServiceSettings):
         description="The Ray cluster's dashboard (Jobs API), e.g. http://127.0.0.1:8265.")
     placement_timeout_s: float = Field(default=300, gt=0, description=(
         "How long a Ray job may wait for a node with its GPUs before it fails."))
+    job_heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, gt=0, description=(
+        "How long a job's run may go without a heartbeat before Temporal runs it again: how "
+        "soon the jobs of a hung or dead provisioner are noticed. Set for jobs started from now."))
     memory_limit_mb: int = Field(default=4096, gt=0, description="RLIMIT_AS for local jobs.")
     dataset_root: Path = Field(default=DATASET_ROOT,
                                description="Holds projects/<project>/datasets/<name>/ folders.")

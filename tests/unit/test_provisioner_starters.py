@@ -14,8 +14,10 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from contracts import BudgetExhausted, JobAdmitted, JobRequested, NotebookAdmitted, NotebookRequested
 from services.kit.inbox import UnitOfWork
+from services.kit.settings import load_settings
 from services.provisioner.jobs import starter as jobs
 from services.provisioner.notebooks import starter as notebooks
+from services.provisioner.settings import ProvisionerSettings
 
 pytestmark = pytest.mark.unit
 UOW = cast(UnitOfWork, None)  # the starters write nothing transactional
@@ -74,6 +76,23 @@ async def test_a_redelivered_admission_starts_the_job_once() -> None:
         await jobs.on_job_admitted(admitted("j-1"), UOW, client=client, task_queue="q")
     assert [job_id for job_id, _ in temporal.started] == ["j-1"]
     assert temporal.started[0][1].request.job_id == "j-1"
+
+
+async def test_the_provisioners_job_heartbeat_timeout_reaches_the_jobs_it_starts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AICLOUD_PROVISIONER_NATS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("AICLOUD_PROVISIONER_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("AICLOUD_PROVISIONER_TEMPORAL_ADDRESS", "127.0.0.1:7233")
+    monkeypatch.delenv("AICLOUD_PROVISIONER_JOB_HEARTBEAT_TIMEOUT_S", raising=False)
+    assert load_settings(ProvisionerSettings).job_heartbeat_timeout_s == 30  # unset: JobInput's own
+    monkeypatch.setenv("AICLOUD_PROVISIONER_JOB_HEARTBEAT_TIMEOUT_S", "8")
+    settings = load_settings(ProvisionerSettings)
+    temporal = FakeTemporal()
+    await jobs.on_job_admitted(admitted("j-8"), UOW, client=cast(Client, temporal), task_queue="q",
+                               heartbeat_timeout_s=settings.job_heartbeat_timeout_s)
+    assert temporal.started[0][1].heartbeat_timeout_s == 8
+    await jobs.on_job_admitted(admitted("j-30"), UOW, client=cast(Client, temporal), task_queue="q")
+    assert temporal.started[1][1].heartbeat_timeout_s == 30
 
 
 async def test_a_stop_budget_cancels_only_that_teams_running_jobs() -> None:

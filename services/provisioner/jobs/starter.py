@@ -11,14 +11,14 @@ from temporalio.service import RPCError
 
 from contracts import BudgetExhausted, CancelJob, JobAdmitted
 from services.kit.inbox import UnitOfWork
-from workflows.job import DEFAULT_MAX_RUNTIME_S, JobInput, JobWorkflow
+from workflows.job import DEFAULT_MAX_RUNTIME_S, HEARTBEAT_TIMEOUT_S, JobInput, JobWorkflow
 
 log = structlog.get_logger(__name__)
 
 
-async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client,
-                          task_queue: str) -> None:
-    job = job_input(event)
+async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client, task_queue: str,
+                          heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> None:
+    job = job_input(event, heartbeat_timeout_s=heartbeat_timeout_s)
     try:
         await client.start_workflow(
             JobWorkflow.run, job, id=event.request.job_id, task_queue=task_queue,
@@ -29,8 +29,9 @@ async def on_job_admitted(event: JobAdmitted, uow: UnitOfWork, *, client: Client
         return  # a redelivered admission: the job already runs (or ran) once
 
 
-def job_input(event: JobAdmitted) -> JobInput:
-    """The product's max runtime, or the user's if shorter; usage labelled by GPU type and price."""
+def job_input(event: JobAdmitted, *, heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S) -> JobInput:
+    """The product's max runtime, or the user's if shorter; usage labelled by GPU type and price;
+    the run's heartbeat timeout as the provisioner is configured."""
     request, product = event.request, event.product
     limit = product.max_runtime_s if product else DEFAULT_MAX_RUNTIME_S
     return JobInput(
@@ -39,6 +40,7 @@ def job_input(event: JobAdmitted) -> JobInput:
         gpu_type=_gpu_type(event),
         price_class=product.price_class if product else "on-demand",
         egress=product is not None and product.network == "egress",
+        heartbeat_timeout_s=heartbeat_timeout_s,
     )
 
 
