@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
 TASK_QUEUE = "aicloud-jobs"
 DEFAULT_MAX_RUNTIME_S = 12 * 3600
 GRACE_PERIOD_S = 10
+HEARTBEAT_TIMEOUT_S = 30
 
 
 class JobInput(BaseModel):
@@ -33,7 +34,8 @@ class JobInput(BaseModel):
     grace_period_s: int = Field(default=GRACE_PERIOD_S, ge=0)
     gpu_type: str | None = None
     price_class: str = "on-demand"
-    heartbeat_timeout_s: int = Field(default=30, gt=0, description="How soon a dead worker is noticed.")
+    heartbeat_timeout_s: int = Field(default=HEARTBEAT_TIMEOUT_S, gt=0,
+                                     description="How soon a dead worker is noticed.")
     egress: bool = Field(default=False, description="The product allows the job network egress.")
 
 
@@ -96,6 +98,7 @@ class JobWorkflow:
         try:
             backend = await workflow.execute_activity(
                 "provision_job", request, start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
                 retry_policy=RetryPolicy(maximum_attempts=5),
             )
         except ActivityError as exc:
@@ -127,11 +130,13 @@ class JobWorkflow:
                 outputs = await workflow.execute_activity(
                     "collect_outputs", request, result_type=JobOutputs,
                     start_to_close_timeout=timedelta(minutes=10),
+                    heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
                     retry_policy=RetryPolicy(maximum_attempts=5),
                 )
         finally:
             await workflow.execute_activity(
                 "teardown_job", request, start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
                 retry_policy=RetryPolicy(maximum_attempts=10),
             )
         ended = workflow.now().timestamp()

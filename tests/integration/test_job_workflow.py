@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -276,3 +277,40 @@ async def test_a_lost_node_is_a_billed_preemption_and_the_job_resumes_from_its_c
     assert int(job_log.split("resuming from checkpoint at epoch ")[1].split()[0]) >= 3
     usage = await collect(nats_url, prefix, UsageRecorded.SUBJECT)
     assert len(usage) == 2  # the lost run is billed too, up to when the loss was noticed
+
+
+async def test_a_worker_dying_in_collect_or_teardown_is_noticed_within_the_heartbeat_timeout(
+    client: Client, bus: Bus, tmp_path: Path, prefix: str
+) -> None:
+    """A provisioner killed while it collects a job's outputs or tears the job down (found by
+    the fault suite): the attempt that neither finishes nor heartbeats is run again after the
+    job's heartbeat timeout, not after the activity's 5-10 minute start-to-close timeout."""
+    backend = LocalBackend(work_dir=tmp_path, memory_limit_mb=1024, dataset_root=DATASETS,
+                           artifact_root=tmp_path / "artifacts")
+    acts = JobActivities(bus=bus, backend=backend)
+    hung: list[str] = []
+
+    def dies_on_its_first_attempt(real: Any, name: str) -> Any:
+        @activity.defn(name=name)
+        async def attempt(request: JobRequested) -> Any:
+            if activity.info().attempt == 1:
+                hung.append(name)
+                await asyncio.Event().wait()  # like a dead worker: no result, no heartbeat
+            return await real(request)
+        return attempt
+
+    real = [a for a in acts.all() if a not in (acts.collect_outputs, acts.teardown_job)]
+    queue = f"jobs-{uuid.uuid4().hex[:8]}"
+    job_worker = provisioner_worker(client, task_queue=queue, activities=[
+        *real, dies_on_its_first_attempt(acts.collect_outputs, "collect_outputs"),
+        dies_on_its_first_attempt(acts.teardown_job, "teardown_job"), *Publisher(bus=bus).all()])
+    job_worker.start()
+    try:
+        job = JobInput(request=request("wf-dies", "python3", "-c", "print('done')"), heartbeat_timeout_s=2)
+        outcome = await asyncio.wait_for(
+            client.execute_workflow(JobWorkflow.run, job, id=f"wf-dies-{prefix}", task_queue=queue),
+            timeout=60)
+    finally:
+        await job_worker.stop()
+    assert outcome.status == "completed", outcome.reason
+    assert hung == ["collect_outputs", "teardown_job"]

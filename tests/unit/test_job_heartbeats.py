@@ -85,3 +85,19 @@ def test_the_waiting_heartbeat_stays_a_third_of_the_heartbeat_timeout() -> None:
     assert waiting_heartbeat_s(30) == job_activities.WAITING_HEARTBEAT_S
     assert waiting_heartbeat_s(6) == 2.0
     assert waiting_heartbeat_s(0.3) == 0.5
+
+
+class SlowTeardown:
+    name = "slow"
+
+    async def teardown(self, request: JobRequested) -> None:
+        await asyncio.sleep(2.2)
+
+
+async def test_a_slow_teardown_heartbeats_so_a_live_worker_is_not_taken_for_a_dead_one() -> None:
+    env = ActivityEnvironment()
+    beats: list[object] = []
+    env.on_heartbeat = lambda *details: beats.append(details)
+    activities = JobActivities(bus=FakeBus(), backend=SlowTeardown())  # type: ignore[arg-type]
+    await env.run(activities.teardown_job, request())
+    assert len(beats) >= 3  # at 0, 1 and 2 s: inside any heartbeat timeout of 2 s or more

@@ -23,6 +23,7 @@ from services.provisioner.backends import (
     RunningJob,
 )
 from services.provisioner.backends.engines import Engines, EngineUnavailable
+from services.provisioner.heartbeat import heartbeating
 from services.provisioner.jobs.gpus import SAMPLE_EVERY_S
 from services.provisioner.jobs.outputs import collect
 from workflows.job import NODE_LOST, JobOutputs, RunInput, RunResult
@@ -66,7 +67,7 @@ class JobActivities:
     async def provision_job(self, request: JobRequested) -> str:
         try:
             backend = self._for(request)
-            await backend.provision(request)
+            await heartbeating(backend.provision(request))
         except DatasetUnavailable as exc:
             raise ApplicationError(str(exc), type="DatasetUnavailable", non_retryable=True) from None
         except EngineUnavailable as exc:
@@ -76,11 +77,11 @@ class JobActivities:
     @activity.defn(name="collect_outputs")
     async def collect_outputs(self, request: JobRequested) -> JobOutputs:
         backend = self._for(request)
-        return await asyncio.to_thread(
+        return await heartbeating(asyncio.to_thread(
             collect, request=request, workspace=backend.workspace(request),
             dataset_dir=backend.dataset_dir(request), artifact_root=backend.artifact_root,
             tracking_uri=self._tracking_uri,
-        )
+        ))
 
     @activity.defn(name="run_job")
     async def run_job(self, run: RunInput) -> RunResult:
@@ -164,4 +165,4 @@ class JobActivities:
             backend = self._for(request)
         except EngineUnavailable:
             return  # it never started anywhere
-        await backend.teardown(request)
+        await heartbeating(backend.teardown(request))
