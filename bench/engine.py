@@ -34,7 +34,9 @@ import asyncpg
 from ray.job_submission import JobSubmissionClient
 
 from aicloud.client import PlatformClient
+from aicloud.local.components import database_url
 from aicloud.local.ray_cluster import NodeSpec, RayCluster, crash, node_session
+from aicloud.local.stack import Stack as LocalStack
 from bench.common import seconds_summary as summary
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
@@ -79,8 +81,8 @@ class Stack:
 
     async def reserved(self) -> tuple[int, int]:
         """Allocations quota still holds: (count, GPUs)."""
-        port = json.loads((self.home / "run" / "ports.json").read_text())["postgres"]
-        conn = await asyncpg.connect(host="127.0.0.1", port=port, user="postgres", database="aicloud")
+        files = LocalStack(self.home).files  # the stack's database wants its password
+        conn = await asyncpg.connect(database_url(files, files.saved_ports()["postgres"]))
         try:
             row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(gpus), 0) AS gpus "
                                       "FROM quota.allocations WHERE released_at IS NULL")
@@ -223,7 +225,9 @@ def main() -> None:
         # (every list_jobs answer, the provisioner's included, carries them all), so what the
         # order changes counts against aicloud, not for it
         ray_rate, ray_states = throughput_ray(str(ray.status["ray"]["url"]))
+        print(f"{JOBS} one-second jobs straight to Ray: {ray_rate:.1f}/min {ray_states}", flush=True)
         aicloud_rate, aicloud_states = throughput_aicloud(ray)
+        print(f"{JOBS} one-second jobs through aicloud: {aicloud_rate:.1f}/min {aicloud_states}", flush=True)
         reserved = asyncio.run(ray.reserved())
         loss_error = None
         try:
