@@ -7,7 +7,9 @@ so one set of servers serves the whole session.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,8 +38,8 @@ def _spawn(argv: list[str], log: Path, user: str | None = None) -> subprocess.Po
                             start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
@@ -70,7 +72,9 @@ def postgres_port(server_root: Path) -> Iterator[int]:
     _wait_port(port, proc, "postgres", log)
     servers.wait_for_database(port, "aicloud_test")
     yield port
-    _stop(proc)
+    # SIGINT, PostgreSQL's fast shutdown: SIGTERM (smart) waits for every client to leave, and a
+    # pool some test left open held the session's end for the full 10 s
+    _stop(proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +115,25 @@ async def temporal_env() -> AsyncIterator[object]:
     )
     yield env
     await env.shutdown()
+
+
+MYPY_ARGV = [sys.executable, "-m", "mypy", "aicloud", "contracts", "guardrails", "services", "workflows"]
+BACKGROUND: dict[str, subprocess.Popen[str]] = {}
+"""Checks started when the session begins and read by their test (tests/unit/test_lint.py): mypy
+takes half a minute of one core, which the e2e tests, mostly waiting on servers, leave free."""
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.nodeid.endswith("test_lint.py::test_mypy_finds_nothing") for item in session.items):
+        BACKGROUND["mypy"] = subprocess.Popen(MYPY_ARGV, cwd=Path(__file__).resolve().parents[1],
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for proc in BACKGROUND.values():  # a session cut short leaves none running
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
