@@ -56,6 +56,7 @@ class Bus:
         prefix: str = "",
         stream_replicas: int = 1,
         max_deliver: int = 5,
+        ack_wait_s: float = 30.0,
         backoff_s: Sequence[float] = (0.5, 2.0, 10.0, 30.0),
         metrics: Metrics | None = None,
         batch: int = 128,
@@ -75,6 +76,7 @@ class Bus:
         self.redelivery = Redelivery(max_deliver, tuple(backoff_s) or (1.0,))
         self.metrics = metrics or Metrics(service)
         self._batch = batch
+        self._ack_wait_s = ack_wait_s
         self._max_in_flight = max_in_flight
         self._fetch_timeout_s = 1.0
         self._nc: NatsClient | None = None
@@ -249,7 +251,7 @@ class Bus:
         size = sub.fetch or self._batch
         stream = await self.topology.ensure_consumer(
             self.js, filter_subject=sub.filter_subject, durable=sub.durable,
-            max_ack_pending=4 * size)
+            max_ack_pending=4 * size, ack_wait_s=self._ack_wait_s)
         assert self._nc is not None
         puller = Puller(self._nc, stream, sub.durable)
         await puller.start()

@@ -56,6 +56,7 @@ class Service:
             prefix=settings.subject_prefix,
             stream_replicas=settings.stream_replicas,
             max_deliver=settings.max_deliver,
+            ack_wait_s=settings.ack_wait_s,
             backoff_s=settings.redelivery_backoff_s,
             metrics=self.metrics,
             user=settings.nats_user,

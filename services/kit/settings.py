@@ -46,6 +46,10 @@ class ServiceSettings(BaseSettings):
     trace_file: str = Field(default="", description="JSON-lines span file when no OTLP endpoint.")
     otlp_endpoint: str = Field(default="", description="OTLP/HTTP traces endpoint.")
     max_deliver: int = Field(default=5, ge=1, le=100)
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600, description=(
+        "How long a message handed to this service may stay unacknowledged before NATS delivers it "
+        "again: how soon what a killed service was holding is redelivered. It must outlast the "
+        "slowest handler. Set when a consumer is created (an existing one keeps its own)."))
     redelivery_backoff_s: tuple[float, ...] = (0.5, 2.0, 10.0, 30.0)
     outbox_poll_s: float = Field(default=0.5, gt=0)
 

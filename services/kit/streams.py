@@ -58,7 +58,7 @@ class Topology:
                 await js.update_stream(config)
 
     async def ensure_consumer(self, js: JetStreamContext, *, filter_subject: str, durable: str,
-                              max_ack_pending: int) -> str:
+                              max_ack_pending: int, ack_wait_s: float = 30.0) -> str:
         """Create the durable consumer unless it exists; the name of its stream."""
         config = ConsumerConfig(
             # named as well as durable: the create request's subject then carries the filter,
@@ -66,7 +66,7 @@ class Topology:
             name=durable,
             durable_name=durable,
             filter_subject=self.wire(filter_subject),
-            ack_wait=30.0,
+            ack_wait=ack_wait_s,
             # Unlimited at the server: the kit counts deliveries itself and dead-letters past
             # max_deliver, so a message whose handler crashed the process is never lost.
             max_deliver=-1,

@@ -261,8 +261,10 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
            "AICLOUD_COST_LEDGER_DATABASE_URL": service_env["database_url"],
            "AICLOUD_COST_LEDGER_SUBJECT_PREFIX": prefix,
            "AICLOUD_COST_LEDGER_DB_SCHEMA": f"{prefix}_ledger", "AICLOUD_COST_LEDGER_HTTP_PORT": "0",
-           "AICLOUD_COST_LEDGER_BATCH": "200", "AICLOUD_COST_LEDGER_LOG_LEVEL": "warning"}
-    checker = Service(CostLedgerSettings(**service_env, db_schema=f"{prefix}_ledger"))
+           "AICLOUD_COST_LEDGER_BATCH": "200", "AICLOUD_COST_LEDGER_LOG_LEVEL": "warning",
+           # what the killed ledger held is delivered again after 5 s, not the default 30 s
+           "AICLOUD_COST_LEDGER_ACK_WAIT_S": "5"}
+    checker = Service(CostLedgerSettings(**service_env, db_schema=f"{prefix}_ledger", ack_wait_s=5))
     await checker.bus.connect()  # creates this test's streams
     nc = await nats.connect(nats_url)
     await publish(nc, prefix, events)
@@ -294,10 +296,18 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
     async with checker.db.transaction() as session:
         total = (await session.execute(text("SELECT sum(usd) FROM ledger_entries"))).scalar_one()
         rolled = (await session.execute(text("SELECT sum(usd) FROM spend_hourly"))).scalar_one()
+    nc = await nats.connect(nats_url)
+    try:  # the ledger's consumers were created with the ack wait it was given
+        waits = {c.config.ack_wait for info in await nc.jetstream().streams_info()
+                 if any(subject.startswith(f"{prefix}.") for subject in info.config.subjects or [])
+                 for c in await nc.jetstream().consumers_info(str(info.config.name))}
+    finally:
+        await nc.close()
     await checker.db.drop_schema()
     await checker.db.dispose()
     await checker.bus.stop()
     assert 0 < killed_at < total_events
+    assert waits == {5.0}, waits
     expected = sum((reference_usd(e) for e in events), Decimal(0))
     assert total.quantize(Decimal("0.01")) == expected.quantize(Decimal("0.01"))
     assert rolled == total
