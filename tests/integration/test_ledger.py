@@ -297,10 +297,9 @@ async def test_killing_the_ledger_mid_stream_changes_nothing(
         total = (await session.execute(text("SELECT sum(usd) FROM ledger_entries"))).scalar_one()
         rolled = (await session.execute(text("SELECT sum(usd) FROM spend_hourly"))).scalar_one()
     nc = await nats.connect(nats_url)
-    try:  # the ledger's consumers were created with the ack wait it was given
-        waits = {c.config.ack_wait for info in await nc.jetstream().streams_info()
-                 if any(subject.startswith(f"{prefix}.") for subject in info.config.subjects or [])
-                 for c in await nc.jetstream().consumers_info(str(info.config.name))}
+    try:  # the ledger's consumer of usage was created with the ack wait it was given
+        consumers = await nc.jetstream().consumers_info(checker.bus.stream_for(UsageRecorded.SUBJECT))
+        waits = {c.config.ack_wait for c in consumers}
     finally:
         await nc.close()
     await checker.db.drop_schema()
