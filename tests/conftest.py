@@ -72,8 +72,7 @@ def postgres_port(server_root: Path) -> Iterator[int]:
     _wait_port(port, proc, "postgres", log)
     servers.wait_for_database(port, "aicloud_test")
     yield port
-    # SIGINT, PostgreSQL's fast shutdown: SIGTERM (smart) waits for every client to leave, and a
-    # pool some test left open held the session's end for the full 10 s
+    # SIGINT, PostgreSQL's fast shutdown: SIGTERM (smart) waits for every client to leave
     _stop(proc, signal.SIGINT)
 
 
