@@ -13,8 +13,8 @@ from temporalio.testing import WorkflowEnvironment
 from aicloud.local.ray_cluster import RayCluster
 from contracts import JobRequested
 from services.provisioner.backends import JobUnplaceable, NodeLost
-from services.provisioner.backends.ray import RayBackend, RayJob, ray_jobs_client
-from services.provisioner.backends.ray_entry import PLACEMENT, STOPPED_BEFORE_START, EntrySpec, stop_file
+from services.provisioner.backends.ray import RayBackend, RayJob, entry_spec, ray_jobs_client
+from services.provisioner.backends.ray_entry import PLACEMENT, STOPPED_BEFORE_START, stop_file
 from services.provisioner.backends.ray_entry import run as run_entry
 from services.provisioner.recovery import stop_orphaned_ray_jobs
 
@@ -116,9 +116,10 @@ async def test_an_attempt_stopped_before_it_was_placed_never_runs_its_job(tmp_pa
     workspace = tmp_path / "legal" / "late"
     workspace.mkdir(parents=True)
     stop_file(workspace, "late").touch()
-    spec = EntrySpec(request=request("late", "open('ran', 'w').write('yes')"), submission_id="late",
-                     workspace=str(workspace), container_id="aicloud-legal-late-1", memory_limit_mb=512,
-                     state_dir=str(tmp_path / "sandbox"))
+    spec = entry_spec(request("late", "open('ran', 'w').write('yes')"), submission_id="late",
+                      workspace=workspace, dataset=None, container_id="aicloud-legal-late-1",
+                      memory_limit_mb=512, egress=False, isolation="auto", grace_period_s=5,
+                      state_dir=str(tmp_path / "sandbox"))
     assert await run_entry(spec) == STOPPED_BEFORE_START
     assert not (workspace / "ran").exists()
     assert "stopped before it started" in (workspace / "job.log").read_text()

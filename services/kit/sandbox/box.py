@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import structlog
 
 from services.kit.sandbox.layer import Bind, Isolation, Limits, Sandbox, Spec
 
-log = structlog.get_logger(__name__)
 DAEMON_DIR = Path(__file__).parent / "inside"
 INSIDE_CTL, INSIDE_DAEMON, INSIDE_WORKSPACE = "/sandbox/ctl", "/sandbox/daemon", "/workspace"
 READ_LIMIT = 32 << 20
@@ -166,7 +164,9 @@ async def reap_orphans(sandbox: Sandbox, ctl_root: Path) -> list[str]:
     for box_id in found:
         shutil.rmtree(ctl_root / box_id, ignore_errors=True)
     if found:
-        log.warning("sandbox.orphans_reaped", count=len(found), ids=found[:20])
+        import structlog  # here: the sandbox layer is imported by each Ray job's lean entrypoint
+
+        structlog.get_logger(__name__).warning("sandbox.orphans_reaped", count=len(found), ids=found[:20])
     return found
 
 

@@ -24,9 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import psutil
-import structlog
 
-log = structlog.get_logger(__name__)
 WORKSPACE, DATA = "/workspace", "/data"
 
 
@@ -54,8 +52,11 @@ def choose(preference: str = "auto") -> Isolation:
             raise RuntimeError(f"isolation {wanted} is not available here (have: {', '.join(options)})")
         return wanted
     if options[0] is Isolation.RLIMITS:
-        log.warning("sandbox.unavailable", detail="neither runsc nor bwrap found: jobs run as plain "
-                    "rlimited processes without filesystem or network isolation")
+        import structlog  # here: this layer is imported by each Ray job's lean entrypoint
+
+        structlog.get_logger(__name__).warning(
+            "sandbox.unavailable", detail="neither runsc nor bwrap found: jobs run as plain "
+            "rlimited processes without filesystem or network isolation")
     return options[0]
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from contracts import DeviceSample, JobRequested, Placement
+if TYPE_CHECKING:  # not imported at run time: the Ray entrypoint imports this package, lean
+    from contracts import DeviceSample, JobRequested, Placement
 
 
 class RunningJob(Protocol):

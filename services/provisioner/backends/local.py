@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import signal
-import sys
 from pathlib import Path
 
 import psutil
@@ -22,6 +21,7 @@ from contracts.catalog import dataset_project
 from services.kit import gpu
 from services.kit.sandbox import Limits, Sandbox, choose
 from services.provisioner.backends import DatasetUnavailable, RunningJob
+from services.provisioner.backends.runtime import job_path, job_runtime
 from services.provisioner.cluster import ClusterView, local_view
 from services.provisioner.jobs import tracking
 from services.provisioner.jobs.gpus import job_devices
@@ -173,19 +173,6 @@ def job_env(request: JobRequested, *, workspace: str, data: str | None) -> dict[
         **tracking.job_env(workspace),
         **{f"AICLOUD_PARAM_{k.upper()}": v for k, v in request.params.items()},
     }
-
-
-def job_runtime() -> Path | None:
-    """The platform's own virtual environment, the local backend's image: a job's ``python``
-    has what the platform ships (MLflow and numpy included). None outside a virtualenv."""
-    return None if sys.prefix == sys.base_prefix else Path(sys.prefix)
-
-
-def job_path() -> str:
-    """The job's PATH: the platform's environment's bin/ first, then the host's."""
-    path = os.environ.get("PATH", "/usr/bin:/bin")
-    runtime = job_runtime()
-    return path if runtime is None else os.pathsep.join([str(runtime / "bin"), path])
 
 
 PID_FILE = ".aicloud-attempt.json"

@@ -25,9 +25,10 @@ import httpx
 import structlog
 
 from contracts import DeviceSample, JobRequested, Placement
+from services.kit.sandbox import DATA, WORKSPACE
 from services.provisioner.backends import JobUnplaceable, NodeLost
-from services.provisioner.backends.local import LocalBackend
-from services.provisioner.backends.ray_entry import PLACEMENT, EntrySpec, stop_file
+from services.provisioner.backends.local import LocalBackend, job_env
+from services.provisioner.backends.ray_entry import PLACEMENT, SPEC_VERSION, EntrySpec, stop_file
 from services.provisioner.cluster import ClusterView, list_ray_jobs, ray_view, status_of
 from services.provisioner.jobs.gpus import read_devices
 
@@ -53,6 +54,21 @@ def ray_jobs_client(address: str) -> JobsApi:
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(address)  # type: ignore[return-value]
+
+
+def entry_spec(request: JobRequested, *, submission_id: str, container_id: str, workspace: Path,
+               dataset: Path | None, memory_limit_mb: int, egress: bool, isolation: str,
+               grace_period_s: float, state_dir: str, hidden: list[str] | None = None) -> EntrySpec:
+    """What ``ray_entry`` needs, built here so that it imports nothing heavy on the node: the
+    job's environment both ways it may see its paths (in a sandbox: /workspace and /data)."""
+    envs = {"sandboxed": job_env(request, workspace=WORKSPACE, data=DATA if dataset else None),
+            "plain": job_env(request, workspace=str(workspace), data=str(dataset) if dataset else None)}
+    return EntrySpec(version=SPEC_VERSION, job_id=request.job_id, command=request.command, gpus=request.gpus,
+                     env={k: {n: v for n, v in env.items() if n != "PATH"} for k, env in envs.items()},
+                     submission_id=submission_id, container_id=container_id, workspace=str(workspace),
+                     dataset=str(dataset) if dataset else None, memory_limit_mb=memory_limit_mb,
+                     egress=egress, isolation=isolation, grace_period_s=grace_period_s,
+                     state_dir=state_dir, hidden=hidden or [])
 
 
 def _missing(exc: RuntimeError) -> bool:
@@ -303,20 +319,17 @@ class RayBackend(LocalBackend):
                       egress: bool, gpu_type: str | None, grace_period_s: float) -> None:
         dataset = self.dataset_dir(request)
         container = self.sandbox.container_id(request.tenant, request.job_id)
-        spec = EntrySpec(
-            request=request, submission_id=submission_id, workspace=str(workspace),
-            dataset=str(dataset) if dataset else None,
-            container_id=f"{container}-{secrets.token_hex(3)}",
-            memory_limit_mb=self._limits.memory_bytes // (1024 * 1024), egress=egress,
-            isolation=self._isolation_preference, state_dir=str(self._state_dir),
-            grace_period_s=grace_period_s,
-            hidden=[str(h) for h in self._hidden])
+        spec = entry_spec(request, submission_id=submission_id, workspace=workspace, dataset=dataset,
+                          container_id=f"{container}-{secrets.token_hex(3)}",
+                          memory_limit_mb=self._limits.memory_bytes // (1024 * 1024), egress=egress,
+                          isolation=self._isolation_preference, state_dir=str(self._state_dir),
+                          grace_period_s=grace_period_s, hidden=[str(h) for h in self._hidden])
         resources = {gpu_resource(gpu_type): 0.001} if gpu_type and request.gpus else None
         await asyncio.to_thread(
             api.submit_job, entrypoint=f"{shlex.quote(self._python)} -m {ENTRY_MODULE}",
             submission_id=submission_id, entrypoint_num_gpus=request.gpus, entrypoint_num_cpus=0,
             entrypoint_resources=resources,
-            runtime_env={"env_vars": {"AICLOUD_RAY_ENTRY": spec.model_dump_json(),
+            runtime_env={"env_vars": {"AICLOUD_RAY_ENTRY": json.dumps(spec),
                                       "RAY_JOB_STOP_WAIT_TIME_S": str(max(int(grace_period_s), 1))}},
             metadata={"aicloud.team": request.tenant, "aicloud.job_id": request.job_id})
         log.info("ray.job_submitted", job_id=request.job_id, submission_id=submission_id,

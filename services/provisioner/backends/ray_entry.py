@@ -24,62 +24,90 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
-from pydantic import BaseModel
-
-from contracts import JobRequested
-from services.kit.sandbox import Isolation, Limits, Sandbox, choose
+# Lean on purpose: this runs once per job on a node, beside Ray's own per-job worker, and every
+# module it imports costs each job CPU (pydantic, the contracts and structlog cost ~0.25 s).
+from services.kit.sandbox.layer import Isolation, Limits, Sandbox, choose
+from services.provisioner.backends.runtime import job_path, job_runtime
 
 SAMPLE_EVERY_S = 10.0  # as services.provisioner.jobs.gpus (not imported here: the entry starts lean)
 
 PLACEMENT = ".aicloud-placement.json"
 STOPPED_BEFORE_START = 3
+SPEC_VERSION = 2
 
 
 def stop_file(workspace: Path, submission_id: str) -> Path:
     return workspace / f".aicloud-stop-{submission_id}"
 
 
-class EntrySpec(BaseModel):
-    request: JobRequested
+class EntrySpec(TypedDict):
+    """What the provisioner hands the entrypoint (JSON in ``AICLOUD_RAY_ENTRY``): the job's
+    command and environment already built, both ways the job may see its paths (``sandboxed``:
+    /workspace and /data; ``plain``: the host's folders); PATH is the node's own."""
+
+    version: int
+    job_id: str
+    command: list[str]
+    gpus: int
+    env: dict[str, dict[str, str]]
     submission_id: str
     container_id: str
     workspace: str
-    dataset: str | None = None
+    dataset: str | None
     memory_limit_mb: int
-    egress: bool = False
-    isolation: str = "auto"
-    grace_period_s: float = 10
+    egress: bool
+    isolation: str
+    grace_period_s: float
     state_dir: str
-    hidden: list[str] = []
+    hidden: NotRequired[list[str]]
+
+
+def read_spec(text: str) -> EntrySpec:
+    """The spec; one from a provisioner before SPEC_VERSION 2 (a job Ray still held when the
+    platform was upgraded) is converted, at the old entrypoint's import cost."""
+    raw: dict[str, Any] = json.loads(text)
+    if raw.get("version") == SPEC_VERSION:
+        return raw  # type: ignore[return-value]
+    from contracts import JobRequested
+    from services.provisioner.backends.local import job_env
+
+    request = JobRequested.model_validate(raw["request"])
+    dataset = raw.get("dataset")
+    return EntrySpec(
+        version=SPEC_VERSION, job_id=request.job_id, command=request.command, gpus=request.gpus,
+        env={"sandboxed": job_env(request, workspace="/workspace", data="/data" if dataset else None),
+             "plain": job_env(request, workspace=raw["workspace"], data=dataset)},
+        submission_id=raw["submission_id"], container_id=raw["container_id"], workspace=raw["workspace"],
+        dataset=dataset, memory_limit_mb=raw["memory_limit_mb"], egress=raw.get("egress", False),
+        isolation=raw.get("isolation", "auto"), grace_period_s=raw.get("grace_period_s", 10),
+        state_dir=raw["state_dir"], hidden=raw.get("hidden", []))
 
 
 async def run(spec: EntrySpec) -> int:
-    # imported here: it pulls in the tracking helpers, which the spec's parsing does not need
-    from services.provisioner.backends.local import job_env, job_runtime
-
-    workspace, dataset = Path(spec.workspace), Path(spec.dataset) if spec.dataset else None
-    stop = stop_file(workspace, spec.submission_id)
+    workspace = Path(spec["workspace"])
+    dataset = Path(spec["dataset"]) if spec["dataset"] else None
+    stop = stop_file(workspace, spec["submission_id"])
     if stop.exists():
         with (workspace / "job.log").open("ab") as stopped_log:
-            stopped_log.write(f"[aicloud] attempt {spec.submission_id} was stopped before it "
+            stopped_log.write(f"[aicloud] attempt {spec['submission_id']} was stopped before it "
                               "started\n".encode())
         return STOPPED_BEFORE_START
-    sandbox = Sandbox(choose(spec.isolation), state_dir=Path(spec.state_dir),
-                      hidden=[Path(h) for h in spec.hidden])
-    inside_workspace, inside_data = sandbox.paths(workspace, dataset)
-    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    env = {**job_env(spec.request, workspace=inside_workspace, data=inside_data),
-           **({"CUDA_VISIBLE_DEVICES": gpus} if spec.request.gpus else {})}
+    sandbox = Sandbox(choose(spec["isolation"]), state_dir=Path(spec["state_dir"]),
+                      hidden=[Path(h) for h in spec.get("hidden", [])])
     wrapped = sandbox.isolation is not Isolation.RLIMITS
-    command = ["env", "--default-signal=TERM", *spec.request.command] if wrapped else spec.request.command
-    launch = sandbox.launch(container_id=spec.container_id, command=command, env=env,
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    node = {"PATH": job_path(), **({"CUDA_VISIBLE_DEVICES": gpus} if spec["gpus"] else {})}
+    env = {**spec["env"]["sandboxed" if wrapped else "plain"], **node}
+    command = ["env", "--default-signal=TERM", *spec["command"]] if wrapped else spec["command"]
+    launch = sandbox.launch(container_id=spec["container_id"], command=command, env=env,
                             workspace=workspace, dataset=dataset,
-                            limits=Limits(memory_bytes=spec.memory_limit_mb * 1024 * 1024),
-                            network=spec.egress, runtime=job_runtime())
+                            limits=Limits(memory_bytes=spec["memory_limit_mb"] * 1024 * 1024),
+                            network=spec["egress"], runtime=job_runtime())
     (workspace / PLACEMENT).write_text(json.dumps(
-        {"submission_id": spec.submission_id,
-         "gpu_ids": [g for g in gpus.split(",") if g] if spec.request.gpus else [],
+        {"submission_id": spec["submission_id"],
+         "gpu_ids": [g for g in gpus.split(",") if g] if spec["gpus"] else [],
          "host": os.uname().nodename, "isolation": str(sandbox.isolation)}))
 
     def preexec() -> None:
@@ -88,13 +116,16 @@ async def run(spec: EntrySpec) -> int:
         if launch.preexec is not None:
             launch.preexec()
 
+    # what starts the sandbox sees the host's paths; a plain process is the job itself
+    outer = env if not wrapped else {k: v for k, v in {**spec["env"]["plain"], **node}.items()
+                                     if k != "AICLOUD_DATASET_DIR"}
     with (workspace / "job.log").open("ab") as log_file:
         if not wrapped:
             log_file.write(b"[aicloud] no sandbox on this node (neither runsc nor bwrap): the job "
                            b"runs as a plain rlimited process\n")
             log_file.flush()
         proc = await asyncio.create_subprocess_exec(
-            *launch.argv, cwd=workspace, env=job_env(spec.request, workspace=str(workspace), data=None),
+            *launch.argv, cwd=workspace, env=outer,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file, preexec_fn=preexec)
     stopping: list[bool] = []
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.append, True)
@@ -106,11 +137,11 @@ async def run(spec: EntrySpec) -> int:
             except TimeoutError:
                 if stopping or stop.exists():
                     return await _stop(sandbox, spec, proc)
-            if spec.request.gpus and time.monotonic() - sampled_at > SAMPLE_EVERY_S:
+            if spec["gpus"] and time.monotonic() - sampled_at > SAMPLE_EVERY_S:
                 sampled_at = time.monotonic()
                 await asyncio.to_thread(_sample_gpus, workspace, gpus)
     finally:
-        await sandbox.cleanup(spec.container_id)
+        await sandbox.cleanup(spec["container_id"])
 
 
 def _sample_gpus(workspace: Path, visible: str) -> None:
@@ -126,16 +157,16 @@ def _sample_gpus(workspace: Path, visible: str) -> None:
 
 async def _stop(sandbox: Sandbox, spec: EntrySpec, proc: asyncio.subprocess.Process) -> int:
     """SIGTERM through the sandbox, the grace period, then SIGKILL: the local backend's stop."""
-    await sandbox.signal(spec.container_id, proc.pid, signal.SIGTERM)
+    await sandbox.signal(spec["container_id"], proc.pid, signal.SIGTERM)
     try:
-        return await asyncio.wait_for(proc.wait(), timeout=spec.grace_period_s)
+        return await asyncio.wait_for(proc.wait(), timeout=spec["grace_period_s"])
     except TimeoutError:
-        await sandbox.signal(spec.container_id, proc.pid, signal.SIGKILL)
+        await sandbox.signal(spec["container_id"], proc.pid, signal.SIGKILL)
         return await proc.wait()
 
 
 def main() -> None:
-    spec = EntrySpec.model_validate_json(os.environ["AICLOUD_RAY_ENTRY"])
+    spec = read_spec(os.environ["AICLOUD_RAY_ENTRY"])
     code = asyncio.run(run(spec))
     sys.exit(code if code >= 0 else 128 - code)
 
