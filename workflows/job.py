@@ -47,6 +47,10 @@ class RunInput(BaseModel):
     node_loss_preempts: bool = Field(default=False, description=(
         "A lost node ends the run as a preemption (non-retryable NodeLost) for the workflow to "
         "run again; runs from before this: a retryable failure."))
+    stop_at_s: float | None = Field(default=None, description=(
+        "When the run reaches the job's max runtime (epoch seconds): the activity stops the job "
+        "itself then (SIGTERM, grace, kill) and returns it as terminated, on time however long "
+        "the workflow's cancel takes to reach it. Runs from before this: None."))
 
 
 class RunResult(BaseModel):
@@ -54,6 +58,7 @@ class RunResult(BaseModel):
     started_at_s: float
     ended_at_s: float
     terminated: bool = False
+    """Stopped by the activity at ``RunInput.stop_at_s`` (the max runtime), not by the job."""
 
 
 class JobOutcome(BaseModel):
@@ -65,6 +70,7 @@ class JobOutcome(BaseModel):
 
 JOB_STATUS_PATCH = "job-status-provisioning-running"
 NODE_LOSS_PATCH = "node-loss-preempts"
+RUN_DEADLINE_PATCH = "run-stops-at-its-deadline"
 NODE_LOST = "NodeLost"  # the ApplicationError type of a run whose node went away
 PREEMPTED = "preempted"
 MAX_PREEMPTIONS = 3  # preemptions a job survives; the next one ends it
@@ -166,10 +172,13 @@ class JobWorkflow:
         billed and the job resumes from its checkpoint, on another node). Returns (result, why
         it was stopped, why it failed)."""
         node_loss_preempts = workflow.patched(NODE_LOSS_PATCH)
+        # Runs started after this change stop themselves at the deadline (the activity's own
+        # clock), so a max runtime holds even while the cancel below waits for a heartbeat.
+        stop_at_s = workflow.now().timestamp() + limit_s if workflow.patched(RUN_DEADLINE_PATCH) else None
         handle = workflow.start_activity(
             "run_job",
             RunInput(request=job.request, grace_period_s=job.grace_period_s, egress=job.egress,
-                     gpu_type=job.gpu_type, node_loss_preempts=node_loss_preempts),
+                     gpu_type=job.gpu_type, node_loss_preempts=node_loss_preempts, stop_at_s=stop_at_s),
             result_type=RunResult,
             start_to_close_timeout=timedelta(seconds=job.max_runtime_s + job.grace_period_s + 60),
             heartbeat_timeout=timedelta(seconds=job.heartbeat_timeout_s),
@@ -186,12 +195,15 @@ class JobWorkflow:
             self._cancel_reason = "max_runtime"
         if handle.done():
             try:
-                return handle.result(), None, None
+                result = handle.result()
             except ActivityError as exc:
                 if node_loss_preempts and _node_lost(exc):
                     self._preempt_reason = f"node lost: {exc.cause}"
                     return None, PREEMPTED, None
                 return None, None, str(exc.cause or exc)
+            if result.terminated:  # it reached its deadline before the timer here fired
+                return None, self._cancel_reason or "max_runtime", None
+            return result, None, None
         handle.cancel()
         try:
             await handle

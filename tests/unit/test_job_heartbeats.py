@@ -5,6 +5,7 @@ every second cost the dev server more CPU than the jobs' own starts (bench/engin
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from temporalio.testing import ActivityEnvironment
 
 from contracts import JobRequested
 from services.provisioner.jobs import activities as job_activities
-from services.provisioner.jobs.activities import JobActivities, waiting_heartbeat_s
+from services.provisioner.jobs.activities import JobActivities, running_heartbeat_s, waiting_heartbeat_s
 from workflows.job import RunInput
 
 pytestmark = pytest.mark.unit
@@ -101,3 +102,66 @@ async def test_a_slow_teardown_heartbeats_so_a_live_worker_is_not_taken_for_a_de
     activities = JobActivities(bus=FakeBus(), backend=SlowTeardown())  # type: ignore[arg-type]
     await env.run(activities.teardown_job, request())
     assert len(beats) >= 3  # at 0, 1 and 2 s: inside any heartbeat timeout of 2 s or more
+
+
+class Forever:
+    """A running job that never ends by itself; ``stop`` records when it was asked to."""
+
+    name = "forever"
+
+    def __init__(self) -> None:
+        self.stops: list[float] = []
+
+    async def start(self, request: JobRequested, **_: Any) -> Forever:
+        return self
+
+    async def placement(self) -> None:
+        return None
+
+    async def gpu_samples(self) -> list[Any]:
+        return []
+
+    async def wait(self) -> int | None:
+        await asyncio.sleep(0.1)
+        return -15 if self.stops else None
+
+    async def stop(self, *, grace_period_s: float) -> int:
+        self.stops.append(time.time())
+        await asyncio.sleep(0.2)
+        return -15
+
+
+async def test_a_run_stops_its_job_at_its_deadline_without_waiting_for_the_workflows_cancel() -> None:
+    backend = Forever()
+    activities = JobActivities(bus=FakeBus(), backend=backend)  # type: ignore[arg-type]
+    deadline = time.time() + 0.6
+    result = await ActivityEnvironment().run(
+        activities.run_job, RunInput(request=request(), grace_period_s=1, stop_at_s=deadline))
+    assert result.terminated and result.exit_code == -15
+    assert len(backend.stops) == 1 and deadline <= backend.stops[0] < deadline + 0.5
+
+
+def test_running_jobs_share_one_heartbeat_budget() -> None:
+    assert running_heartbeat_s(1, 5.0) == 1.0
+    assert running_heartbeat_s(30, 5.0) == 3.0
+    assert running_heartbeat_s(200, 5.0) == 5.0  # never slower than the waiting heartbeat
+
+
+async def test_many_running_jobs_heartbeat_less_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(job_activities, "RUNNING_HEARTBEATS_PER_S", 4.0)
+    backend = Forever()
+    activities = JobActivities(bus=FakeBus(), backend=backend)  # type: ignore[arg-type]
+    beats: list[float] = []
+
+    async def one() -> None:
+        env = ActivityEnvironment()
+        env.on_heartbeat = lambda *_: beats.append(time.monotonic())
+        await env.run(activities.run_job, RunInput(request=request(), grace_period_s=1,
+                                                   stop_at_s=time.time() + 3))
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    # 20 running for ~3 s at one a second each would be ~60 beats; the budget of 4 a second
+    # (each job every 5 s) leaves the beats of starting and stopping
+    running = [b for b in beats if beats[0] + 0.7 < b < beats[0] + 2.8]
+    assert len(running) <= 4 * 2.1 + 20 * 0.2, len(running)
+    assert len(backend.stops) == 20
