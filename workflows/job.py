@@ -71,6 +71,7 @@ class JobOutcome(BaseModel):
 JOB_STATUS_PATCH = "job-status-provisioning-running"
 NODE_LOSS_PATCH = "node-loss-preempts"
 RUN_DEADLINE_PATCH = "run-stops-at-its-deadline"
+LOCAL_PUBLISH_PATCH = "job-events-published-locally"
 NODE_LOST = "NodeLost"  # the ApplicationError type of a run whose node went away
 PREEMPTED = "preempted"
 MAX_PREEMPTIONS = 3  # preemptions a job survives; the next one ends it
@@ -213,12 +214,17 @@ class JobWorkflow:
 
     async def _emit(self, event: Envelope) -> None:
         """Publish a contract event this workflow built. Runs started before the typed-publish
-        patch keep their activity (``emit_job_event``), now handed the same ``Publish``."""
+        patch keep their activity (``emit_job_event``), now handed the same ``Publish``; runs
+        started after the local-publish patch publish in a local activity (run by this worker,
+        recorded as a marker: no task for Temporal to dispatch, a third of a job's activities)."""
         activity = "publish" if workflow.patched(TYPED_PUBLISH_PATCH) else "emit_job_event"
+        retry = RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=30))
+        if activity == "publish" and workflow.patched(LOCAL_PUBLISH_PATCH):
+            await workflow.execute_local_activity(
+                activity, Publish.of(event), start_to_close_timeout=timedelta(seconds=30), retry_policy=retry)
+            return
         await workflow.execute_activity(
-            activity, Publish.of(event), start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=20, maximum_interval=timedelta(seconds=30)),
-        )
+            activity, Publish.of(event), start_to_close_timeout=timedelta(seconds=30), retry_policy=retry)
 
 
 def _ids(request: JobRequested) -> dict[str, Any]:

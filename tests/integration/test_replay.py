@@ -4,7 +4,9 @@
 time-skipping server before the workflows began building contract events themselves (they
 then emitted ``emit_*_event`` string-kind facts). A workflow change that alters the command
 sequence for such a run without ``workflow.patched`` makes the replay raise a
-nondeterminism error here, before it strands a running workflow in production.
+nondeterminism error here, before it strands a running workflow in production. The ``-v2``
+JobWorkflow histories were recorded on the code before runs stopped at their own deadline and
+job events were published in local activities (typed publish, every activity remote).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 def test_the_recorded_histories_cover_every_workflow_and_ending() -> None:
     names = {path.stem for path in HISTORIES}
     assert {"job-ok", "job-failed", "job-noprov", "job-cancel", "endpoint-lifecycle",
-            "endpoint-refused", "nb-idle", "nb-stop"} <= names
+            "endpoint-refused", "nb-idle", "nb-stop", "job-ok-v2", "job-maxrt-v2"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
