@@ -18,8 +18,8 @@ from services.provisioner.backends.ray_entry import read_spec, run
 from services.provisioner.backends.runtime import job_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOW_ENV = ("import json, os; json.dump({k: v for k, v in os.environ.items() if k.startswith(('AICLOUD_', 'PATH', "
-            "'HOME'))}, open('env.json', 'w'))")
+SHOW_ENV = ("import json, os; json.dump({k: v for k, v in os.environ.items() "
+            "if k.startswith(('AICLOUD_', 'PATH', 'HOME'))}, open('env.json', 'w'))")
 
 
 def request(**fields: object) -> JobRequested:
@@ -37,7 +37,8 @@ def spec_for(tmp_path: Path, isolation: str, dataset: Path | None = None) -> dic
 
 def test_the_entrypoint_imports_neither_pydantic_nor_the_contracts_nor_structlog() -> None:
     probe = ("import sys, services.provisioner.backends.ray_entry\n"
-             "print(sorted({m.split('.')[0] for m in sys.modules} & {'pydantic', 'contracts', 'structlog', 'ray'}))")
+             "print(sorted({m.split('.')[0] for m in sys.modules}\n"
+             "             & {'pydantic', 'contracts', 'structlog', 'ray'}))")
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -55,13 +56,15 @@ def test_a_spec_from_an_older_provisioner_is_read_as_the_new_one(tmp_path: Path)
 
 
 @pytest.mark.parametrize("isolation", [i.value for i in available()])
-def test_the_job_gets_its_environment_where_its_sandbox_shows_its_paths(tmp_path: Path, isolation: str) -> None:
+def test_the_job_gets_its_environment_where_its_sandbox_shows_its_paths(
+        tmp_path: Path, isolation: str) -> None:
     dataset = tmp_path / "data"
     dataset.mkdir()
     spec = spec_for(tmp_path, isolation, dataset)
     assert asyncio.run(run(spec)) == 0  # type: ignore[arg-type]
     env = json.loads((tmp_path / "ws" / "env.json").read_text())
-    inside = ("/workspace", "/data") if isolation != Isolation.RLIMITS else (str(tmp_path / "ws"), str(dataset))
+    plain = isolation == Isolation.RLIMITS
+    inside = (str(tmp_path / "ws"), str(dataset)) if plain else ("/workspace", "/data")
     assert (env["HOME"], env["AICLOUD_DATASET_DIR"]) == inside
     assert env["AICLOUD_OUTPUT_DIR"] == f"{inside[0]}/output"
     assert env["AICLOUD_PARAM_LR"] == "0.1"
