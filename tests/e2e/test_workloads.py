@@ -251,19 +251,10 @@ def test_a_notebook_opens_behind_the_proxy_and_stops_itself_when_idle(stack: Run
         json={"type": "notebook"},
     )
     assert saved.status_code in (200, 201), saved.text
-    deadline = time.monotonic() + 90
-    while (got := json.loads(aicloud(home, "notebooks", "get", "nb-e2e", "-o", "json").stdout))[
-        "status"
-    ] != "stopped":
-        assert time.monotonic() < deadline, got
-        time.sleep(1)
-    assert got["reason"] == "idle" and "analysis.ipynb" in got["saved"]
-    assert list((home / "volumes" / "legal" / "notebooks").rglob("analysis.ipynb"))
+    idle_from = time.monotonic()
     over = aicloud(home, "create", "notebook", "--gpus", "9")
     assert over.returncode == 2 and "gpus" in over.stderr
-    again = aicloud(home, "notebooks", "stop", "nb-e2e")
-    assert again.returncode != 0 and "already stopped" in again.stderr
-    # stopped by hand: the CLI waits until the work is on the volume
+    # stopped by hand, while the first one idles: the CLI waits until the work is on the volume
     second = aicloud(home, "create", "notebook", "--name", "nb-stop", "-o", "json", timeout=200)
     assert second.returncode == 0, second.stderr
     draft = httpx.put(json.loads(second.stdout)["url"] + "api/contents/draft.ipynb", timeout=10,
@@ -273,6 +264,16 @@ def test_a_notebook_opens_behind_the_proxy_and_stops_itself_when_idle(stack: Run
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "saved to the team's volume: draft.ipynb" in stopped.stdout
     assert (home / "volumes" / "legal" / "notebooks" / "nb-stop" / "draft.ipynb").is_file()
+    deadline = idle_from + 90
+    while (got := json.loads(aicloud(home, "notebooks", "get", "nb-e2e", "-o", "json").stdout))[
+        "status"
+    ] != "stopped":
+        assert time.monotonic() < deadline, got
+        time.sleep(1)
+    assert got["reason"] == "idle" and "analysis.ipynb" in got["saved"]
+    assert list((home / "volumes" / "legal" / "notebooks").rglob("analysis.ipynb"))
+    again = aicloud(home, "notebooks", "stop", "nb-e2e")
+    assert again.returncode != 0 and "already stopped" in again.stderr
 
 
 def test_a_provisioner_killed_mid_deploy_leaves_one_serving_replica(stack: Running) -> None:
