@@ -60,7 +60,10 @@ def nats_url(server_root: Path) -> Iterator[str]:
     proc = _spawn(argv, log)
     _wait_port(port, proc, "nats-server", log)
     yield f"nats://127.0.0.1:{port}"
-    _stop(proc)
+    # SIGKILL: the session's store is thrown away, and after a full session (hundreds of
+    # streams) JetStream's graceful shutdown outlasted _stop's 10 s every time (the last
+    # test's teardown in CI)
+    _stop(proc, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
