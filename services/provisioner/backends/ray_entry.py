@@ -71,18 +71,16 @@ def read_spec(text: str) -> EntrySpec:
     if raw.get("version") == SPEC_VERSION:
         return raw  # type: ignore[return-value]
     from contracts import JobRequested
-    from services.provisioner.backends.local import job_env
+    from services.provisioner.backends.ray import entry_spec
 
-    request = JobRequested.model_validate(raw["request"])
     dataset = raw.get("dataset")
-    return EntrySpec(
-        version=SPEC_VERSION, job_id=request.job_id, command=request.command, gpus=request.gpus,
-        env={"sandboxed": job_env(request, workspace="/workspace", data="/data" if dataset else None),
-             "plain": job_env(request, workspace=raw["workspace"], data=dataset)},
-        submission_id=raw["submission_id"], container_id=raw["container_id"], workspace=raw["workspace"],
-        dataset=dataset, memory_limit_mb=raw["memory_limit_mb"], egress=raw.get("egress", False),
-        isolation=raw.get("isolation", "auto"), grace_period_s=raw.get("grace_period_s", 10),
-        state_dir=raw["state_dir"], hidden=raw.get("hidden", []))
+    return entry_spec(
+        JobRequested.model_validate(raw["request"]), submission_id=raw["submission_id"],
+        container_id=raw["container_id"], workspace=Path(raw["workspace"]),
+        dataset=Path(dataset) if dataset else None, memory_limit_mb=raw["memory_limit_mb"],
+        egress=raw.get("egress", False), isolation=raw.get("isolation", "auto"),
+        grace_period_s=raw.get("grace_period_s", 10), state_dir=raw["state_dir"],
+        hidden=raw.get("hidden", []))
 
 
 async def run(spec: EntrySpec) -> int:
